@@ -1,0 +1,94 @@
+//! The one error type of the crate.
+
+use normkit::NormError;
+
+/// Why a layer refused its configuration, its input or a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input does not fit the op (shape, rank, groups, too few values):
+    /// the same error the normkit kernel gives, raised before any work.
+    #[error(transparent)]
+    Norm(#[from] NormError),
+    /// The input's channel count differs from the one the layer was built for.
+    #[error("{op}: input shape {shape:?} has {got} channels on its channel axis, the layer was built for {expected}")]
+    Channels {
+        op: &'static str,
+        expected: usize,
+        got: usize,
+        shape: Vec<usize>,
+    },
+    /// A configuration value is out of its domain.
+    #[error("{op}: {name} must be {domain}, got {value}")]
+    Config {
+        op: &'static str,
+        name: &'static str,
+        domain: &'static str,
+        value: f64,
+    },
+    /// A layer's input tensor has an element type the op cannot take.
+    #[error("{op}: unsupported element type {dtype}")]
+    DType { op: &'static str, dtype: String },
+    /// A checkpoint lacks a tensor the layer needs.
+    #[error("checkpoint has no tensor `{key}`")]
+    MissingTensor { key: String },
+    /// A checkpoint tensor has the wrong shape for the layer.
+    #[error("checkpoint tensor `{key}` has shape {got:?}, the layer expects {expected:?}")]
+    TensorShape {
+        key: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// A checkpoint tensor has an element type that is not a number.
+    #[error("checkpoint tensor `{key}` has unsupported element type {dtype}")]
+    TensorDType { key: String, dtype: String },
+    /// The safetensors container itself is malformed.
+    #[error("safetensors: {0}")]
+    Safetensors(#[from] safetensors::SafeTensorError),
+    /// The checkpoint file could not be read.
+    #[error("reading checkpoint: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Checks the `eps` of a configuration: finite and non-negative.
+pub(crate) fn check_eps(op: &'static str, eps: f64) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Config {
+            op,
+            name: "eps",
+            domain: "finite and non-negative",
+            value: eps,
+        })
+    }
+}
+
+/// Checks an exponential momentum: finite (PyTorch accepts any finite value).
+pub(crate) fn check_momentum(op: &'static str, momentum: Option<f64>) -> Result<()> {
+    match momentum {
+        Some(m) if !m.is_finite() => Err(Error::Config {
+            op,
+            name: "momentum",
+            domain: "finite",
+            value: m,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a count that must be positive.
+pub(crate) fn check_positive(op: &'static str, name: &'static str, value: usize) -> Result<()> {
+    if value == 0 {
+        Err(Error::Config {
+            op,
+            name,
+            domain: "positive",
+            value: 0.0,
+        })
+    } else {
+        Ok(())
+    }
+}

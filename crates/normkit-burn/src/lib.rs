@@ -1,0 +1,1 @@
+//! normkit layers for burn.

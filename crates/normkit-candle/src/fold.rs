@@ -1,0 +1,96 @@
+//! Folding an evaluation-mode BatchNorm into the layer before it.
+//!
+//! In evaluation BatchNorm is an affine map per channel,
+//!
+//! ```text
+//! bn(z) = (z - running_mean) · s + bias_bn,   s = weight_bn / sqrt(running_var + eps)
+//! ```
+//!
+//! so after a layer `z = W · x + b` whose output channel `c` is row `c` of
+//! `W`, the pair is one layer with
+//!
+//! ```text
+//! W' = W · s (row by row)      b' = (b - running_mean) · s + bias_bn
+//! ```
+//!
+//! computed here in f64 and rounded once to the layer's dtype.
+
+use candle_core::{DType, Result, Tensor};
+use candle_nn::{Conv2d, Linear};
+use normkit::ChannelAxis;
+
+use crate::batch_norm::BatchNorm;
+use crate::error::{self, LayerError};
+
+/// `(W', b')` for a layer with `weight` (output channels first) and `bias`.
+fn fold(op: &'static str, weight: &Tensor, bias: Option<&Tensor>, bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
+    let (Some(mean), Some(var)) = (bn.running_mean(), bn.running_var()) else {
+        return Err(error::layer(LayerError::Unsupported {
+            op,
+            reason: "the BatchNorm has no running statistics (track_running_stats = false), so its evaluation output depends on the batch",
+        }));
+    };
+    let out = weight.dim(0)?;
+    if out != bn.num_features() {
+        return Err(error::layer(LayerError::Channels {
+            op,
+            shape: weight.dims().to_vec(),
+            axis: 0,
+            expected: bn.num_features(),
+            got: out,
+        }));
+    }
+    let f64_of = |t: &Tensor| t.detach().to_dtype(DType::F64);
+    let (mean, var) = (f64_of(mean)?, f64_of(var)?);
+    // eps as the kernel sees it: rounded to f32 first.
+    let eps = bn.config().eps as f32 as f64;
+    let inv_std = (var + eps)?.sqrt()?.recip()?;
+    let scale = match bn.weight() {
+        Some(w) => (f64_of(w)? * inv_std)?,
+        None => inv_std,
+    };
+    let mut row = vec![1usize; weight.rank()];
+    row[0] = out;
+    let new_weight = f64_of(weight)?
+        .broadcast_mul(&scale.reshape(row)?)?
+        .to_dtype(weight.dtype())?;
+    let centered = match bias {
+        Some(b) => (f64_of(b)? - mean)?,
+        None => mean.neg()?,
+    };
+    let shifted = (centered * scale)?;
+    let new_bias = match bn.bias() {
+        Some(b) => (shifted + f64_of(b)?)?,
+        None => shifted,
+    };
+    let dtype = bias.map_or(weight.dtype(), Tensor::dtype);
+    Ok((new_weight, new_bias.to_dtype(dtype)?))
+}
+
+/// The `Conv2d` equal to `conv` followed by `bn` in evaluation mode.
+///
+/// `bn` must track running statistics and normalize channels first
+/// (`[N, C, H, W]`, the convolution's output) over `conv`'s output
+/// channels. The folded layer always has a bias.
+pub fn fold_batch_norm_conv2d(conv: &Conv2d, bn: &BatchNorm) -> Result<Conv2d> {
+    const OP: &str = "fold_batch_norm_conv2d";
+    if bn.config().channel_axis != ChannelAxis::First {
+        return Err(error::layer(LayerError::Unsupported {
+            op: OP,
+            reason: "a convolution's output has its channels first; the BatchNorm normalizes channels last",
+        }));
+    }
+    let (weight, bias) = fold(OP, conv.weight(), conv.bias(), bn)?;
+    Ok(Conv2d::new(weight, Some(bias), *conv.config()))
+}
+
+/// The `Linear` equal to `linear` followed by `bn` in evaluation mode.
+///
+/// `bn` must track running statistics over `linear`'s output features,
+/// and see them on its channel axis: channels first for `[N, out]`
+/// output, channels last for `[N, L, out]`. The folded layer always has a
+/// bias.
+pub fn fold_batch_norm_linear(linear: &Linear, bn: &BatchNorm) -> Result<Linear> {
+    let (weight, bias) = fold("fold_batch_norm_linear", linear.weight(), linear.bias(), bn)?;
+    Ok(Linear::new(weight, Some(bias)))
+}

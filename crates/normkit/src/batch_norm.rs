@@ -1,0 +1,193 @@
+//! Batch Normalization.
+
+use crate::elem::Elem;
+use crate::error::{NormError, Result};
+use crate::layout::{
+    check_affine, check_eps, check_grads, check_len, Affine, ChannelAxis, Geometry, Grads,
+    Momentum, RunningStats, Stats,
+};
+use crate::normalize::{stats_from_running, update_running, Plan, Scope};
+
+const OP: &str = "batch_norm";
+
+/// Batch Normalization (Ioffe & Szegedy, 2015, "Batch Normalization:
+/// Accelerating Deep Network Training by Reducing Internal Covariate Shift").
+///
+/// ```text
+/// y = (x - E[x]) / sqrt(Var[x] + eps) · weight + bias
+/// ```
+///
+/// where
+/// - `E[x]`, `Var[x]` are per channel, over the batch and every spatial
+///   position; `Var` is the biased variance (divide by n);
+/// - in training they are the batch's own, and the running statistics
+///   follow them: `running = (1 - m) · running + m · batch`, with the
+///   *unbiased* variance (divide by n - 1), as PyTorch does;
+/// - in evaluation they are the running statistics;
+/// - `weight`, `bias` are optional per-channel parameters.
+///
+/// # Shapes
+/// - `x`, `y`: `[N, C, *]` (channels first) or `[N, *, C]` (channels last),
+///   rank ≥ 2;
+/// - `weight`, `bias`, `running_mean`, `running_var`: `[C]`;
+/// - saved [`Stats`]: one mean and rstd per channel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormConfig {
+    /// Added to the variance inside the square root. PyTorch: `1e-5`.
+    pub eps: f32,
+    /// Running-statistics update rule. PyTorch: `momentum=0.1`.
+    pub momentum: Momentum,
+    /// Position of the channel axis. PyTorch: channels first.
+    pub channel_axis: ChannelAxis,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        BatchNormConfig {
+            eps: 1e-5,
+            momentum: Momentum::default(),
+            channel_axis: ChannelAxis::First,
+        }
+    }
+}
+
+fn plan(shape: &[usize], cfg: &BatchNormConfig) -> Result<Plan> {
+    check_eps(OP, cfg.eps)?;
+    let geo = Geometry::channels(OP, shape, cfg.channel_axis)?;
+    if geo.c == 0 {
+        return Err(NormError::Empty {
+            op: OP,
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(Plan {
+        geo,
+        scope: Scope::AcrossBatch,
+        centered: true,
+    })
+}
+
+fn check_io<T>(y_len: usize, x: &[T], shape: &[usize], p: &Plan) -> Result<()> {
+    check_len(OP, "x", x.len(), p.geo.len(), shape)?;
+    check_len(OP, "y", y_len, p.geo.len(), shape)
+}
+
+/// Training forward: normalizes with the batch statistics, updates
+/// `running` when given, and returns the statistics backward needs.
+pub fn batch_norm_forward_train<T: Elem>(
+    y: &mut [T],
+    x: &[T],
+    shape: &[usize],
+    affine: Affine<'_>,
+    running: Option<RunningStats<'_>>,
+    cfg: &BatchNormConfig,
+) -> Result<Stats> {
+    let p = plan(shape, cfg)?;
+    check_io(y.len(), x, shape, &p)?;
+    check_affine(OP, affine, p.geo.c, shape)?;
+    cfg.momentum.validate(OP)?;
+    if let Some(r) = &running {
+        check_len(OP, "running_mean", r.mean.len(), p.geo.c, shape)?;
+        check_len(OP, "running_var", r.var.len(), p.geo.c, shape)?;
+    }
+    let n = p.group_size();
+    if n <= 1 {
+        return Err(NormError::TooFewValues {
+            op: OP,
+            shape: shape.to_vec(),
+        });
+    }
+    let (stats, moments) = p.forward_train(y, x, affine, cfg.eps);
+    if let Some(r) = running {
+        let mean: Vec<f64> = moments.iter().map(|m| m.mean).collect();
+        let bessel = n as f64 / (n as f64 - 1.0);
+        let var: Vec<f64> = moments.iter().map(|m| m.var * bessel).collect();
+        update_running(r.mean, r.var, &mean, &var, cfg.momentum.factor());
+    }
+    Ok(stats)
+}
+
+/// Evaluation forward: normalizes with the running statistics. Returns the
+/// statistics it used, which [`batch_norm_backward_eval`] takes.
+pub fn batch_norm_forward_eval<T: Elem>(
+    y: &mut [T],
+    x: &[T],
+    shape: &[usize],
+    affine: Affine<'_>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    cfg: &BatchNormConfig,
+) -> Result<Stats> {
+    let p = plan(shape, cfg)?;
+    check_io(y.len(), x, shape, &p)?;
+    check_affine(OP, affine, p.geo.c, shape)?;
+    check_len(OP, "running_mean", running_mean.len(), p.geo.c, shape)?;
+    check_len(OP, "running_var", running_var.len(), p.geo.c, shape)?;
+    let stats = stats_from_running(running_mean, running_var, cfg.eps);
+    p.forward_with_stats(y, x, affine, &stats);
+    Ok(stats)
+}
+
+fn check_backward<T>(
+    grads: &Grads<'_, T>,
+    dy: &[T],
+    x: &[T],
+    shape: &[usize],
+    weight: Option<&[f32]>,
+    stats: &Stats,
+    p: &Plan,
+) -> Result<()> {
+    let (len, c) = (p.geo.len(), p.geo.c);
+    check_len(OP, "x", x.len(), len, shape)?;
+    check_len(OP, "dy", dy.len(), len, shape)?;
+    check_grads(OP, grads, len, c, shape)?;
+    check_affine(
+        OP,
+        Affine {
+            weight,
+            bias: None,
+        },
+        c,
+        shape,
+    )?;
+    check_len(OP, "mean", stats.mean.len(), c, shape)?;
+    check_len(OP, "rstd", stats.rstd.len(), c, shape)
+}
+
+/// Backward of [`batch_norm_forward_train`]: gradients of `sum(y · dy)`.
+pub fn batch_norm_backward_train<T: Elem>(
+    grads: Grads<'_, T>,
+    dy: &[T],
+    x: &[T],
+    shape: &[usize],
+    weight: Option<&[f32]>,
+    stats: &Stats,
+    cfg: &BatchNormConfig,
+) -> Result<()> {
+    let p = plan(shape, cfg)?;
+    check_backward(&grads, dy, x, shape, weight, stats, &p)?;
+    if p.group_size() <= 1 {
+        return Err(NormError::TooFewValues {
+            op: OP,
+            shape: shape.to_vec(),
+        });
+    }
+    p.backward_train(grads, dy, x, weight, stats);
+    Ok(())
+}
+
+/// Backward of [`batch_norm_forward_eval`]: the statistics are constants.
+pub fn batch_norm_backward_eval<T: Elem>(
+    grads: Grads<'_, T>,
+    dy: &[T],
+    x: &[T],
+    shape: &[usize],
+    weight: Option<&[f32]>,
+    stats: &Stats,
+    cfg: &BatchNormConfig,
+) -> Result<()> {
+    let p = plan(shape, cfg)?;
+    check_backward(&grads, dy, x, shape, weight, stats, &p)?;
+    p.backward_with_stats(grads, dy, x, weight, stats);
+    Ok(())
+}

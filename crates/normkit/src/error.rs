@@ -1,0 +1,72 @@
+//! The one error type of the crate.
+//!
+//! Every public function validates all of its arguments before it writes
+//! anything, so an `Err` means no output slice was touched.
+
+/// Why an operation refused its input. Each variant names the op and the
+/// shapes involved, so the message alone says what to fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NormError {
+    /// A slice does not hold as many values as the shape implies.
+    #[error("{op}: `{name}` has {got} values, expected {expected} (input shape {shape:?})")]
+    Length {
+        op: &'static str,
+        name: &'static str,
+        expected: usize,
+        got: usize,
+        shape: Vec<usize>,
+    },
+    /// The input has too few dimensions for the op.
+    #[error("{op}: input shape {shape:?} has rank {}, expected at least {min_rank}", shape.len())]
+    Rank {
+        op: &'static str,
+        shape: Vec<usize>,
+        min_rank: usize,
+    },
+    /// The trailing dimensions of the input are not `normalized_shape`.
+    #[error("{op}: input shape {shape:?} does not end with normalized_shape {normalized_shape:?}")]
+    NormalizedShape {
+        op: &'static str,
+        shape: Vec<usize>,
+        normalized_shape: Vec<usize>,
+    },
+    /// `num_groups` is zero or does not divide the channel count.
+    #[error("{op}: num_groups = {num_groups} must be positive and divide the {channels} channels (input shape {shape:?})")]
+    Groups {
+        op: &'static str,
+        num_groups: usize,
+        channels: usize,
+        shape: Vec<usize>,
+    },
+    /// eps is negative, NaN or infinite.
+    #[error("{op}: eps must be finite and non-negative, got {eps}")]
+    Eps { op: &'static str, eps: f32 },
+    /// A hyperparameter other than eps is out of its domain.
+    #[error("{op}: {name} must be {domain}, got {value}")]
+    Param {
+        op: &'static str,
+        name: &'static str,
+        domain: &'static str,
+        value: f64,
+    },
+    /// Batch statistics need at least two values per channel (the unbiased
+    /// running variance divides by n - 1).
+    #[error("{op}: expected more than 1 value per channel when training, got input shape {shape:?}")]
+    TooFewValues { op: &'static str, shape: Vec<usize> },
+    /// The reduced set of a statistic is empty: a mean over nothing.
+    #[error("{op}: nothing to normalize over in input shape {shape:?}")]
+    Empty { op: &'static str, shape: Vec<usize> },
+    /// weight_norm's `dim` is not a dimension of `v`.
+    #[error("{op}: dim {dim} is out of range for shape {shape:?}")]
+    Dim {
+        op: &'static str,
+        dim: isize,
+        shape: Vec<usize>,
+    },
+    /// The number of elements overflows `usize`.
+    #[error("{op}: shape {shape:?} has more elements than fit in memory")]
+    TooLarge { op: &'static str, shape: Vec<usize> },
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = NormError> = std::result::Result<T, E>;

@@ -1,0 +1,72 @@
+//! # normkit
+//!
+//! Normalization layers for deep learning as plain functions over
+//! contiguous slices: forward and backward of BatchNorm, LayerNorm,
+//! RMSNorm, GroupNorm, InstanceNorm, WeightNorm and Dynamic Tanh, with
+//! PyTorch's semantics, exact statistics and typed errors.
+//!
+//! Every op documents its formula and shapes at its entry point. Each
+//! training forward returns the [`Stats`] its backward takes, so backward
+//! never recomputes them. Inputs and outputs may be `f32`, `bf16` or `f16`
+//! (see [`Elem`]); parameters are `f32`; statistics are accumulated in
+//! `f64`, which keeps them exact for inputs with a large mean and finite for
+//! values up to `f32::MAX`.
+//!
+//! ```
+//! use normkit::{layer_norm_forward, layer_norm_backward, Affine, Grads};
+//!
+//! let shape = [2, 4];
+//! let x = [1.0f32, 2.0, 3.0, 4.0, 10.0, 10.0, 10.0, 14.0];
+//! let (weight, bias) = ([1.0f32; 4], [0.0f32; 4]);
+//! let mut y = [0.0f32; 8];
+//! let stats = layer_norm_forward(&mut y, &x, &shape, &[4], Affine::new(&weight, &bias), 1e-5)?;
+//! assert!((y[0] + 1.3416).abs() < 1e-4);
+//!
+//! let dy = [1.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+//! let (mut dx, mut dweight, mut dbias) = ([0.0f32; 8], [0.0f32; 4], [0.0f32; 4]);
+//! let grads = Grads { dx: &mut dx, dweight: Some(&mut dweight), dbias: Some(&mut dbias) };
+//! layer_norm_backward(grads, &dy, &x, &shape, &[4], Some(&weight), &stats)?;
+//! assert_eq!(dbias, [1.0, 0.0, 0.0, 1.0]);
+//! # Ok::<(), normkit::NormError>(())
+//! ```
+//!
+//! Bad input never panics: every function checks all its arguments first
+//! and returns a [`NormError`] naming the op and the shapes, having written
+//! nothing.
+//!
+//! The [`reference`] module holds a plain `f64` twin of every op, used by
+//! the tests as the yardstick.
+
+mod batch_norm;
+mod dyt;
+mod elem;
+mod error;
+mod group_norm;
+mod layer_norm;
+mod layout;
+mod moments;
+mod normalize;
+pub mod reference;
+mod weight_norm;
+
+pub use batch_norm::{
+    batch_norm_backward_eval, batch_norm_backward_train, batch_norm_forward_eval,
+    batch_norm_forward_train, BatchNormConfig,
+};
+pub use dyt::{dyt_backward, dyt_forward};
+pub use elem::Elem;
+pub use error::{NormError, Result};
+pub use group_norm::{
+    group_norm_backward, group_norm_forward, instance_norm_backward_eval,
+    instance_norm_backward_train, instance_norm_forward_eval, instance_norm_forward_train,
+    GroupNormConfig, InstanceNormConfig,
+};
+pub use half::{bf16, f16};
+pub use layer_norm::{layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward};
+pub use layout::{Affine, ChannelAxis, Grads, Momentum, RunningStats, Stats};
+pub use weight_norm::{weight_norm_backward, weight_norm_forward};
+
+// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

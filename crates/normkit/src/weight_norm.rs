@@ -1,0 +1,148 @@
+//! Weight Normalization.
+
+use crate::elem::Elem;
+use crate::error::{NormError, Result};
+use crate::layout::{check_len, numel, Affine, ChannelAxis, Geometry, Stats};
+use crate::moments::moments;
+use crate::normalize::{Plan, Scope};
+
+const OP: &str = "weight_norm";
+
+/// `v` as `[outer, kept, inner]` around the kept dimension, one norm per
+/// index of it; or a single norm over everything when `dim` is `None`.
+fn plan(shape: &[usize], dim: Option<isize>) -> Result<Plan> {
+    let total = numel(OP, shape)?;
+    if total == 0 {
+        return Err(NormError::Empty {
+            op: OP,
+            shape: shape.to_vec(),
+        });
+    }
+    let (n, c, s) = match dim {
+        None => (1, 1, total),
+        Some(d) => {
+            let rank = shape.len() as isize;
+            let k = if d < 0 { d + rank } else { d };
+            if k < 0 || k >= rank {
+                return Err(NormError::Dim {
+                    op: OP,
+                    dim: d,
+                    shape: shape.to_vec(),
+                });
+            }
+            let k = k as usize;
+            (
+                shape[..k].iter().product(),
+                shape[k],
+                shape[k + 1..].iter().product(),
+            )
+        }
+    };
+    Ok(Plan {
+        geo: Geometry {
+            n,
+            c,
+            s,
+            axis: ChannelAxis::First,
+        },
+        scope: Scope::AcrossBatch,
+        centered: false,
+    })
+}
+
+/// Weight Normalization (Salimans & Kingma, 2016, "Weight Normalization: A
+/// Simple Reparameterization to Accelerate Training of Deep Neural
+/// Networks").
+///
+/// ```text
+/// w = g · v / ‖v‖
+/// ```
+///
+/// where
+/// - `‖v‖` is the Euclidean norm over every dimension but `dim`, one per
+///   index along `dim` (PyTorch's default `dim=0`: one per output unit), or
+///   over the whole tensor when `dim` is `None`;
+/// - `dim` may be negative, counting from the end.
+///
+/// # Shapes
+/// - `v`, `w`: any shape with at least one element;
+/// - `g`: one value per index along `dim` (PyTorch stores it as `v`'s shape
+///   with ones elsewhere), or one value when `dim` is `None`;
+/// - returns the norms, one per `g` value, which backward takes.
+pub fn weight_norm_forward<T: Elem>(
+    w: &mut [T],
+    v: &[T],
+    shape: &[usize],
+    g: &[f32],
+    dim: Option<isize>,
+) -> Result<Vec<f32>> {
+    let p = plan(shape, dim)?;
+    check_len(OP, "v", v.len(), p.geo.len(), shape)?;
+    check_len(OP, "w", w.len(), p.geo.len(), shape)?;
+    check_len(OP, "g", g.len(), p.geo.c, shape)?;
+    let norms: Vec<f64> = (0..p.num_groups())
+        .map(|k| {
+            let m = moments(v, p.runs(k).map(|r| r.range()), false);
+            (m.var * m.count as f64).sqrt()
+        })
+        .collect();
+    // w = v · (1 / ‖v‖) · g: normalization with an uncentered statistic.
+    let stats = Stats {
+        mean: Vec::new(),
+        rstd: norms.iter().map(|&nrm| (1.0 / nrm) as f32).collect(),
+    };
+    p.forward_with_stats(
+        w,
+        v,
+        Affine {
+            weight: Some(g),
+            bias: None,
+        },
+        &stats,
+    );
+    Ok(norms.into_iter().map(|n| n as f32).collect())
+}
+
+/// Backward of [`weight_norm_forward`], with `v̂ = v / ‖v‖`:
+///
+/// ```text
+/// dg = Σ dw · v̂
+/// dv = g / ‖v‖ · (dw - v̂ · dg)
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn weight_norm_backward<T: Elem>(
+    dv: &mut [T],
+    dg: &mut [f32],
+    dw: &[T],
+    v: &[T],
+    shape: &[usize],
+    g: &[f32],
+    dim: Option<isize>,
+    norms: &[f32],
+) -> Result<()> {
+    let p = plan(shape, dim)?;
+    let (len, k) = (p.geo.len(), p.geo.c);
+    check_len(OP, "v", v.len(), len, shape)?;
+    check_len(OP, "dw", dw.len(), len, shape)?;
+    check_len(OP, "dv", dv.len(), len, shape)?;
+    check_len(OP, "g", g.len(), k, shape)?;
+    check_len(OP, "dg", dg.len(), k, shape)?;
+    check_len(OP, "norms", norms.len(), k, shape)?;
+    for (j, (dgj, (&gj, &nj))) in dg.iter_mut().zip(g.iter().zip(norms)).enumerate() {
+        let inv = 1.0 / nj as f64;
+        let sum: f64 = p
+            .runs(j)
+            .flat_map(|r| dw[r.range()].iter().zip(&v[r.range()]))
+            .map(|(&d, &x)| d.to_f64() * x.to_f64() * inv)
+            .sum();
+        *dgj = sum as f32;
+        let scale = (gj as f64 * inv) as f32;
+        let (inv, sum) = (inv as f32, sum as f32);
+        for r in p.runs(j) {
+            for ((o, &d), &x) in dv[r.range()].iter_mut().zip(&dw[r.range()]).zip(&v[r.range()]) {
+                *o = T::from_f32(scale * (d.to_f32() - x.to_f32() * inv * sum));
+            }
+        }
+    }
+    Ok(())
+}

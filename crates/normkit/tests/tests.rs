@@ -1,0 +1,6 @@
+//! normkit's integration tests: the kernels against the `f64` reference, bad input, and numerical extremes.
+
+mod common;
+mod errors;
+mod numerics;
+mod property;

@@ -1,0 +1,3 @@
+//! normlab's integration tests, one module per command.
+
+mod conform;

@@ -141,15 +141,7 @@ fn check_backward<T>(
     check_len(OP, "x", x.len(), len, shape)?;
     check_len(OP, "dy", dy.len(), len, shape)?;
     check_grads(OP, grads, len, c, shape)?;
-    check_affine(
-        OP,
-        Affine {
-            weight,
-            bias: None,
-        },
-        c,
-        shape,
-    )?;
+    check_affine(OP, Affine { weight, bias: None }, c, shape)?;
     check_len(OP, "mean", stats.mean.len(), c, shape)?;
     check_len(OP, "rstd", stats.rstd.len(), c, shape)
 }

@@ -51,7 +51,9 @@ pub enum NormError {
     },
     /// Batch statistics need at least two values per channel (the unbiased
     /// running variance divides by n - 1).
-    #[error("{op}: expected more than 1 value per channel when training, got input shape {shape:?}")]
+    #[error(
+        "{op}: expected more than 1 value per channel when training, got input shape {shape:?}"
+    )]
     TooFewValues { op: &'static str, shape: Vec<usize> },
     /// The reduced set of a statistic is empty: a mean over nothing.
     #[error("{op}: nothing to normalize over in input shape {shape:?}")]

@@ -90,15 +90,7 @@ fn check_backward<T>(
     check_len(op, "x", x.len(), len, shape)?;
     check_len(op, "dy", dy.len(), len, shape)?;
     check_grads(op, grads, len, c, shape)?;
-    check_affine(
-        op,
-        Affine {
-            weight,
-            bias: None,
-        },
-        c,
-        shape,
-    )?;
+    check_affine(op, Affine { weight, bias: None }, c, shape)?;
     check_len(op, "mean", stats.mean.len(), k, shape)?;
     check_len(op, "rstd", stats.rstd.len(), k, shape)
 }
@@ -256,7 +248,14 @@ pub fn instance_norm_forward_eval<T: Elem>(
     cfg: &InstanceNormConfig,
 ) -> Result<Stats> {
     const OP: &str = "instance_norm";
-    let p = eval_plan(forward_checked(OP, y, x, shape, affine, &cfg.groups(shape))?);
+    let p = eval_plan(forward_checked(
+        OP,
+        y,
+        x,
+        shape,
+        affine,
+        &cfg.groups(shape),
+    )?);
     check_len(OP, "running_mean", running_mean.len(), p.geo.c, shape)?;
     check_len(OP, "running_var", running_var.len(), p.geo.c, shape)?;
     let stats = stats_from_running(running_mean, running_var, cfg.eps);

@@ -9,6 +9,10 @@
 //!
 //! [`multiversion!`]: crate::simd::multiversion
 
+// Lane loops index several arrays by the same lane on purpose: that is
+// the shape the vectorizer turns into one vector instruction per line.
+#![allow(clippy::needless_range_loop)]
+
 pub(crate) use crate::simd::LANES;
 
 /// Values per `f32` accumulation block.
@@ -24,11 +28,22 @@ fn total(acc: &[[f32; LANES]; 2]) -> f64 {
     t
 }
 
+/// `max(m, |v|)` as one compare-and-select (a NaN is skipped, which is
+/// fine for choosing a scale: NaN reaches the sums anyway).
+#[inline(always)]
+fn max_abs(m: f32, v: f32) -> f32 {
+    let a = v.abs();
+    if a > m {
+        a
+    } else {
+        m
+    }
+}
+
 #[inline(always)]
 fn step(c: &[f32]) -> &[f32; STEP] {
     c.try_into().unwrap()
 }
-
 
 /// `(Σx, max|x|)`.
 #[inline(always)]
@@ -46,16 +61,16 @@ pub(crate) fn sum_maxabs(x: &[f32]) -> (f64, f32) {
                 acc[1][l] += c[LANES + l];
             }
             for l in 0..STEP {
-                mx[l] = mx[l].max(c[l].abs());
+                mx[l] = max_abs(mx[l], c[l]);
             }
         }
         for (l, &v) in tail.iter().enumerate() {
             acc[l / LANES][l % LANES] += v;
-            mx[l] = mx[l].max(v.abs());
+            mx[l] = max_abs(mx[l], v);
         }
         sum += total(&acc);
     }
-    (sum, mx.iter().fold(0.0f32, |m, &v| m.max(v)))
+    (sum, mx.iter().fold(0.0f32, |m, &v| max_abs(m, v)))
 }
 
 /// `(Σd, Σd²)` with `d = x · scale - shift`.
@@ -169,7 +184,11 @@ pub(crate) fn bwd_sums_vec(dy: &[f32], x: &[f32], mean: f32, rstd: f32, w: &[f32
     let mut out = [0.0f64; 3];
     for ((bd, bx), bw) in dy.chunks(BLOCK).zip(x.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
         let mut acc = [[[0.0f32; LANES]; 2]; 3];
-        let (cd, cx, cw) = (bd.chunks_exact(STEP), bx.chunks_exact(STEP), bw.chunks_exact(STEP));
+        let (cd, cx, cw) = (
+            bd.chunks_exact(STEP),
+            bx.chunks_exact(STEP),
+            bw.chunks_exact(STEP),
+        );
         let (td, tx, tw) = (cd.remainder(), cx.remainder(), cw.remainder());
         for ((d, xs), ws) in cd.zip(cx).zip(cw) {
             let (d, xs, ws) = (step(d), step(xs), step(ws));
@@ -236,7 +255,13 @@ pub(crate) fn bwd_dx_vec(
     dbias: &mut [f32],
 ) {
     let (mg, mgx) = (k.mean_g * k.rstd, k.mean_gx * k.rstd);
-    let it = dx.iter_mut().zip(dy).zip(x).zip(w).zip(dweight.iter_mut()).zip(dbias.iter_mut());
+    let it = dx
+        .iter_mut()
+        .zip(dy)
+        .zip(x)
+        .zip(w)
+        .zip(dweight.iter_mut())
+        .zip(dbias.iter_mut());
     for (((((o, &d), &xv), &wv), dw), db) in it {
         let xh = ((xv - k.mean_hi) - k.mean_lo) * k.rstd;
         *o = (d * wv).mul_add(k.rstd, -xh.mul_add(mgx, mg));
@@ -257,14 +282,25 @@ pub(crate) const ROWS_PER_FLUSH: usize = 32;
 pub(crate) fn col_sum_maxabs(x: &[f32], sum: &mut [f32], maxabs: &mut [f32]) {
     for ((&v, s), m) in x.iter().zip(sum.iter_mut()).zip(maxabs.iter_mut()) {
         *s += v;
-        *m = m.max(v.abs());
+        *m = max_abs(*m, v);
     }
 }
 
 /// `d = x · scale[c] - shift[c]`; `s1[c] += d`, `s2[c] += d²`.
 #[inline(always)]
-pub(crate) fn col_dev_sums(x: &[f32], scale: &[f32], shift: &[f32], s1: &mut [f32], s2: &mut [f32]) {
-    let it = x.iter().zip(scale).zip(shift).zip(s1.iter_mut()).zip(s2.iter_mut());
+pub(crate) fn col_dev_sums(
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    s1: &mut [f32],
+    s2: &mut [f32],
+) {
+    let it = x
+        .iter()
+        .zip(scale)
+        .zip(shift)
+        .zip(s1.iter_mut())
+        .zip(s2.iter_mut());
     for ((((&v, &sc), &sh), a), b) in it {
         let d = v.mul_add(sc, -sh);
         *a += d;
@@ -285,7 +321,14 @@ pub(crate) fn col_bwd_sums(
     s1: &mut [f32],
     s2: &mut [f32],
 ) {
-    let it = dy.iter().zip(x).zip(mean).zip(rstd).zip(s0.iter_mut()).zip(s1.iter_mut()).zip(s2.iter_mut());
+    let it = dy
+        .iter()
+        .zip(x)
+        .zip(mean)
+        .zip(rstd)
+        .zip(s0.iter_mut())
+        .zip(s1.iter_mut())
+        .zip(s2.iter_mut());
     for ((((((&d, &xv), &m), &r), a), b), c) in it {
         let xh = (xv - m) * r;
         *a += d;

@@ -63,15 +63,7 @@ fn check_backward<T>(
     check_len(op, "x", x.len(), len, shape)?;
     check_len(op, "dy", dy.len(), len, shape)?;
     check_grads(op, grads, len, d, shape)?;
-    check_affine(
-        op,
-        Affine {
-            weight,
-            bias: None,
-        },
-        d,
-        shape,
-    )?;
+    check_affine(op, Affine { weight, bias: None }, d, shape)?;
     if p.centered {
         check_len(op, "mean", stats.mean.len(), rows, shape)?;
     }

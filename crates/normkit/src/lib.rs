@@ -42,11 +42,15 @@ mod dyt;
 mod elem;
 mod error;
 mod group_norm;
+mod lanes;
 mod layer_norm;
 mod layout;
 mod moments;
 mod normalize;
+mod parallel;
 pub mod reference;
+mod simd;
+mod tanh;
 mod weight_norm;
 
 pub use batch_norm::{
@@ -62,8 +66,11 @@ pub use group_norm::{
     GroupNormConfig, InstanceNormConfig,
 };
 pub use half::{bf16, f16};
-pub use layer_norm::{layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward};
+pub use layer_norm::{
+    layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward,
+};
 pub use layout::{Affine, ChannelAxis, Grads, Momentum, RunningStats, Stats};
+pub use simd::{simd_level, SimdLevel};
 pub use weight_norm::{weight_norm_backward, weight_norm_forward};
 
 // The README's examples compile and run as doctests.

@@ -14,14 +14,27 @@
 //! | LayerNorm | per sample | 1, on `[rows, 1, d]` channels-last | yes |
 //! | RMSNorm | per sample | 1, as LayerNorm | no |
 //!
-//! A group's values are a list of contiguous [`Run`]s; statistics, the
-//! affine transform and the backward reductions all walk those runs, so a
-//! new normalization that is "some groups, some channels" needs only a new
-//! `Plan`.
+//! Two paths execute a plan:
+//!
+//! - the **row path**, when each group is a few long contiguous [`Run`]s
+//!   (channels first, and LayerNorm rows): a group is loaded once, its
+//!   statistics computed and the group normalized while it is in cache;
+//! - the **column path**, for channels-last data with a spatial extent or
+//!   batch statistics: rows of `c` channels are reduced per channel and
+//!   the per-channel sums combined into group statistics.
+//!
+//! Both are cut into chunks fixed by the shape ([`crate::parallel`]), so
+//! results do not depend on the thread count. A new normalization that is
+//! "some groups of channels, per-channel affine" needs only a new `Plan`.
 
 use crate::elem::Elem;
+use crate::lanes::{self, DxChannels, DxCoef, ROWS_PER_FLUSH};
 use crate::layout::{Affine, ChannelAxis, Geometry, Grads, Stats};
-use crate::moments::{moments, rstd, split, Moments};
+use crate::moments::{row_moments, rstd, scale_for, split, Moments};
+use crate::parallel::{
+    as_f32, chunk_items, f32_target, items_per_chunk, map_chunks, store_f32, Buffer, SharedMut,
+};
+use crate::simd::multiversion;
 use std::ops::Range;
 
 /// Which values share one statistic.
@@ -115,6 +128,91 @@ impl Iterator for Runs {
     }
 }
 
+/// Weight and bias as plain per-channel vectors (ones and zeros when
+/// absent), built once per call so inner loops have no branches.
+struct Coefs {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Coefs {
+    fn new(c: usize, weight: Option<&[f32]>, bias: Option<&[f32]>) -> Self {
+        Coefs {
+            weight: weight.map_or_else(|| vec![1.0; c], <[f32]>::to_vec),
+            bias: bias.map_or_else(|| vec![0.0; c], <[f32]>::to_vec),
+        }
+    }
+}
+
+/// Per-channel parameter-gradient partial sums of one chunk.
+#[derive(Debug, Clone)]
+pub(crate) struct Partials {
+    pub dweight: Vec<f64>,
+    pub dbias: Vec<f64>,
+}
+
+impl Partials {
+    pub fn new(c: usize) -> Self {
+        Partials {
+            dweight: vec![0.0; c],
+            dbias: vec![0.0; c],
+        }
+    }
+
+    /// Adds `f32` row sums into the partials and zeroes them.
+    pub fn add_f32(&mut self, dweight: &mut [f32], dbias: &mut [f32]) {
+        flush_into(&mut self.dweight, dweight);
+        flush_into(&mut self.dbias, dbias);
+    }
+
+    /// Adds chunks' partials in order and writes the requested gradients.
+    pub fn finish<T>(parts: Vec<Partials>, c: usize, grads: Grads<'_, T>) {
+        let mut total = Partials::new(c);
+        for p in parts {
+            for (t, v) in total.dweight.iter_mut().zip(&p.dweight) {
+                *t += v;
+            }
+            for (t, v) in total.dbias.iter_mut().zip(&p.dbias) {
+                *t += v;
+            }
+        }
+        for (out, acc) in [(grads.dweight, total.dweight), (grads.dbias, total.dbias)] {
+            if let Some(out) = out {
+                for (o, a) in out.iter_mut().zip(acc) {
+                    *o = a as f32;
+                }
+            }
+        }
+    }
+}
+
+/// Statistics of one group as the kernels use them.
+#[derive(Debug, Clone, Copy)]
+struct GroupStats {
+    mean_hi: f32,
+    mean_lo: f32,
+    rstd: f32,
+}
+
+impl GroupStats {
+    fn from_moments(m: &Moments, eps: f32) -> Self {
+        let (mean_hi, mean_lo) = split(m.mean);
+        GroupStats {
+            mean_hi,
+            mean_lo,
+            rstd: rstd(m.var, eps) as f32,
+        }
+    }
+
+    fn given(stats: &Stats, k: usize) -> Self {
+        GroupStats {
+            mean_hi: stats.mean.get(k).copied().unwrap_or(0.0),
+            mean_lo: 0.0,
+            rstd: stats.rstd[k],
+        }
+    }
+}
+
 impl Plan {
     /// Number of statistics (groups) in the whole tensor.
     pub fn num_groups(&self) -> usize {
@@ -149,15 +247,26 @@ impl Plan {
         }
     }
 
-    fn ranges(&self, group: usize) -> impl Iterator<Item = Range<usize>> + Clone {
-        self.runs(group).map(|r| r.range())
+    /// The same plan with `[n, c, 1]` seen as `[n, 1, c]`: identical memory,
+    /// and channels-last turns n runs of one value into one row of c.
+    fn canonical(&self) -> Plan {
+        let mut p = *self;
+        if p.geo.s == 1 {
+            p.geo.axis = ChannelAxis::Last;
+        }
+        p
     }
 
-    /// Statistics of every group.
-    pub fn moments<T: Elem>(&self, x: &[T]) -> Vec<Moments> {
-        (0..self.num_groups())
-            .map(|k| moments(x, self.ranges(k), self.centered))
-            .collect()
+    /// Channels-last data whose groups span several rows.
+    fn columnar(&self) -> bool {
+        self.geo.axis == ChannelAxis::Last && (self.scope == Scope::AcrossBatch || self.geo.s > 1)
+    }
+
+    fn channels_per_group(&self) -> usize {
+        match self.scope {
+            Scope::AcrossBatch => 1,
+            Scope::PerSample { groups } => self.geo.c / groups,
+        }
     }
 
     /// Training forward: normalizes each group with its own statistics.
@@ -170,22 +279,25 @@ impl Plan {
         affine: Affine<'_>,
         eps: f32,
     ) -> (Stats, Vec<Moments>) {
-        let all = self.moments(x);
-        let groups = all.len();
-        let mut stats = Stats {
-            mean: Vec::with_capacity(if self.centered { groups } else { 0 }),
-            rstd: Vec::with_capacity(groups),
+        let p = self.canonical();
+        let coefs = Coefs::new(p.geo.c, affine.weight, affine.bias);
+        let moments = if p.columnar() {
+            p.column_forward(y, x, &coefs, Norm::Batch(eps))
+        } else {
+            p.row_forward(y, x, &coefs, Norm::Batch(eps))
         };
-        for (k, m) in all.iter().enumerate() {
-            let r = rstd(m.var, eps);
-            let (hi, lo) = split(m.mean);
-            self.apply_group(y, x, k, hi, lo, r as f32, affine);
-            if self.centered {
-                stats.mean.push(hi);
+        let mut stats = Stats {
+            mean: Vec::with_capacity(if p.centered { moments.len() } else { 0 }),
+            rstd: Vec::with_capacity(moments.len()),
+        };
+        for m in &moments {
+            let g = GroupStats::from_moments(m, eps);
+            if p.centered {
+                stats.mean.push(g.mean_hi);
             }
-            stats.rstd.push(r as f32);
+            stats.rstd.push(g.rstd);
         }
-        (stats, all)
+        (stats, moments)
     }
 
     /// Forward with given statistics (evaluation mode).
@@ -196,40 +308,12 @@ impl Plan {
         affine: Affine<'_>,
         stats: &Stats,
     ) {
-        for k in 0..self.num_groups() {
-            let mean = if self.centered { stats.mean[k] } else { 0.0 };
-            self.apply_group(y, x, k, mean, 0.0, stats.rstd[k], affine);
-        }
-    }
-
-    /// `y = ((x - mean_hi) - mean_lo) · rstd · weight + bias` over a group.
-    #[allow(clippy::too_many_arguments)]
-    fn apply_group<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        group: usize,
-        mean_hi: f32,
-        mean_lo: f32,
-        rstd: f32,
-        affine: Affine<'_>,
-    ) {
-        let w = |c: usize| affine.weight.map_or(1.0, |w| w[c]);
-        let b = |c: usize| affine.bias.map_or(0.0, |b| b[c]);
-        for run in self.runs(group) {
-            let (ys, xs) = (&mut y[run.range()], &x[run.range()]);
-            if run.per_element {
-                for (i, (yv, &xv)) in ys.iter_mut().zip(xs).enumerate() {
-                    let c = run.channel + i;
-                    let xhat = ((xv.to_f32() - mean_hi) - mean_lo) * rstd;
-                    *yv = T::from_f32(xhat * w(c) + b(c));
-                }
-            } else {
-                let (scale, shift) = (rstd * w(run.channel), b(run.channel));
-                for (yv, &xv) in ys.iter_mut().zip(xs) {
-                    *yv = T::from_f32(((xv.to_f32() - mean_hi) - mean_lo) * scale + shift);
-                }
-            }
+        let p = self.canonical();
+        let coefs = Coefs::new(p.geo.c, affine.weight, affine.bias);
+        if p.columnar() {
+            p.column_forward(y, x, &coefs, Norm::Given(stats));
+        } else {
+            p.row_forward(y, x, &coefs, Norm::Given(stats));
         }
     }
 
@@ -240,7 +324,8 @@ impl Plan {
     /// `mean(g)` term). The saved mean is an `f32` rounding of the true one;
     /// pass 1 also sums `x̂`, whose mean would be 0 for the true mean, and
     /// that residual corrects `x̂` in pass 2, so a large mean costs no
-    /// accuracy here either.
+    /// accuracy here either. Pass 1 reads x and dy from memory; pass 2
+    /// finds them in cache.
     pub fn backward_train<T: Elem>(
         &self,
         grads: Grads<'_, T>,
@@ -249,48 +334,7 @@ impl Plan {
         weight: Option<&[f32]>,
         stats: &Stats,
     ) {
-        let w = |c: usize| weight.map_or(1.0, |w| w[c] as f64);
-        let mut acc = ParamAcc::new(self.geo.c, &grads);
-        let n = self.group_size() as f64;
-        for k in 0..self.num_groups() {
-            let mean = if self.centered { stats.mean[k] } else { 0.0 };
-            let r = stats.rstd[k];
-            // Pass 1: Σg, Σg·x̂, Σx̂.
-            let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
-            for run in self.runs(k) {
-                for (i, (&dyv, &xv)) in dy[run.range()].iter().zip(&x[run.range()]).enumerate() {
-                    let c = if run.per_element { run.channel + i } else { run.channel };
-                    let xhat = (xv.to_f64() - mean as f64) * r as f64;
-                    let g = dyv.to_f64() * w(c);
-                    sg += g;
-                    sgx += g * xhat;
-                    sx += xhat;
-                }
-            }
-            let (delta, mean_g) = if self.centered { (sx / n, sg / n) } else { (0.0, 0.0) };
-            let mean_gx = (sgx - delta * sg) / n;
-            // Fold the correction into a second mean word, as in forward.
-            let lo = if self.centered && r != 0.0 { (delta / r as f64) as f32 } else { 0.0 };
-            let (mean_g, mean_gx) = (mean_g as f32, mean_gx as f32);
-            // Pass 2: dx and the parameter sums.
-            for run in self.runs(k) {
-                let range = run.range();
-                for (i, ((dxv, &dyv), &xv)) in grads.dx[range.clone()]
-                    .iter_mut()
-                    .zip(&dy[range.clone()])
-                    .zip(&x[range])
-                    .enumerate()
-                {
-                    let c = if run.per_element { run.channel + i } else { run.channel };
-                    let xhat = ((xv.to_f32() - mean) - lo) * r;
-                    let dyv = dyv.to_f32();
-                    let g = dyv * w(c) as f32;
-                    *dxv = T::from_f32(r * (g - mean_g - xhat * mean_gx));
-                    acc.add(c, dyv, xhat);
-                }
-            }
-        }
-        acc.finish(grads);
+        self.backward(grads, dy, x, weight, stats, true);
     }
 
     /// Backward through an evaluation-mode forward (statistics are
@@ -303,61 +347,666 @@ impl Plan {
         weight: Option<&[f32]>,
         stats: &Stats,
     ) {
-        let w = |c: usize| weight.map_or(1.0, |w| w[c]);
-        let mut acc = ParamAcc::new(self.geo.c, &grads);
-        for k in 0..self.num_groups() {
-            let mean = if self.centered { stats.mean[k] } else { 0.0 };
-            let r = stats.rstd[k];
-            for run in self.runs(k) {
-                let range = run.range();
-                for (i, ((dxv, &dyv), &xv)) in grads.dx[range.clone()]
-                    .iter_mut()
-                    .zip(&dy[range.clone()])
-                    .zip(&x[range])
-                    .enumerate()
-                {
-                    let c = if run.per_element { run.channel + i } else { run.channel };
-                    let dyv = dyv.to_f32();
-                    *dxv = T::from_f32(dyv * w(c) * r);
-                    acc.add(c, dyv, (xv.to_f32() - mean) * r);
-                }
-            }
-        }
-        acc.finish(grads);
+        self.backward(grads, dy, x, weight, stats, false);
+    }
+
+    fn backward<T: Elem>(
+        &self,
+        mut grads: Grads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        weight: Option<&[f32]>,
+        stats: &Stats,
+        train: bool,
+    ) {
+        let p = self.canonical();
+        let coefs = Coefs::new(p.geo.c, weight, None);
+        let mode = Backward { stats, train };
+        let dx = SharedMut::new(grads.dx);
+        let parts = if p.columnar() {
+            p.column_backward(&dx, dy, x, &coefs, mode)
+        } else {
+            p.row_backward(&dx, dy, x, &coefs, mode)
+        };
+        grads.dx = &mut [];
+        Partials::finish(parts, p.geo.c, grads);
     }
 }
 
-/// Per-channel `Σ dy · x̂` and `Σ dy`, accumulated in `f64`.
-pub(crate) struct ParamAcc {
-    dweight: Option<Vec<f64>>,
-    dbias: Option<Vec<f64>>,
+/// Where a forward pass gets its statistics.
+#[derive(Clone, Copy)]
+enum Norm<'a> {
+    /// From the data, with this eps.
+    Batch(f32),
+    /// As given (evaluation mode).
+    Given(&'a Stats),
 }
 
-impl ParamAcc {
-    pub fn new<T>(channels: usize, grads: &Grads<'_, T>) -> Self {
-        ParamAcc {
-            dweight: grads.dweight.as_ref().map(|_| vec![0.0; channels]),
-            dbias: grads.dbias.as_ref().map(|_| vec![0.0; channels]),
-        }
+#[derive(Clone, Copy)]
+struct Backward<'a> {
+    stats: &'a Stats,
+    /// Statistics came from the data (so they carry gradient).
+    train: bool,
+}
+
+impl Plan {
+    /// Row path forward over all groups; returns each group's moments
+    /// (placeholders when the statistics are given).
+    fn row_forward<T: Elem>(
+        &self,
+        y: &mut [T],
+        x: &[T],
+        coefs: &Coefs,
+        norm: Norm<'_>,
+    ) -> Vec<Moments> {
+        let groups = self.num_groups();
+        let size = self.group_size();
+        let per_chunk = items_per_chunk(groups, size, 0);
+        let chunks = groups.div_ceil(per_chunk);
+        let y = SharedMut::new(y);
+        map_chunks(chunks, groups * size, |i| {
+            row_forward_chunk(self, chunk_items(i, per_chunk, groups), &y, x, coefs, norm)
+        })
+        .concat()
     }
 
-    #[inline(always)]
-    pub fn add(&mut self, c: usize, dy: f32, xhat: f32) {
-        if let Some(dw) = &mut self.dweight {
-            dw[c] += dy as f64 * xhat as f64;
-        }
-        if let Some(db) = &mut self.dbias {
-            db[c] += dy as f64;
-        }
+    fn row_backward<T: Elem>(
+        &self,
+        dx: &SharedMut<'_, T>,
+        dy: &[T],
+        x: &[T],
+        coefs: &Coefs,
+        mode: Backward<'_>,
+    ) -> Vec<Partials> {
+        let groups = self.num_groups();
+        let size = self.group_size();
+        let c = self.geo.c;
+        let per_chunk = items_per_chunk(groups, size, c * 24);
+        let chunks = groups.div_ceil(per_chunk);
+        map_chunks(chunks, groups * size, |i| {
+            row_backward_chunk(
+                self,
+                chunk_items(i, per_chunk, groups),
+                dx,
+                dy,
+                x,
+                coefs,
+                mode,
+            )
+        })
     }
+}
 
-    pub fn finish<T>(self, grads: Grads<'_, T>) {
-        for (out, acc) in [(grads.dweight, self.dweight), (grads.dbias, self.dbias)] {
-            if let (Some(out), Some(acc)) = (out, acc) {
-                for (o, a) in out.iter_mut().zip(acc) {
-                    *o = a as f32;
+/// Group `k`'s values as `f32`: `x` itself when it is `f32` (the spans are
+/// the runs' ranges in it), else the runs widened one after another into
+/// `buf` (the spans are their places there).
+#[inline(always)]
+fn group_data<'a, T: Elem>(
+    plan: &Plan,
+    k: usize,
+    x: &'a [T],
+    buf: &'a mut [f32],
+    runs: &mut Vec<Run>,
+    spans: &mut Vec<Range<usize>>,
+) -> &'a [f32] {
+    runs.clear();
+    runs.extend(plan.runs(k));
+    spans.clear();
+    if let Some(x) = T::as_f32(x) {
+        spans.extend(runs.iter().map(Run::range));
+        return x;
+    }
+    let mut at = 0;
+    for r in runs.iter() {
+        T::load(&x[r.range()], &mut buf[at..at + r.len]);
+        spans.push(at..at + r.len);
+        at += r.len;
+    }
+    &buf[..at]
+}
+
+multiversion! {
+    fn row_forward_chunk<T: Elem>(
+        plan: &Plan,
+        groups: Range<usize>,
+        y: &SharedMut<'_, T>,
+        x: &[T],
+        coefs: &Coefs,
+        norm: Norm<'_>,
+    ) -> Vec<Moments> {
+        let size = plan.group_size();
+        let widen = T::as_f32(x).is_none();
+        let (mut runs, mut spans) = (Vec::new(), Vec::new());
+        let mut out = Vec::with_capacity(groups.len());
+        let mut xbuf = Buffer::take(if widen { size } else { 0 });
+        let mut ybuf = Buffer::take(if widen { size } else { 0 });
+                for k in groups {
+                    let data = group_data(plan, k, x, &mut xbuf, &mut runs, &mut spans);
+                    let (m, g) = match norm {
+                        Norm::Batch(eps) => {
+                            let m = row_moments(spans.iter().map(|r| &data[r.clone()]), plan.centered);
+                            (m, GroupStats::from_moments(&m, eps))
+                        }
+                        Norm::Given(stats) => (Moments::EMPTY, GroupStats::given(stats, k)),
+                    };
+                    out.push(m);
+                    for (run, span) in runs.iter().zip(&spans) {
+                        let xr = &data[span.clone()];
+                        // SAFETY: each value belongs to exactly one group's
+                        // runs, and each group to exactly one chunk.
+                        let yr = unsafe { y.range(run.range()) };
+                        let o = f32_target(yr, &mut ybuf);
+                        if run.per_element {
+                            let cs = run.channel..run.channel + run.len;
+                            let (w, b) = (&coefs.weight[cs.clone()], &coefs.bias[cs]);
+                            lanes::apply_vec(o, xr, g.mean_hi, g.mean_lo, g.rstd, w, b);
+                        } else {
+                            let a = g.rstd * coefs.weight[run.channel];
+                            lanes::apply_scalar(o, xr, g.mean_hi, g.mean_lo, a, coefs.bias[run.channel]);
+                        }
+                        store_f32(yr, &ybuf);
+                    }
+                }
+        out
+    }
+}
+
+multiversion! {
+    fn row_backward_chunk<T: Elem>(
+        plan: &Plan,
+        groups: Range<usize>,
+        dx: &SharedMut<'_, T>,
+        dy: &[T],
+        x: &[T],
+        coefs: &Coefs,
+        mode: Backward<'_>,
+    ) -> Partials {
+        let c = plan.geo.c;
+        let size = plan.group_size();
+        let n = size as f64;
+        let widen = T::as_f32(x).is_none();
+        let wsize = if widen { size } else { 0 };
+        let mut parts = Partials::new(c);
+        // Per-element (LayerNorm) parameter sums go through f32 rows first.
+        let per_element = plan.geo.axis == ChannelAxis::Last;
+        let (mut dw32, mut db32) = if per_element { (vec![0.0f32; c], vec![0.0f32; c]) } else { (Vec::new(), Vec::new()) };
+        let (mut runs, mut spans, mut dyspans, mut run_sums) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut dyruns = Vec::new();
+        let (mut xbuf, mut dybuf, mut dxbuf) = (Buffer::take(wsize), Buffer::take(wsize), Buffer::take(wsize));
+            for (done, k) in groups.enumerate() {
+                let xdata = group_data(plan, k, x, &mut xbuf, &mut runs, &mut spans);
+                let dydata = group_data(plan, k, dy, &mut dybuf, &mut dyruns, &mut dyspans);
+                let g = GroupStats::given(mode.stats, k);
+                let mean = if plan.centered { g.mean_hi } else { 0.0 };
+                // Pass 1: Σg, Σg·x̂, Σx̂ (and per-run sums for the parameters).
+                let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
+                run_sums.clear();
+                for (j, run) in runs.iter().enumerate() {
+                    let (xr, dyr) = (&xdata[spans[j].clone()], &dydata[dyspans[j].clone()]);
+                    if run.per_element {
+                        let w = &coefs.weight[run.channel..run.channel + run.len];
+                        let [a, b, s] = lanes::bwd_sums_vec(dyr, xr, mean, g.rstd, w);
+                        sg += a;
+                        sgx += b;
+                        sx += s;
+                    } else {
+                        let sums = lanes::bwd_sums_scalar(dyr, xr, mean, g.rstd);
+                        let w = coefs.weight[run.channel] as f64;
+                        sg += w * sums[0];
+                        sgx += w * sums[1];
+                        sx += sums[2];
+                        run_sums.push(sums);
+                    }
+                }
+                let (delta, mean_g, mean_gx) = match (mode.train, plan.centered) {
+                    (false, _) => (0.0, 0.0, 0.0),
+                    (true, true) => {
+                        let delta = sx / n;
+                        (delta, sg / n, (sgx - delta * sg) / n)
+                    }
+                    (true, false) => (0.0, 0.0, sgx / n),
+                };
+                let coef = DxCoef {
+                    mean_hi: mean,
+                    mean_lo: if g.rstd != 0.0 { (delta / g.rstd as f64) as f32 } else { 0.0 },
+                    rstd: g.rstd,
+                    mean_g: mean_g as f32,
+                    mean_gx: mean_gx as f32,
+                };
+                // Pass 2: dx and the parameter sums.
+                let mut scalar_runs = run_sums.iter();
+                for (j, run) in runs.iter().enumerate() {
+                    let (xr, dyr) = (&xdata[spans[j].clone()], &dydata[dyspans[j].clone()]);
+                    // SAFETY: each value belongs to exactly one group's runs,
+                    // and each group to exactly one chunk.
+                    let out = unsafe { dx.range(run.range()) };
+                    let o = f32_target(out, &mut dxbuf);
+                    if run.per_element {
+                        let cs = run.channel..run.channel + run.len;
+                        let w = &coefs.weight[cs.clone()];
+                        lanes::bwd_dx_vec(o, dyr, xr, coef, w, &mut dw32[cs.clone()], &mut db32[cs]);
+                    } else {
+                        lanes::bwd_dx_scalar(o, dyr, xr, coef, coefs.weight[run.channel]);
+                    }
+                    store_f32(out, &dxbuf);
+                    if !run.per_element {
+                        let s = scalar_runs.next().unwrap();
+                        parts.dweight[run.channel] += s[1] - delta * s[0];
+                        parts.dbias[run.channel] += s[0];
+                    }
+                }
+                if per_element && (done + 1) % ROWS_PER_FLUSH == 0 {
+                    parts.add_f32(&mut dw32, &mut db32);
                 }
             }
+        if per_element {
+            parts.add_f32(&mut dw32, &mut db32);
+        }
+        parts
+    }
+}
+
+// ---------------------------------------------------------------- columns
+
+/// The column path's units: the row ranges of `[rows, c]` whose groups are
+/// independent. Batch statistics make one unit of all rows; per-sample
+/// statistics make one unit per sample.
+struct Units {
+    count: usize,
+    rows: usize,
+}
+
+impl Plan {
+    fn units(&self) -> Units {
+        let Geometry { n, s, .. } = self.geo;
+        match self.scope {
+            Scope::AcrossBatch => Units {
+                count: 1,
+                rows: n * s,
+            },
+            Scope::PerSample { .. } => Units { count: n, rows: s },
+        }
+    }
+
+    /// Rows per piece: a piece's rows are reduced together in cache.
+    fn rows_per_piece(&self, rows: usize) -> usize {
+        items_per_chunk(rows, self.geo.c, 0)
+    }
+
+    /// Group statistics of unit `u` from its per-channel moments.
+    fn group_moments(&self, per_channel: &[Moments]) -> Vec<Moments> {
+        per_channel
+            .chunks(self.channels_per_group())
+            .map(|ch| ch.iter().fold(Moments::EMPTY, |a, &b| a.merge(b)))
+            .collect()
+    }
+
+    /// Per-channel forward coefficients: `y = ((x - mh) - ml) · a + b`.
+    fn channel_coefs(&self, groups: &[GroupStats], coefs: &Coefs) -> [Vec<f32>; 4] {
+        let cg = self.channels_per_group();
+        let c = self.geo.c;
+        let (mut mh, mut ml, mut a) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        for ch in 0..c {
+            let g = &groups[ch / cg];
+            mh[ch] = g.mean_hi;
+            ml[ch] = g.mean_lo;
+            a[ch] = g.rstd * coefs.weight[ch];
+        }
+        [mh, ml, a, coefs.bias.clone()]
+    }
+
+    fn column_forward<T: Elem>(
+        &self,
+        y: &mut [T],
+        x: &[T],
+        coefs: &Coefs,
+        norm: Norm<'_>,
+    ) -> Vec<Moments> {
+        let c = self.geo.c;
+        let units = self.units();
+        let per_piece = self.rows_per_piece(units.rows);
+        let y = SharedMut::new(y);
+        let total = x.len();
+        if units.count == 1 {
+            // Batch statistics: pieces in parallel, merged in order, then a
+            // second parallel sweep normalizes.
+            let pieces = units.rows.div_ceil(per_piece).max(1);
+            let (moments, groups): (Vec<Moments>, Vec<GroupStats>) = match norm {
+                Norm::Batch(eps) => {
+                    let parts = map_chunks(pieces, total, |i| {
+                        let r = chunk_items(i, per_piece, units.rows);
+                        column_moments(&x[r.start * c..r.end * c], c, self.centered)
+                    });
+                    let mut per_channel = vec![Moments::EMPTY; c];
+                    for part in parts {
+                        for (acc, m) in per_channel.iter_mut().zip(part) {
+                            *acc = acc.merge(m);
+                        }
+                    }
+                    let m = self.group_moments(&per_channel);
+                    let g = m.iter().map(|m| GroupStats::from_moments(m, eps)).collect();
+                    (m, g)
+                }
+                Norm::Given(stats) => (
+                    Vec::new(),
+                    (0..c).map(|k| GroupStats::given(stats, k)).collect(),
+                ),
+            };
+            let cc = self.channel_coefs(&groups, coefs);
+            map_chunks(pieces, total, |i| {
+                let r = chunk_items(i, per_piece, units.rows);
+                // SAFETY: pieces cover disjoint row ranges.
+                let out = unsafe { y.range(r.start * c..r.end * c) };
+                column_apply(out, &x[r.start * c..r.end * c], c, &cc);
+            });
+            moments
+        } else {
+            // Per-sample statistics: one task per sample does both sweeps
+            // while the sample is in cache.
+            let unit_len = units.rows * c;
+            map_chunks(units.count, total, |u| {
+                let xs = &x[u * unit_len..(u + 1) * unit_len];
+                let (m, groups) = match norm {
+                    Norm::Batch(eps) => {
+                        let mut per_channel = vec![Moments::EMPTY; c];
+                        for xp in xs.chunks(per_piece * c) {
+                            for (acc, m) in
+                                per_channel
+                                    .iter_mut()
+                                    .zip(column_moments(xp, c, self.centered))
+                            {
+                                *acc = acc.merge(m);
+                            }
+                        }
+                        let m = self.group_moments(&per_channel);
+                        let g: Vec<GroupStats> =
+                            m.iter().map(|m| GroupStats::from_moments(m, eps)).collect();
+                        (m, g)
+                    }
+                    Norm::Given(stats) => {
+                        let k0 = u * self.num_groups() / units.count;
+                        let g = (0..self.num_groups() / units.count)
+                            .map(|k| GroupStats::given(stats, k0 + k))
+                            .collect();
+                        (Vec::new(), g)
+                    }
+                };
+                let cc = self.channel_coefs(&groups, coefs);
+                // SAFETY: samples cover disjoint ranges.
+                let out = unsafe { y.range(u * unit_len..(u + 1) * unit_len) };
+                column_apply(out, xs, c, &cc);
+                m
+            })
+            .concat()
+        }
+    }
+
+    fn column_backward<T: Elem>(
+        &self,
+        dx: &SharedMut<'_, T>,
+        dy: &[T],
+        x: &[T],
+        coefs: &Coefs,
+        mode: Backward<'_>,
+    ) -> Vec<Partials> {
+        let c = self.geo.c;
+        let units = self.units();
+        let per_piece = self.rows_per_piece(units.rows);
+        let total = x.len();
+        let groups_per_unit = self.num_groups() / units.count;
+        let unit_stats = |u: usize| -> Vec<GroupStats> {
+            (0..groups_per_unit)
+                .map(|k| GroupStats::given(mode.stats, u * groups_per_unit + k))
+                .collect()
+        };
+        if units.count == 1 {
+            let pieces = units.rows.div_ceil(per_piece).max(1);
+            let groups = unit_stats(0);
+            let [mean, _, _, _] = self.channel_coefs(&groups, coefs);
+            let rstd = self.expand(&groups, |g| g.rstd);
+            let parts = map_chunks(pieces, total, |i| {
+                let r = chunk_items(i, per_piece, units.rows);
+                let span = r.start * c..r.end * c;
+                column_bwd_sums(&dy[span.clone()], &x[span], c, &mean, &rstd)
+            });
+            let mut sums = [vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]];
+            for part in parts {
+                for (acc, p) in sums.iter_mut().zip(part) {
+                    for (a, v) in acc.iter_mut().zip(p) {
+                        *a += v;
+                    }
+                }
+            }
+            let (part, k) = self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows);
+            let kref = k.as_ref();
+            map_chunks(pieces, total, |i| {
+                let r = chunk_items(i, per_piece, units.rows);
+                let span = r.start * c..r.end * c;
+                // SAFETY: pieces cover disjoint row ranges.
+                let out = unsafe { dx.range(span.clone()) };
+                column_dx(out, &dy[span.clone()], &x[span], c, &kref);
+            });
+            vec![part]
+        } else {
+            let unit_len = units.rows * c;
+            map_chunks(units.count, total, |u| {
+                let span = u * unit_len..(u + 1) * unit_len;
+                let (xs, dys) = (&x[span.clone()], &dy[span.clone()]);
+                let groups = unit_stats(u);
+                let [mean, _, _, _] = self.channel_coefs(&groups, coefs);
+                let rstd = self.expand(&groups, |g| g.rstd);
+                let mut sums = [vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]];
+                for (xp, dyp) in xs.chunks(per_piece * c).zip(dys.chunks(per_piece * c)) {
+                    for (acc, p) in sums
+                        .iter_mut()
+                        .zip(column_bwd_sums(dyp, xp, c, &mean, &rstd))
+                    {
+                        for (a, v) in acc.iter_mut().zip(p) {
+                            *a += v;
+                        }
+                    }
+                }
+                let (part, k) = self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows);
+                // SAFETY: samples cover disjoint ranges.
+                let out = unsafe { dx.range(span) };
+                column_dx(out, dys, xs, c, &k.as_ref());
+                part
+            })
+        }
+    }
+
+    /// A per-group value repeated for each channel of the group.
+    fn expand(&self, groups: &[GroupStats], f: impl Fn(&GroupStats) -> f32) -> Vec<f32> {
+        let cg = self.channels_per_group();
+        (0..self.geo.c).map(|ch| f(&groups[ch / cg])).collect()
+    }
+
+    /// From the per-channel sums `[Σdy, Σdy·x̂, Σx̂]` of one unit: its
+    /// parameter partials and the per-channel coefficients of pass 2.
+    fn column_dx_coefs(
+        &self,
+        groups: &[GroupStats],
+        sums: &[Vec<f64>; 3],
+        coefs: &Coefs,
+        train: bool,
+        rows: usize,
+    ) -> (Partials, ChannelDx) {
+        let c = self.geo.c;
+        let cg = self.channels_per_group();
+        let n = (rows * cg) as f64;
+        let mut part = Partials::new(c);
+        let mut k = ChannelDx::new(c);
+        for (gi, g) in groups.iter().enumerate() {
+            let chans = gi * cg..(gi + 1) * cg;
+            let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
+            for ch in chans.clone() {
+                let w = coefs.weight[ch] as f64;
+                sg += w * sums[0][ch];
+                sgx += w * sums[1][ch];
+                sx += sums[2][ch];
+            }
+            let (delta, mean_g, mean_gx) = match (train, self.centered) {
+                (false, _) => (0.0, 0.0, 0.0),
+                (true, true) => {
+                    let delta = sx / n;
+                    (delta, sg / n, (sgx - delta * sg) / n)
+                }
+                (true, false) => (0.0, 0.0, sgx / n),
+            };
+            let r = g.rstd as f64;
+            for ch in chans {
+                part.dweight[ch] = sums[1][ch] - delta * sums[0][ch];
+                part.dbias[ch] = sums[0][ch];
+                k.mean_hi[ch] = if self.centered { g.mean_hi } else { 0.0 };
+                k.mean_lo[ch] = if r != 0.0 { (delta / r) as f32 } else { 0.0 };
+                k.rstd[ch] = g.rstd;
+                k.wr[ch] = coefs.weight[ch] * g.rstd;
+                k.cg[ch] = (r * mean_g) as f32;
+                k.cgx[ch] = (r * mean_gx) as f32;
+            }
+        }
+        (part, k)
+    }
+}
+
+/// Owned per-channel coefficients of backward pass 2.
+struct ChannelDx {
+    mean_hi: Vec<f32>,
+    mean_lo: Vec<f32>,
+    rstd: Vec<f32>,
+    wr: Vec<f32>,
+    cg: Vec<f32>,
+    cgx: Vec<f32>,
+}
+
+impl ChannelDx {
+    fn new(c: usize) -> Self {
+        let z = || vec![0.0f32; c];
+        ChannelDx {
+            mean_hi: z(),
+            mean_lo: z(),
+            rstd: z(),
+            wr: z(),
+            cg: z(),
+            cgx: z(),
+        }
+    }
+
+    fn as_ref(&self) -> DxChannels<'_> {
+        DxChannels {
+            mean_hi: &self.mean_hi,
+            mean_lo: &self.mean_lo,
+            rstd: &self.rstd,
+            wr: &self.wr,
+            cg: &self.cg,
+            cgx: &self.cgx,
+        }
+    }
+}
+
+/// Adds `f32` accumulators into `f64` ones and zeroes them.
+#[inline(always)]
+fn flush_into(acc: &mut [f64], part: &mut [f32]) {
+    for (a, p) in acc.iter_mut().zip(part.iter_mut()) {
+        *a += std::mem::take(p) as f64;
+    }
+}
+
+multiversion! {
+    /// Per-channel moments of a `[rows, c]` piece, two passes in cache.
+    fn column_moments<T: Elem>(x: &[T], c: usize, centered: bool) -> Vec<Moments> {
+        let rows = x.len() / c.max(1);
+        let mut buf = Buffer::take(if T::as_f32(x).is_some() { 0 } else { c });
+        let buf = &mut buf;
+        {
+            let (mut sum, mut maxabs) = (vec![0.0f32; c], vec![0.0f32; c]);
+            let mut sum64 = vec![0.0f64; c];
+            for (i, row) in x.chunks_exact(c).enumerate() {
+                lanes::col_sum_maxabs(as_f32(row, buf), &mut sum, &mut maxabs);
+                if (i + 1) % ROWS_PER_FLUSH == 0 {
+                    flush_into(&mut sum64, &mut sum);
+                }
+            }
+            flush_into(&mut sum64, &mut sum);
+            let scale: Vec<f32> = maxabs.iter().map(|&m| scale_for(m)).collect();
+            let shift: Vec<f32> = sum64
+                .iter()
+                .zip(&scale)
+                .map(|(&s, &sc)| if centered { (s / rows as f64 * sc as f64) as f32 } else { 0.0 })
+                .collect();
+            let (mut s1, mut s2) = (vec![0.0f32; c], vec![0.0f32; c]);
+            let (mut d1, mut d2) = (vec![0.0f64; c], vec![0.0f64; c]);
+            for (i, row) in x.chunks_exact(c).enumerate() {
+                lanes::col_dev_sums(as_f32(row, buf), &scale, &shift, &mut s1, &mut s2);
+                if (i + 1) % ROWS_PER_FLUSH == 0 {
+                    flush_into(&mut d1, &mut s1);
+                    flush_into(&mut d2, &mut s2);
+                }
+            }
+            flush_into(&mut d1, &mut s1);
+            flush_into(&mut d2, &mut s2);
+            (0..c)
+                .map(|ch| {
+                    if rows == 0 {
+                        Moments::EMPTY
+                    } else if centered {
+                        let m0 = shift[ch] as f64 / scale[ch] as f64;
+                        Moments::from_deviations(rows, m0, scale[ch], d1[ch], d2[ch])
+                    } else {
+                        let s = scale[ch] as f64;
+                        Moments { count: rows, mean: 0.0, var: d2[ch] / rows as f64 / (s * s) }
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+multiversion! {
+    /// `y = ((x - mh[c]) - ml[c]) · a[c] + b[c]` over `[rows, c]`.
+    fn column_apply<T: Elem>(y: &mut [T], x: &[T], c: usize, k: &[Vec<f32>; 4]) {
+        let widen = if T::as_f32(x).is_some() { 0 } else { c };
+        let (mut xbuf, mut ybuf) = (Buffer::take(widen), Buffer::take(widen));
+        for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+            let xr = as_f32(xr, &mut xbuf);
+            lanes::apply_channels(f32_target(yr, &mut ybuf), xr, &k[0], &k[1], &k[2], &k[3]);
+            store_f32(yr, &ybuf);
+        }
+    }
+}
+
+multiversion! {
+    /// Per-channel `[Σdy, Σdy·x̂, Σx̂]` over `[rows, c]`.
+    fn column_bwd_sums<T: Elem>(dy: &[T], x: &[T], c: usize, mean: &[f32], rstd: &[f32]) -> [Vec<f64>; 3] {
+        let widen = if T::as_f32(x).is_some() { 0 } else { c };
+        let mut acc = [vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]];
+        let mut out = [vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]];
+        let (mut xbuf, mut dbuf) = (Buffer::take(widen), Buffer::take(widen));
+        for (i, (dr, xr)) in dy.chunks_exact(c).zip(x.chunks_exact(c)).enumerate() {
+            let [a0, a1, a2] = &mut acc;
+            lanes::col_bwd_sums(as_f32(dr, &mut dbuf), as_f32(xr, &mut xbuf), mean, rstd, a0, a1, a2);
+            if (i + 1) % ROWS_PER_FLUSH == 0 {
+                for (o, a) in out.iter_mut().zip(acc.iter_mut()) {
+                    flush_into(o, a);
+                }
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc.iter_mut()) {
+            flush_into(o, a);
+        }
+        out
+    }
+}
+
+multiversion! {
+    /// Backward pass 2 over `[rows, c]`.
+    fn column_dx<T: Elem>(dx: &mut [T], dy: &[T], x: &[T], c: usize, k: &DxChannels<'_>) {
+        let widen = if T::as_f32(x).is_some() { 0 } else { c };
+        let (mut xbuf, mut dbuf, mut obuf) = (Buffer::take(widen), Buffer::take(widen), Buffer::take(widen));
+        for ((o, dr), xr) in dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)) {
+            let (dr, xr) = (as_f32(dr, &mut dbuf), as_f32(xr, &mut xbuf));
+            lanes::bwd_dx_channels(f32_target(o, &mut obuf), dr, xr, k);
+            store_f32(o, &obuf);
         }
     }
 }

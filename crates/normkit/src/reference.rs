@@ -98,7 +98,10 @@ pub struct DytGradients {
 type Group = Vec<(usize, usize)>;
 
 fn check_len(name: &str, got: usize, expected: usize) {
-    assert_eq!(got, expected, "`{name}` has {got} values, expected {expected}");
+    assert_eq!(
+        got, expected,
+        "`{name}` has {got} values, expected {expected}"
+    );
 }
 
 fn check_params(weight: Option<&[f64]>, bias: Option<&[f64]>, channels: usize) {
@@ -431,13 +434,7 @@ pub fn layer_norm_backward(
 
 /// RMSNorm over rows of `d` values: `y = x / sqrt(mean(x²) + eps) · weight`.
 /// `mean` is empty and `var` holds the mean squares.
-pub fn rms_norm(
-    x: &[f64],
-    rows: usize,
-    d: usize,
-    weight: Option<&[f64]>,
-    eps: f64,
-) -> Normalized {
+pub fn rms_norm(x: &[f64], rows: usize, d: usize, weight: Option<&[f64]>, eps: f64) -> Normalized {
     check_len("x", x.len(), rows * d);
     check_params(weight, None, d);
     normalize(x, &row_groups(rows, d), weight, None, eps, false)
@@ -553,7 +550,10 @@ fn around_dim(shape: &[usize], dim: Option<isize>) -> (usize, usize, usize) {
     };
     let rank = shape.len() as isize;
     let k = if dim < 0 { dim + rank } else { dim };
-    assert!((0..rank).contains(&k), "dim {dim} out of range for rank {rank}");
+    assert!(
+        (0..rank).contains(&k),
+        "dim {dim} out of range for rank {rank}"
+    );
     let k = k as usize;
     (
         shape[..k].iter().product(),
@@ -613,7 +613,7 @@ pub fn weight_norm_backward(
     check_len("g", g.len(), kept);
     let mut dv = vec![0.0; v.len()];
     let mut dg = Vec::new();
-    for j in 0..kept {
+    for (j, &gj) in g.iter().enumerate() {
         let (mut sq, mut dot) = (0.0, 0.0);
         for o in 0..outer {
             for i in 0..inner {
@@ -626,7 +626,7 @@ pub fn weight_norm_backward(
         for o in 0..outer {
             for i in 0..inner {
                 let at = (o * kept + j) * inner + i;
-                dv[at] = g[j] / norm * dw[at] - g[j] * v[at] / (norm * norm * norm) * dot;
+                dv[at] = gj / norm * dw[at] - gj * v[at] / (norm * norm * norm) * dot;
             }
         }
         dg.push(dot / norm);
@@ -656,7 +656,9 @@ pub fn dyt(
     y
 }
 
-/// Backward of [`dyt`], with `t = tanh(alpha · x)` and `tanh' = 1 - t²`.
+/// Backward of [`dyt`], with `t = tanh(alpha · x)` and
+/// `tanh'(a) = 1 - t² = 1 / cosh²(a)`, the second form because it does not
+/// cancel as `|t|` nears 1.
 pub fn dyt_backward(
     dy: &[f64],
     x: &[f64],
@@ -677,8 +679,9 @@ pub fn dyt_backward(
         for c in 0..d.c {
             for s in 0..d.s {
                 let i = d.at(n, c, s);
-                let t = (alpha * x[i]).tanh();
-                let dt = dy[i] * weight_at(weight, c) * (1.0 - t * t);
+                let a = alpha * x[i];
+                let t = a.tanh();
+                let dt = dy[i] * weight_at(weight, c) / (a.cosh() * a.cosh());
                 out.dx[i] = dt * alpha;
                 out.dalpha += dt * x[i];
                 out.dweight[c] += dy[i] * t;
@@ -748,7 +751,10 @@ mod tests {
     fn assert_near(what: &str, got: &[f64], expected: &[f64]) {
         assert_eq!(got.len(), expected.len(), "{what}: length");
         for (i, (g, e)) in got.iter().zip(expected).enumerate() {
-            assert!((g - e).abs() <= 1e-12 * (1.0 + e.abs()), "{what}[{i}]: {g} vs {e}");
+            assert!(
+                (g - e).abs() <= 1e-12 * (1.0 + e.abs()),
+                "{what}[{i}]: {g} vs {e}"
+            );
         }
     }
 
@@ -763,7 +769,14 @@ mod tests {
         assert_near("mean", &out.mean, &[2.5]);
         assert_near("rstd", &out.rstd, &[r]);
         // Affine: y · weight + bias per position.
-        let out = layer_norm(&[0.0, 2.0], 1, 2, Some(&[2.0, 3.0]), Some(&[1.0, -1.0]), 0.0);
+        let out = layer_norm(
+            &[0.0, 2.0],
+            1,
+            2,
+            Some(&[2.0, 3.0]),
+            Some(&[1.0, -1.0]),
+            0.0,
+        );
         assert_near("y affine", &out.y, &[-1.0, 2.0]);
     }
 
@@ -789,7 +802,15 @@ mod tests {
         let (m, v) = batch_norm_running_update(&x, d, &[0.0, 1.0], &[1.0, 1.0], 0.1);
         assert_near("running_mean", &m, &[0.2, 0.1 * 10.0 + 0.9]);
         assert_near("running_var", &v, &[0.9 + 0.1 * 2.0, 0.9]);
-        let y = batch_norm_eval(&x, d, None, Some(&[0.5, 0.0]), &[1.0, 10.0], &[4.0, 1.0], 0.0);
+        let y = batch_norm_eval(
+            &x,
+            d,
+            None,
+            Some(&[0.5, 0.0]),
+            &[1.0, 10.0],
+            &[4.0, 1.0],
+            0.0,
+        );
         assert_near("eval", &y, &[0.5, 0.0, 1.5, 0.0]);
     }
 

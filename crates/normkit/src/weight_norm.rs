@@ -3,7 +3,7 @@
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
 use crate::layout::{check_len, numel, Affine, ChannelAxis, Geometry, Stats};
-use crate::moments::moments;
+use crate::moments::row_moments;
 use crate::normalize::{Plan, Scope};
 
 const OP: &str = "weight_norm";
@@ -80,9 +80,11 @@ pub fn weight_norm_forward<T: Elem>(
     check_len(OP, "v", v.len(), p.geo.len(), shape)?;
     check_len(OP, "w", w.len(), p.geo.len(), shape)?;
     check_len(OP, "g", g.len(), p.geo.c, shape)?;
+    // Weights are small: widen once and reduce each slice's runs.
+    let vf: Vec<f32> = v.iter().map(|e| e.to_f32()).collect();
     let norms: Vec<f64> = (0..p.num_groups())
         .map(|k| {
-            let m = moments(v, p.runs(k).map(|r| r.range()), false);
+            let m = row_moments(p.runs(k).map(|r| &vf[r.range()]), false);
             (m.var * m.count as f64).sqrt()
         })
         .collect();
@@ -139,7 +141,11 @@ pub fn weight_norm_backward<T: Elem>(
         let scale = (gj as f64 * inv) as f32;
         let (inv, sum) = (inv as f32, sum as f32);
         for r in p.runs(j) {
-            for ((o, &d), &x) in dv[r.range()].iter_mut().zip(&dw[r.range()]).zip(&v[r.range()]) {
+            for ((o, &d), &x) in dv[r.range()]
+                .iter_mut()
+                .zip(&dw[r.range()])
+                .zip(&v[r.range()])
+            {
                 *o = T::from_f32(scale * (d.to_f32() - x.to_f32() * inv * sum));
             }
         }

@@ -104,7 +104,11 @@ impl Args {
         ];
         for (name, values) in outputs {
             for (i, v) in values.into_iter().flatten().enumerate() {
-                assert_eq!(v.to_bits(), SENTINEL.to_bits(), "{ctx}: {name}[{i}] was written");
+                assert_eq!(
+                    v.to_bits(),
+                    SENTINEL.to_bits(),
+                    "{ctx}: {name}[{i}] was written"
+                );
             }
         }
     }
@@ -164,9 +168,15 @@ fn check<R>(op: &str, base: &Args, cases: &[Case], call: impl Fn(&mut Args) -> R
         let (named, shape) = parts(&e);
         assert_eq!(named, op, "{ctx}: error names the wrong op");
         let msg = e.to_string();
-        assert!(msg.starts_with(&format!("{op}: ")), "{ctx}: message {msg:?}");
+        assert!(
+            msg.starts_with(&format!("{op}: ")),
+            "{ctx}: message {msg:?}"
+        );
         if let Some(shape) = shape {
-            assert!(msg.contains(&format!("{shape:?}")), "{ctx}: message {msg:?} lacks the shape");
+            assert!(
+                msg.contains(&format!("{shape:?}")),
+                "{ctx}: message {msg:?} lacks the shape"
+            );
         }
         a.assert_untouched(&ctx);
     }
@@ -183,9 +193,21 @@ fn is_len(e: &NormError, which: &str) -> bool {
 // Cases shared by several ops. Each breaks one argument of a valid `Args`.
 
 const BAD_EPS: [Case; 3] = [
-    ("negative eps", |a| set_eps(a, -1e-5), |e| matches!(e, NormError::Eps { .. })),
-    ("NaN eps", |a| set_eps(a, f32::NAN), |e| matches!(e, NormError::Eps { .. })),
-    ("infinite eps", |a| set_eps(a, f32::INFINITY), |e| matches!(e, NormError::Eps { .. })),
+    (
+        "negative eps",
+        |a| set_eps(a, -1e-5),
+        |e| matches!(e, NormError::Eps { .. }),
+    ),
+    (
+        "NaN eps",
+        |a| set_eps(a, f32::NAN),
+        |e| matches!(e, NormError::Eps { .. }),
+    ),
+    (
+        "infinite eps",
+        |a| set_eps(a, f32::INFINITY),
+        |e| matches!(e, NormError::Eps { .. }),
+    ),
 ];
 
 fn set_eps(a: &mut Args, eps: f32) {
@@ -200,8 +222,16 @@ const BAD_FORWARD_LENGTHS: [Case; 6] = [
     ("long x", |a| a.x.push(0.0), |e| is_len(e, "x")),
     ("short y", |a| pop(&mut a.y), |e| is_len(e, "y")),
     ("long y", |a| a.y.push(SENTINEL), |e| is_len(e, "y")),
-    ("short weight", |a| pop(a.weight.as_mut().unwrap()), |e| is_len(e, "weight")),
-    ("long bias", |a| a.bias.as_mut().unwrap().push(0.0), |e| is_len(e, "bias")),
+    (
+        "short weight",
+        |a| pop(a.weight.as_mut().unwrap()),
+        |e| is_len(e, "weight"),
+    ),
+    (
+        "long bias",
+        |a| a.bias.as_mut().unwrap().push(0.0),
+        |e| is_len(e, "bias"),
+    ),
 ];
 
 const BAD_BACKWARD_LENGTHS: [Case; 7] = [
@@ -209,25 +239,65 @@ const BAD_BACKWARD_LENGTHS: [Case; 7] = [
     ("short dy", |a| pop(&mut a.dy), |e| is_len(e, "dy")),
     ("long dy", |a| a.dy.push(0.0), |e| is_len(e, "dy")),
     ("short dx", |a| pop(&mut a.dx), |e| is_len(e, "dx")),
-    ("short dweight", |a| pop(a.dweight.as_mut().unwrap()), |e| is_len(e, "dweight")),
-    ("long dbias", |a| a.dbias.as_mut().unwrap().push(SENTINEL), |e| is_len(e, "dbias")),
-    ("long weight", |a| a.weight.as_mut().unwrap().push(1.0), |e| is_len(e, "weight")),
+    (
+        "short dweight",
+        |a| pop(a.dweight.as_mut().unwrap()),
+        |e| is_len(e, "dweight"),
+    ),
+    (
+        "long dbias",
+        |a| a.dbias.as_mut().unwrap().push(SENTINEL),
+        |e| is_len(e, "dbias"),
+    ),
+    (
+        "long weight",
+        |a| a.weight.as_mut().unwrap().push(1.0),
+        |e| is_len(e, "weight"),
+    ),
 ];
 
 const BAD_STATS: [Case; 3] = [
-    ("short stats.mean", |a| pop(&mut a.stats.mean), |e| is_len(e, "mean")),
-    ("long stats.rstd", |a| a.stats.rstd.push(1.0), |e| is_len(e, "rstd")),
-    ("empty stats", |a| a.stats = Stats::default(), |e| is_len(e, "mean")),
+    (
+        "short stats.mean",
+        |a| pop(&mut a.stats.mean),
+        |e| is_len(e, "mean"),
+    ),
+    (
+        "long stats.rstd",
+        |a| a.stats.rstd.push(1.0),
+        |e| is_len(e, "rstd"),
+    ),
+    (
+        "empty stats",
+        |a| a.stats = Stats::default(),
+        |e| is_len(e, "mean"),
+    ),
 ];
 
 const BAD_RUNNING: [Case; 2] = [
-    ("short running_mean", |a| pop(&mut a.running_mean), |e| is_len(e, "running_mean")),
-    ("long running_var", |a| a.running_var.push(SENTINEL), |e| is_len(e, "running_var")),
+    (
+        "short running_mean",
+        |a| pop(&mut a.running_mean),
+        |e| is_len(e, "running_mean"),
+    ),
+    (
+        "long running_var",
+        |a| a.running_var.push(SENTINEL),
+        |e| is_len(e, "running_var"),
+    ),
 ];
 
 const BAD_MOMENTUM: [Case; 2] = [
-    ("NaN momentum", |a| set_momentum(a, f32::NAN), |e| is_param(e, "momentum")),
-    ("infinite momentum", |a| set_momentum(a, f32::NEG_INFINITY), |e| is_param(e, "momentum")),
+    (
+        "NaN momentum",
+        |a| set_momentum(a, f32::NAN),
+        |e| is_param(e, "momentum"),
+    ),
+    (
+        "infinite momentum",
+        |a| set_momentum(a, f32::NEG_INFINITY),
+        |e| is_param(e, "momentum"),
+    ),
 ];
 
 fn set_momentum(a: &mut Args, m: f32) {
@@ -241,8 +311,16 @@ fn is_param(e: &NormError, which: &str) -> bool {
 
 /// Inputs below rank 2 for ops with a channel axis.
 const BAD_RANK: [Case; 2] = [
-    ("rank-1 input", |a| a.reshape(&[6]), |e| matches!(e, NormError::Rank { min_rank: 2, .. })),
-    ("rank-0 input", |a| a.reshape(&[]), |e| matches!(e, NormError::Rank { min_rank: 2, .. })),
+    (
+        "rank-1 input",
+        |a| a.reshape(&[6]),
+        |e| matches!(e, NormError::Rank { min_rank: 2, .. }),
+    ),
+    (
+        "rank-0 input",
+        |a| a.reshape(&[]),
+        |e| matches!(e, NormError::Rank { min_rank: 2, .. }),
+    ),
 ];
 
 /// An empty batch whose other extents multiply past `usize`.
@@ -312,12 +390,27 @@ fn layer_norm_rejects_bad_input() {
     let op = "layer_norm";
     let forward = cases(&[&BAD_FORWARD_LENGTHS, &BAD_EPS, &BAD_NORMALIZED_SHAPE]);
     check(op, &row_args(), &forward, |a| {
-        layer_norm_forward(&mut a.y, &a.x, &a.shape, &a.normalized_shape, affine!(a), a.eps)
+        layer_norm_forward(
+            &mut a.y,
+            &a.x,
+            &a.shape,
+            &a.normalized_shape,
+            affine!(a),
+            a.eps,
+        )
     });
     let backward = cases(&[&BAD_BACKWARD_LENGTHS, &BAD_STATS, &BAD_NORMALIZED_SHAPE]);
     check(op, &row_args(), &backward, |a| {
         let w = a.weight.as_deref();
-        layer_norm_backward(grads!(a), &a.dy, &a.x, &a.shape, &a.normalized_shape, w, &a.stats)
+        layer_norm_backward(
+            grads!(a),
+            &a.dy,
+            &a.x,
+            &a.shape,
+            &a.normalized_shape,
+            w,
+            &a.stats,
+        )
     });
 }
 
@@ -335,9 +428,21 @@ fn rms_norm_rejects_bad_input() {
         rms_norm_forward(&mut a.y, &a.x, &a.shape, &a.normalized_shape, w, a.eps)
     });
     let specific: [Case; 3] = [
-        ("a dbias", |a| a.dbias = Some(vec![SENTINEL; 4]), |e| is_len(e, "dbias")),
-        ("an empty dbias", |a| a.dbias = Some(Vec::new()), |e| is_len(e, "dbias")),
-        ("short stats.rstd", |a| pop(&mut a.stats.rstd), |e| is_len(e, "rstd")),
+        (
+            "a dbias",
+            |a| a.dbias = Some(vec![SENTINEL; 4]),
+            |e| is_len(e, "dbias"),
+        ),
+        (
+            "an empty dbias",
+            |a| a.dbias = Some(Vec::new()),
+            |e| is_len(e, "dbias"),
+        ),
+        (
+            "short stats.rstd",
+            |a| pop(&mut a.stats.rstd),
+            |e| is_len(e, "rstd"),
+        ),
     ];
     let backward_lengths: Vec<Case> = BAD_BACKWARD_LENGTHS
         .iter()
@@ -347,7 +452,15 @@ fn rms_norm_rejects_bad_input() {
     let backward = cases(&[&backward_lengths, &specific, &BAD_NORMALIZED_SHAPE]);
     check(op, &base, &backward, |a| {
         let w = a.weight.as_deref();
-        rms_norm_backward(grads!(a), &a.dy, &a.x, &a.shape, &a.normalized_shape, w, &a.stats)
+        rms_norm_backward(
+            grads!(a),
+            &a.dy,
+            &a.x,
+            &a.shape,
+            &a.normalized_shape,
+            w,
+            &a.stats,
+        )
     });
 }
 
@@ -359,8 +472,16 @@ fn channel_args() -> Args {
 }
 
 const TOO_FEW_PER_CHANNEL: [Case; 4] = [
-    ("one value per channel, [1, C]", |a| a.reshape(&[1, 3]), is_too_few),
-    ("one value per channel, [1, C, 1]", |a| a.reshape(&[1, 3, 1]), is_too_few),
+    (
+        "one value per channel, [1, C]",
+        |a| a.reshape(&[1, 3]),
+        is_too_few,
+    ),
+    (
+        "one value per channel, [1, C, 1]",
+        |a| a.reshape(&[1, 3, 1]),
+        is_too_few,
+    ),
     (
         "one value per channel, channels last [1, 1, C]",
         |a| {
@@ -401,7 +522,13 @@ fn batch_norm_rejects_bad_input() {
         };
         batch_norm_forward_train(&mut a.y, &a.x, &a.shape, affine!(a), Some(running), &a.bn)
     });
-    let eval = cases(&[&BAD_FORWARD_LENGTHS, &BAD_RUNNING, &BAD_EPS, &BAD_RANK, &[NO_CHANNELS, OVERFLOW]]);
+    let eval = cases(&[
+        &BAD_FORWARD_LENGTHS,
+        &BAD_RUNNING,
+        &BAD_EPS,
+        &BAD_RANK,
+        &[NO_CHANNELS, OVERFLOW],
+    ]);
     check(op, &channel_args(), &eval, |a| {
         let (rm, rv) = (&a.running_mean, &a.running_var);
         batch_norm_forward_eval(&mut a.y, &a.x, &a.shape, affine!(a), rm, rv, &a.bn)
@@ -418,7 +545,13 @@ fn batch_norm_rejects_bad_input() {
         let w = a.weight.as_deref();
         batch_norm_backward_train(grads!(a), &a.dy, &a.x, &a.shape, w, &a.stats, &a.bn)
     });
-    let backward_eval = cases(&[&BAD_BACKWARD_LENGTHS, &BAD_STATS, &BAD_EPS, &BAD_RANK, &[OVERFLOW]]);
+    let backward_eval = cases(&[
+        &BAD_BACKWARD_LENGTHS,
+        &BAD_STATS,
+        &BAD_EPS,
+        &BAD_RANK,
+        &[OVERFLOW],
+    ]);
     check(op, &channel_args(), &backward_eval, |a| {
         let w = a.weight.as_deref();
         batch_norm_backward_eval(grads!(a), &a.dy, &a.x, &a.shape, w, &a.stats, &a.bn)
@@ -437,7 +570,11 @@ fn group_args() -> Args {
 const BAD_GROUPS: [Case; 4] = [
     ("zero groups", |a| a.gn.num_groups = 0, is_groups),
     ("groups not dividing C", |a| a.gn.num_groups = 4, is_groups),
-    ("more groups than channels", |a| a.gn.num_groups = 12, is_groups),
+    (
+        "more groups than channels",
+        |a| a.gn.num_groups = 12,
+        is_groups,
+    ),
     (
         "groups not dividing C, channels last",
         |a| {
@@ -456,15 +593,36 @@ fn is_groups(e: &NormError) -> bool {
 #[test]
 fn group_norm_rejects_bad_input() {
     let op = "group_norm";
-    let forward = cases(&[&BAD_FORWARD_LENGTHS, &BAD_GROUPS, &BAD_EPS, &BAD_RANK, &[OVERFLOW]]);
+    let forward = cases(&[
+        &BAD_FORWARD_LENGTHS,
+        &BAD_GROUPS,
+        &BAD_EPS,
+        &BAD_RANK,
+        &[OVERFLOW],
+    ]);
     check(op, &group_args(), &forward, |a| {
         group_norm_forward(&mut a.y, &a.x, &a.shape, affine!(a), &a.gn)
     });
     let wrong_stats: [Case; 1] = [
         // One per channel (6) is right; one per sample (2) is not.
-        ("stats per sample", |a| a.stats = Stats { mean: vec![0.0; 2], rstd: vec![1.0; 2] }, |e| is_len(e, "mean")),
+        (
+            "stats per sample",
+            |a| {
+                a.stats = Stats {
+                    mean: vec![0.0; 2],
+                    rstd: vec![1.0; 2],
+                }
+            },
+            |e| is_len(e, "mean"),
+        ),
     ];
-    let backward = cases(&[&BAD_BACKWARD_LENGTHS, &BAD_STATS, &wrong_stats, &BAD_GROUPS, &BAD_RANK]);
+    let backward = cases(&[
+        &BAD_BACKWARD_LENGTHS,
+        &BAD_STATS,
+        &wrong_stats,
+        &BAD_GROUPS,
+        &BAD_RANK,
+    ]);
     check(op, &group_args(), &backward, |a| {
         let w = a.weight.as_deref();
         group_norm_backward(grads!(a), &a.dy, &a.x, &a.shape, w, &a.stats, &a.gn)
@@ -479,8 +637,16 @@ fn instance_args() -> Args {
 }
 
 const TOO_FEW_PER_INSTANCE: [Case; 3] = [
-    ("one spatial position, [N, C, 1]", |a| a.reshape(&[2, 3, 1]), is_too_few),
-    ("no spatial dimension, [N, C]", |a| a.reshape(&[2, 3]), is_too_few),
+    (
+        "one spatial position, [N, C, 1]",
+        |a| a.reshape(&[2, 3, 1]),
+        is_too_few,
+    ),
+    (
+        "no spatial dimension, [N, C]",
+        |a| a.reshape(&[2, 3]),
+        is_too_few,
+    ),
     (
         "one spatial position, channels last [N, 1, C]",
         |a| {
@@ -508,7 +674,14 @@ fn instance_norm_rejects_bad_input() {
             mean: &mut a.running_mean,
             var: &mut a.running_var,
         };
-        instance_norm_forward_train(&mut a.y, &a.x, &a.shape, affine!(a), Some(running), &a.inorm)
+        instance_norm_forward_train(
+            &mut a.y,
+            &a.x,
+            &a.shape,
+            affine!(a),
+            Some(running),
+            &a.inorm,
+        )
     });
     let eval = cases(&[&BAD_FORWARD_LENGTHS, &BAD_RUNNING, &BAD_EPS, &BAD_RANK]);
     check(op, &instance_args(), &eval, |a| {
@@ -517,7 +690,12 @@ fn instance_norm_rejects_bad_input() {
     });
     let per_channel: [Case; 1] = [(
         "per-channel stats in training",
-        |a| a.stats = Stats { mean: vec![0.0; 3], rstd: vec![1.0; 3] },
+        |a| {
+            a.stats = Stats {
+                mean: vec![0.0; 3],
+                rstd: vec![1.0; 3],
+            }
+        },
         |e| is_len(e, "mean"),
     )];
     let backward_train = cases(&[&BAD_BACKWARD_LENGTHS, &BAD_STATS, &per_channel, &BAD_RANK]);
@@ -532,7 +710,12 @@ fn instance_norm_rejects_bad_input() {
     };
     let per_instance: [Case; 1] = [(
         "per-instance stats in evaluation",
-        |a| a.stats = Stats { mean: vec![0.0; 6], rstd: vec![1.0; 6] },
+        |a| {
+            a.stats = Stats {
+                mean: vec![0.0; 6],
+                rstd: vec![1.0; 6],
+            }
+        },
         |e| is_len(e, "mean"),
     )];
     let backward_eval = cases(&[&BAD_BACKWARD_LENGTHS, &BAD_STATS, &per_instance, &BAD_RANK]);
@@ -561,14 +744,34 @@ const BAD_WEIGHT_NORM: [Case; 10] = [
     ("dim = -rank - 1", |a| a.dim = Some(-3), is_dim),
     ("dim = isize::MIN", |a| a.dim = Some(isize::MIN), is_dim),
     ("a dim of a rank-0 v", |a| a.reshape(&[]), is_dim),
-    ("empty v", |a| a.reshape(&[0, 4]), |e| matches!(e, NormError::Empty { .. })),
-    ("empty v, dim None", |a| {
-        a.reshape(&[3, 0]);
-        a.dim = None;
-    }, |e| matches!(e, NormError::Empty { .. })),
-    ("v too large", |a| a.shape = vec![HUGE, HUGE], |e| matches!(e, NormError::TooLarge { .. })),
-    ("g per column for dim 0", |a| a.g = vec![1.0; 4], |e| is_len(e, "g")),
-    ("g per row for dim None", |a| a.dim = None, |e| is_len(e, "g")),
+    (
+        "empty v",
+        |a| a.reshape(&[0, 4]),
+        |e| matches!(e, NormError::Empty { .. }),
+    ),
+    (
+        "empty v, dim None",
+        |a| {
+            a.reshape(&[3, 0]);
+            a.dim = None;
+        },
+        |e| matches!(e, NormError::Empty { .. }),
+    ),
+    (
+        "v too large",
+        |a| a.shape = vec![HUGE, HUGE],
+        |e| matches!(e, NormError::TooLarge { .. }),
+    ),
+    (
+        "g per column for dim 0",
+        |a| a.g = vec![1.0; 4],
+        |e| is_len(e, "g"),
+    ),
+    (
+        "g per row for dim None",
+        |a| a.dim = None,
+        |e| is_len(e, "g"),
+    ),
 ];
 
 fn is_dim(e: &NormError) -> bool {
@@ -583,9 +786,12 @@ fn weight_norm_rejects_bad_input() {
         ("short w", |a| pop(&mut a.y), |e| is_len(e, "w")),
         ("long w", |a| a.y.push(SENTINEL), |e| is_len(e, "w")),
     ];
-    check(op, &weight_args(), &cases(&[&lengths, &BAD_WEIGHT_NORM]), |a| {
-        weight_norm_forward(&mut a.y, &a.x, &a.shape, &a.g, a.dim)
-    });
+    check(
+        op,
+        &weight_args(),
+        &cases(&[&lengths, &BAD_WEIGHT_NORM]),
+        |a| weight_norm_forward(&mut a.y, &a.x, &a.shape, &a.g, a.dim),
+    );
     let lengths: [Case; 6] = [
         ("short v", |a| pop(&mut a.x), |e| is_len(e, "v")),
         ("short dw", |a| pop(&mut a.dy), |e| is_len(e, "dw")),
@@ -594,15 +800,26 @@ fn weight_norm_rejects_bad_input() {
         ("short norms", |a| pop(&mut a.norms), |e| is_len(e, "norms")),
         ("long norms", |a| a.norms.push(1.0), |e| is_len(e, "norms")),
     ];
-    check(op, &weight_args(), &cases(&[&lengths, &BAD_WEIGHT_NORM]), |a| {
-        weight_norm_backward(&mut a.dx, &mut a.dg, &a.dy, &a.x, &a.shape, &a.g, a.dim, &a.norms)
-    });
+    check(
+        op,
+        &weight_args(),
+        &cases(&[&lengths, &BAD_WEIGHT_NORM]),
+        |a| {
+            weight_norm_backward(
+                &mut a.dx, &mut a.dg, &a.dy, &a.x, &a.shape, &a.g, a.dim, &a.norms,
+            )
+        },
+    );
 }
 
 // ---------------------------------------------------------------------- DyT
 
 const DYT_RANK: [Case; 2] = [
-    ("rank-1 input, channels first", |a| a.reshape(&[3]), |e| matches!(e, NormError::Rank { .. })),
+    (
+        "rank-1 input, channels first",
+        |a| a.reshape(&[3]),
+        |e| matches!(e, NormError::Rank { .. }),
+    ),
     (
         "rank-0 input, channels last",
         |a| {
@@ -639,7 +856,16 @@ fn empty_batches_are_fine() {
     a.stats = Stats::default();
     let stats = layer_norm_forward(&mut a.y, &a.x, &[0, 4], &[4], affine!(a), 1e-5).unwrap();
     assert_eq!(stats, Stats::default());
-    layer_norm_backward(grads!(a), &a.dy, &a.x, &[0, 4], &[4], a.weight.as_deref(), &stats).unwrap();
+    layer_norm_backward(
+        grads!(a),
+        &a.dy,
+        &a.x,
+        &[0, 4],
+        &[4],
+        a.weight.as_deref(),
+        &stats,
+    )
+    .unwrap();
     assert_eq!(a.dweight.as_deref(), Some(&[0.0; 4][..]));
     assert_eq!(a.dbias.as_deref(), Some(&[0.0; 4][..]));
 
@@ -657,16 +883,35 @@ fn empty_batches_are_fine() {
     a.reshape(&[0, 6, 3]);
     let stats = group_norm_forward(&mut a.y, &a.x, &a.shape, affine!(a), &a.gn).unwrap();
     assert!(stats.mean.is_empty() && stats.rstd.is_empty());
-    group_norm_backward(grads!(a), &a.dy, &a.x, &a.shape, a.weight.as_deref(), &stats, &a.gn).unwrap();
+    group_norm_backward(
+        grads!(a),
+        &a.dy,
+        &a.x,
+        &a.shape,
+        a.weight.as_deref(),
+        &stats,
+        &a.gn,
+    )
+    .unwrap();
     assert_eq!(a.dbias.as_deref(), Some(&[0.0; 6][..]));
 
     // Evaluation needs no batch statistics.
     let mut a = channel_args();
     a.reshape(&[0, 3, 4]);
     let (rm, rv) = ([0.0f32; 3], [1.0f32; 3]);
-    let stats = batch_norm_forward_eval(&mut a.y, &a.x, &a.shape, affine!(a), &rm, &rv, &a.bn).unwrap();
+    let stats =
+        batch_norm_forward_eval(&mut a.y, &a.x, &a.shape, affine!(a), &rm, &rv, &a.bn).unwrap();
     assert_eq!(stats.mean, rm);
-    batch_norm_backward_eval(grads!(a), &a.dy, &a.x, &a.shape, a.weight.as_deref(), &stats, &a.bn).unwrap();
+    batch_norm_backward_eval(
+        grads!(a),
+        &a.dy,
+        &a.x,
+        &a.shape,
+        a.weight.as_deref(),
+        &stats,
+        &a.bn,
+    )
+    .unwrap();
     assert_eq!(a.dweight.as_deref(), Some(&[0.0; 3][..]));
 
     // InstanceNorm on an empty batch: no instances, running stats unmoved.
@@ -677,10 +922,20 @@ fn empty_batches_are_fine() {
         mean: &mut rm,
         var: &mut rv,
     };
-    let stats = instance_norm_forward_train(&mut a.y, &a.x, &a.shape, affine!(a), Some(running), &a.inorm).unwrap();
+    let stats = instance_norm_forward_train(
+        &mut a.y,
+        &a.x,
+        &a.shape,
+        affine!(a),
+        Some(running),
+        &a.inorm,
+    )
+    .unwrap();
     assert!(stats.mean.is_empty());
     assert_eq!((rm, rv), ([0.25; 3], [2.0; 3]));
-    let stats = instance_norm_forward_eval(&mut a.y, &a.x, &a.shape, affine!(a), &rm, &rv, &a.inorm).unwrap();
+    let stats =
+        instance_norm_forward_eval(&mut a.y, &a.x, &a.shape, affine!(a), &rm, &rv, &a.inorm)
+            .unwrap();
     assert_eq!(stats.rstd.len(), 3);
 
     let mut a = channel_args();
@@ -688,8 +943,25 @@ fn empty_batches_are_fine() {
     a.weight = Some(vec![1.0; 3]);
     a.dweight = Some(vec![SENTINEL; 3]);
     a.dbias = Some(vec![SENTINEL; 3]);
-    dyt_forward(&mut a.y, &a.x, &a.shape, 0.5, Affine::NONE, ChannelAxis::Last).unwrap();
-    let dalpha = dyt_backward(grads!(a), &a.dy, &a.x, &a.shape, 0.5, a.weight.as_deref(), ChannelAxis::Last).unwrap();
+    dyt_forward(
+        &mut a.y,
+        &a.x,
+        &a.shape,
+        0.5,
+        Affine::NONE,
+        ChannelAxis::Last,
+    )
+    .unwrap();
+    let dalpha = dyt_backward(
+        grads!(a),
+        &a.dy,
+        &a.x,
+        &a.shape,
+        0.5,
+        a.weight.as_deref(),
+        ChannelAxis::Last,
+    )
+    .unwrap();
     assert_eq!(dalpha, 0.0);
     assert_eq!(a.dbias.as_deref(), Some(&[0.0; 3][..]));
 }
@@ -698,7 +970,15 @@ fn empty_batches_are_fine() {
 #[test]
 fn dyt_accepts_a_single_row() {
     let mut y = [SENTINEL; 3];
-    dyt_forward(&mut y, &[0.0, 1.0, -1.0], &[3], 1.0, Affine::NONE, ChannelAxis::Last).unwrap();
+    dyt_forward(
+        &mut y,
+        &[0.0, 1.0, -1.0],
+        &[3],
+        1.0,
+        Affine::NONE,
+        ChannelAxis::Last,
+    )
+    .unwrap();
     assert_eq!(y[0], 0.0);
     assert!((y[1] - 1f32.tanh()).abs() < 1e-7 && y[2] == -y[1]);
 }

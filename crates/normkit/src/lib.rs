@@ -70,7 +70,7 @@ pub use layer_norm::{
     layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward,
 };
 pub use layout::{Affine, ChannelAxis, Grads, Momentum, RunningStats, Stats};
-pub use simd::{simd_level, SimdLevel};
+pub use simd::{set_simd_level, simd_level, SimdLevel};
 pub use weight_norm::{weight_norm_backward, weight_norm_forward};
 
 // The README's examples compile and run as doctests.

@@ -28,6 +28,7 @@ pub enum SimdLevel {
 
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
+/// The best level this CPU supports, capped by `NORMKIT_SIMD`.
 fn detect() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     let found = if std::arch::is_x86_feature_detected!("avx512f")
@@ -68,6 +69,16 @@ pub fn simd_level() -> SimdLevel {
             level
         }
     }
+}
+
+/// Caps the instruction set the kernels use at `level` (never above what
+/// the CPU has) and returns the level now in force. For comparing paths and
+/// for reproducing results across machines; the default is the best the
+/// CPU offers.
+pub fn set_simd_level(level: SimdLevel) -> SimdLevel {
+    let chosen = detect().min(level);
+    LEVEL.store(chosen as u8, Ordering::Relaxed);
+    chosen
 }
 
 /// Defines `fn $name(args) -> ret` that runs `$body` compiled for the best

@@ -4,3 +4,4 @@ mod common;
 mod errors;
 mod numerics;
 mod property;
+mod parallel;

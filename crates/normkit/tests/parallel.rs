@@ -1,0 +1,222 @@
+//! Threads and instruction sets change speed, never results: outputs are
+//! bitwise identical whatever the thread count, and every SIMD level
+//! computes the same values to rounding.
+
+use crate::common::Rng;
+use normkit::*;
+use std::sync::Mutex;
+
+/// Both tests here touch process-wide state (the SIMD level); they take
+/// turns so one never changes the level under the other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Every output of every op on inputs large enough to be split into many
+/// chunks (each above the single-thread threshold).
+fn run_all(rng_seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = Rng::new(rng_seed);
+    let mut out = Vec::new();
+    let grads = |len: usize, c: usize| (vec![0.0f32; len], vec![0.0f32; c], vec![0.0f32; c]);
+
+    // LayerNorm / RMSNorm / DyT on rows with a tail (1037 is not a multiple
+    // of any vector width).
+    let shape = [301, 1037];
+    let n: usize = shape.iter().product();
+    let x = rng.normals(n, 3.0, 2.0);
+    let dy = rng.normals(n, 0.0, 1.0);
+    let w = rng.normals(1037, 1.0, 0.3);
+    let b = rng.normals(1037, 0.0, 0.3);
+    let mut y = vec![0.0f32; n];
+    let st = layer_norm_forward(&mut y, &x, &shape, &[1037], Affine::new(&w, &b), 1e-5).unwrap();
+    let (mut dx, mut dw, mut db) = grads(n, 1037);
+    let g = Grads {
+        dx: &mut dx,
+        dweight: Some(&mut dw),
+        dbias: Some(&mut db),
+    };
+    layer_norm_backward(g, &dy, &x, &shape, &[1037], Some(&w), &st).unwrap();
+    out.extend([
+        y.clone(),
+        dx.clone(),
+        dw.clone(),
+        db.clone(),
+        st.mean,
+        st.rstd,
+    ]);
+    let st = rms_norm_forward(&mut y, &x, &shape, &[1037], Some(&w), 1e-6).unwrap();
+    let g = Grads {
+        dx: &mut dx,
+        dweight: Some(&mut dw),
+        dbias: None,
+    };
+    rms_norm_backward(g, &dy, &x, &shape, &[1037], Some(&w), &st).unwrap();
+    out.extend([y.clone(), dx.clone(), dw.clone(), st.rstd]);
+    dyt_forward(
+        &mut y,
+        &x,
+        &shape,
+        0.7,
+        Affine::new(&w, &b),
+        ChannelAxis::Last,
+    )
+    .unwrap();
+    let g = Grads {
+        dx: &mut dx,
+        dweight: Some(&mut dw),
+        dbias: Some(&mut db),
+    };
+    let da = dyt_backward(g, &dy, &x, &shape, 0.7, Some(&w), ChannelAxis::Last).unwrap();
+    out.extend([y.clone(), dx.clone(), dw.clone(), db.clone(), vec![da]]);
+
+    // BatchNorm, GroupNorm, InstanceNorm, DyT, channels first and last.
+    for (shape, axis) in [
+        ([6, 24, 37, 41], ChannelAxis::First),
+        ([6, 37, 41, 24], ChannelAxis::Last),
+    ] {
+        let n: usize = shape.iter().product();
+        let x = rng.normals(n, -1.0, 3.0);
+        let dy = rng.normals(n, 0.0, 1.0);
+        let w = rng.normals(24, 1.0, 0.3);
+        let b = rng.normals(24, 0.0, 0.3);
+        let mut y = vec![0.0f32; n];
+        let (mut rm, mut rv) = (vec![0.0f32; 24], vec![1.0f32; 24]);
+        let cfg = BatchNormConfig {
+            channel_axis: axis,
+            ..Default::default()
+        };
+        let running = RunningStats {
+            mean: &mut rm,
+            var: &mut rv,
+        };
+        let st =
+            batch_norm_forward_train(&mut y, &x, &shape, Affine::new(&w, &b), Some(running), &cfg)
+                .unwrap();
+        let (mut dx, mut dw, mut db) = grads(n, 24);
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        batch_norm_backward_train(g, &dy, &x, &shape, Some(&w), &st, &cfg).unwrap();
+        out.extend([
+            y.clone(),
+            dx.clone(),
+            dw.clone(),
+            db.clone(),
+            st.mean,
+            st.rstd,
+            rm.clone(),
+            rv.clone(),
+        ]);
+        let st = batch_norm_forward_eval(&mut y, &x, &shape, Affine::new(&w, &b), &rm, &rv, &cfg)
+            .unwrap();
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        batch_norm_backward_eval(g, &dy, &x, &shape, Some(&w), &st, &cfg).unwrap();
+        out.extend([y.clone(), dx.clone(), dw.clone(), db.clone()]);
+
+        let gcfg = GroupNormConfig {
+            num_groups: 6,
+            eps: 1e-5,
+            channel_axis: axis,
+        };
+        let st = group_norm_forward(&mut y, &x, &shape, Affine::new(&w, &b), &gcfg).unwrap();
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        group_norm_backward(g, &dy, &x, &shape, Some(&w), &st, &gcfg).unwrap();
+        out.extend([
+            y.clone(),
+            dx.clone(),
+            dw.clone(),
+            db.clone(),
+            st.mean,
+            st.rstd,
+        ]);
+
+        let icfg = InstanceNormConfig {
+            channel_axis: axis,
+            ..Default::default()
+        };
+        let st = instance_norm_forward_train(&mut y, &x, &shape, Affine::new(&w, &b), None, &icfg)
+            .unwrap();
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        instance_norm_backward_train(g, &dy, &x, &shape, Some(&w), &st, &icfg).unwrap();
+        out.extend([y.clone(), dx.clone(), dw.clone(), db.clone()]);
+
+        dyt_forward(&mut y, &x, &shape, 0.5, Affine::new(&w, &b), axis).unwrap();
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        let da = dyt_backward(g, &dy, &x, &shape, 0.5, Some(&w), axis).unwrap();
+        out.extend([y, dx, dw, db, vec![da]]);
+    }
+    out
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+fn bits(v: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    v.iter()
+        .map(|t| t.iter().map(|x| x.to_bits()).collect())
+        .collect()
+}
+
+#[test]
+fn bitwise_identical_whatever_the_thread_count() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let one = bits(&in_pool(1, || run_all(7)));
+    for threads in [2, 3, 5] {
+        let many = bits(&in_pool(threads, || run_all(7)));
+        assert_eq!(one.len(), many.len());
+        for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+            assert!(a == b, "output {i} differs between 1 and {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn every_simd_level_computes_the_same_values() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let best = simd_level();
+    let mut results = Vec::new();
+    for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
+        if set_simd_level(level) == level {
+            results.push((level, run_all(11)));
+        }
+    }
+    set_simd_level(best);
+    assert!(!results.is_empty());
+    let (first, base) = &results[0];
+    for (level, other) in &results[1..] {
+        for (i, (a, b)) in base.iter().zip(other).enumerate() {
+            let scale = a.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            // Paths differ only in rounding (FMA, lane count): a few ulp
+            // of the output's scale, summed over reductions.
+            assert!(
+                worst <= 2e-5 * scale,
+                "output {i}: {first:?} vs {level:?} differ by {worst:e} (scale {scale:e})"
+            );
+        }
+    }
+}

@@ -3,8 +3,7 @@
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
 use crate::layout::{
-    check_affine, check_eps, check_grads, check_len, Affine, ChannelAxis, Geometry, Grads,
-    Momentum, RunningStats, Stats,
+    check_eps, check_len, Affine, ChannelAxis, Geometry, Grads, Momentum, RunningStats, Stats,
 };
 use crate::normalize::{stats_from_running, update_running, Plan, Scope};
 
@@ -67,11 +66,6 @@ fn plan(shape: &[usize], cfg: &BatchNormConfig) -> Result<Plan> {
     })
 }
 
-fn check_io<T>(y_len: usize, x: &[T], shape: &[usize], p: &Plan) -> Result<()> {
-    check_len(OP, "x", x.len(), p.geo.len(), shape)?;
-    check_len(OP, "y", y_len, p.geo.len(), shape)
-}
-
 /// Training forward: normalizes with the batch statistics, updates
 /// `running` when given, and returns the statistics backward needs.
 pub fn batch_norm_forward_train<T: Elem>(
@@ -83,8 +77,7 @@ pub fn batch_norm_forward_train<T: Elem>(
     cfg: &BatchNormConfig,
 ) -> Result<Stats> {
     let p = plan(shape, cfg)?;
-    check_io(y.len(), x, shape, &p)?;
-    check_affine(OP, affine, p.geo.c, shape)?;
+    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
     cfg.momentum.validate(OP)?;
     if let Some(r) = &running {
         check_len(OP, "running_mean", r.mean.len(), p.geo.c, shape)?;
@@ -99,10 +92,7 @@ pub fn batch_norm_forward_train<T: Elem>(
     }
     let (stats, moments) = p.forward_train(y, x, affine, cfg.eps);
     if let Some(r) = running {
-        let mean: Vec<f64> = moments.iter().map(|m| m.mean).collect();
-        let bessel = n as f64 / (n as f64 - 1.0);
-        let var: Vec<f64> = moments.iter().map(|m| m.var * bessel).collect();
-        update_running(r.mean, r.var, &mean, &var, cfg.momentum.factor());
+        update_running(r, &moments, cfg.momentum.factor());
     }
     Ok(stats)
 }
@@ -119,31 +109,15 @@ pub fn batch_norm_forward_eval<T: Elem>(
     cfg: &BatchNormConfig,
 ) -> Result<Stats> {
     let p = plan(shape, cfg)?;
-    check_io(y.len(), x, shape, &p)?;
-    check_affine(OP, affine, p.geo.c, shape)?;
+    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
     check_len(OP, "running_mean", running_mean.len(), p.geo.c, shape)?;
     check_len(OP, "running_var", running_var.len(), p.geo.c, shape)?;
     let stats = stats_from_running(running_mean, running_var, cfg.eps);
-    p.forward_with_stats(y, x, affine, &stats);
+    // An empty input may still have huge extents: do not walk its runs.
+    if !x.is_empty() {
+        p.forward_with_stats(y, x, affine, &stats);
+    }
     Ok(stats)
-}
-
-fn check_backward<T>(
-    grads: &Grads<'_, T>,
-    dy: &[T],
-    x: &[T],
-    shape: &[usize],
-    weight: Option<&[f32]>,
-    stats: &Stats,
-    p: &Plan,
-) -> Result<()> {
-    let (len, c) = (p.geo.len(), p.geo.c);
-    check_len(OP, "x", x.len(), len, shape)?;
-    check_len(OP, "dy", dy.len(), len, shape)?;
-    check_grads(OP, grads, len, c, shape)?;
-    check_affine(OP, Affine { weight, bias: None }, c, shape)?;
-    check_len(OP, "mean", stats.mean.len(), c, shape)?;
-    check_len(OP, "rstd", stats.rstd.len(), c, shape)
 }
 
 /// Backward of [`batch_norm_forward_train`]: gradients of `sum(y · dy)`.
@@ -157,7 +131,7 @@ pub fn batch_norm_backward_train<T: Elem>(
     cfg: &BatchNormConfig,
 ) -> Result<()> {
     let p = plan(shape, cfg)?;
-    check_backward(&grads, dy, x, shape, weight, stats, &p)?;
+    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
     if p.group_size() <= 1 {
         return Err(NormError::TooFewValues {
             op: OP,
@@ -179,7 +153,14 @@ pub fn batch_norm_backward_eval<T: Elem>(
     cfg: &BatchNormConfig,
 ) -> Result<()> {
     let p = plan(shape, cfg)?;
-    check_backward(&grads, dy, x, shape, weight, stats, &p)?;
+    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
+    if x.is_empty() {
+        // Empty sums, without walking the runs of a possibly huge shape.
+        for out in [grads.dweight, grads.dbias].into_iter().flatten() {
+            out.fill(0.0);
+        }
+        return Ok(());
+    }
     p.backward_with_stats(grads, dy, x, weight, stats);
     Ok(())
 }

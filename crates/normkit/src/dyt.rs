@@ -71,6 +71,10 @@ pub fn dyt_forward<T: Elem>(
     check_len(OP, "x", x.len(), p.geo.len(), shape)?;
     check_len(OP, "y", y.len(), p.geo.len(), shape)?;
     check_affine(OP, affine, p.geo.c, shape)?;
+    // An empty input may still have huge extents: do not walk its runs.
+    if x.is_empty() {
+        return Ok(());
+    }
     let c = p.geo.c;
     let weight = affine.weight.map_or_else(|| vec![1.0; c], <[f32]>::to_vec);
     let bias = affine.bias.map_or_else(|| vec![0.0; c], <[f32]>::to_vec);
@@ -113,6 +117,13 @@ pub fn dyt_backward<T: Elem>(
     check_len(OP, "dy", dy.len(), len, shape)?;
     check_grads(OP, &grads, len, c, shape)?;
     check_affine(OP, Affine { weight, bias: None }, c, shape)?;
+    if len == 0 {
+        // Empty sums, without walking the runs of a possibly huge shape.
+        for out in [grads.dweight, grads.dbias].into_iter().flatten() {
+            out.fill(0.0);
+        }
+        return Ok(0.0);
+    }
     let weight = weight.map_or_else(|| vec![1.0; c], <[f32]>::to_vec);
     let (groups, size) = (p.num_groups(), p.group_size());
     let per_chunk = items_per_chunk(groups, size, c * 24);

@@ -4,8 +4,7 @@
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
 use crate::layout::{
-    check_affine, check_eps, check_grads, check_len, Affine, ChannelAxis, Geometry, Grads,
-    Momentum, RunningStats, Stats,
+    check_eps, check_len, Affine, ChannelAxis, Geometry, Grads, Momentum, RunningStats, Stats,
 };
 use crate::normalize::{stats_from_running, update_running, Plan, Scope};
 
@@ -75,41 +74,6 @@ fn plan(op: &'static str, shape: &[usize], cfg: &GroupNormConfig) -> Result<Plan
     Ok(p)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_backward<T>(
-    op: &'static str,
-    grads: &Grads<'_, T>,
-    dy: &[T],
-    x: &[T],
-    shape: &[usize],
-    weight: Option<&[f32]>,
-    stats: &Stats,
-    p: &Plan,
-) -> Result<()> {
-    let (len, c, k) = (p.geo.len(), p.geo.c, p.num_groups());
-    check_len(op, "x", x.len(), len, shape)?;
-    check_len(op, "dy", dy.len(), len, shape)?;
-    check_grads(op, grads, len, c, shape)?;
-    check_affine(op, Affine { weight, bias: None }, c, shape)?;
-    check_len(op, "mean", stats.mean.len(), k, shape)?;
-    check_len(op, "rstd", stats.rstd.len(), k, shape)
-}
-
-fn forward_checked<T: Elem>(
-    op: &'static str,
-    y: &mut [T],
-    x: &[T],
-    shape: &[usize],
-    affine: Affine<'_>,
-    cfg: &GroupNormConfig,
-) -> Result<Plan> {
-    let p = plan(op, shape, cfg)?;
-    check_len(op, "x", x.len(), p.geo.len(), shape)?;
-    check_len(op, "y", y.len(), p.geo.len(), shape)?;
-    check_affine(op, affine, p.geo.c, shape)?;
-    Ok(p)
-}
-
 /// GroupNorm forward; returns the per-(sample, group) statistics.
 pub fn group_norm_forward<T: Elem>(
     y: &mut [T],
@@ -118,7 +82,9 @@ pub fn group_norm_forward<T: Elem>(
     affine: Affine<'_>,
     cfg: &GroupNormConfig,
 ) -> Result<Stats> {
-    let p = forward_checked("group_norm", y, x, shape, affine, cfg)?;
+    const OP: &str = "group_norm";
+    let p = plan(OP, shape, cfg)?;
+    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
     Ok(p.forward_train(y, x, affine, cfg.eps).0)
 }
 
@@ -134,7 +100,7 @@ pub fn group_norm_backward<T: Elem>(
 ) -> Result<()> {
     const OP: &str = "group_norm";
     let p = plan(OP, shape, cfg)?;
-    check_backward(OP, &grads, dy, x, shape, weight, stats, &p)?;
+    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
     p.backward_train(grads, dy, x, weight, stats);
     Ok(())
 }
@@ -206,9 +172,10 @@ pub fn instance_norm_forward_train<T: Elem>(
     cfg: &InstanceNormConfig,
 ) -> Result<Stats> {
     const OP: &str = "instance_norm";
-    let p = forward_checked(OP, y, x, shape, affine, &cfg.groups(shape))?;
+    let p = plan(OP, shape, &cfg.groups(shape))?;
+    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
     cfg.momentum.validate(OP)?;
-    let (n, c, s) = (p.geo.n, p.geo.c, p.geo.s);
+    let (c, s) = (p.geo.c, p.geo.s);
     if let Some(r) = &running {
         check_len(OP, "running_mean", r.mean.len(), c, shape)?;
         check_len(OP, "running_var", r.var.len(), c, shape)?;
@@ -221,17 +188,7 @@ pub fn instance_norm_forward_train<T: Elem>(
     }
     let (stats, moments) = p.forward_train(y, x, affine, cfg.eps);
     if let Some(r) = running {
-        // Average the per-instance statistics over the batch.
-        let bessel = s as f64 / (s as f64 - 1.0);
-        let mut mean = vec![0.0f64; c];
-        let mut var = vec![0.0f64; c];
-        for (k, m) in moments.iter().enumerate() {
-            mean[k % c] += m.mean / n as f64;
-            var[k % c] += m.var * bessel / n as f64;
-        }
-        if n > 0 {
-            update_running(r.mean, r.var, &mean, &var, cfg.momentum.factor());
-        }
+        update_running(r, &moments, cfg.momentum.factor());
     }
     Ok(stats)
 }
@@ -248,14 +205,8 @@ pub fn instance_norm_forward_eval<T: Elem>(
     cfg: &InstanceNormConfig,
 ) -> Result<Stats> {
     const OP: &str = "instance_norm";
-    let p = eval_plan(forward_checked(
-        OP,
-        y,
-        x,
-        shape,
-        affine,
-        &cfg.groups(shape),
-    )?);
+    let p = eval_plan(plan(OP, shape, &cfg.groups(shape))?);
+    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
     check_len(OP, "running_mean", running_mean.len(), p.geo.c, shape)?;
     check_len(OP, "running_var", running_var.len(), p.geo.c, shape)?;
     let stats = stats_from_running(running_mean, running_var, cfg.eps);
@@ -283,7 +234,7 @@ pub fn instance_norm_backward_train<T: Elem>(
 ) -> Result<()> {
     const OP: &str = "instance_norm";
     let p = plan(OP, shape, &cfg.groups(shape))?;
-    check_backward(OP, &grads, dy, x, shape, weight, stats, &p)?;
+    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
     p.backward_train(grads, dy, x, weight, stats);
     Ok(())
 }
@@ -300,7 +251,7 @@ pub fn instance_norm_backward_eval<T: Elem>(
 ) -> Result<()> {
     const OP: &str = "instance_norm";
     let p = eval_plan(plan(OP, shape, &cfg.groups(shape))?);
-    check_backward(OP, &grads, dy, x, shape, weight, stats, &p)?;
+    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
     p.backward_with_stats(grads, dy, x, weight, stats);
     Ok(())
 }

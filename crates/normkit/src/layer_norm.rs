@@ -2,10 +2,7 @@
 
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
-use crate::layout::{
-    check_affine, check_eps, check_grads, check_len, numel, Affine, ChannelAxis, Geometry, Grads,
-    Stats,
-};
+use crate::layout::{check_eps, check_len, numel, Affine, ChannelAxis, Geometry, Grads, Stats};
 use crate::normalize::{Plan, Scope};
 
 /// Rows × row length, after checking that `shape` ends with
@@ -48,28 +45,6 @@ fn plan(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_backward<T>(
-    op: &'static str,
-    grads: &Grads<'_, T>,
-    dy: &[T],
-    x: &[T],
-    shape: &[usize],
-    weight: Option<&[f32]>,
-    stats: &Stats,
-    p: &Plan,
-) -> Result<()> {
-    let (len, d, rows) = (p.geo.len(), p.geo.c, p.geo.n);
-    check_len(op, "x", x.len(), len, shape)?;
-    check_len(op, "dy", dy.len(), len, shape)?;
-    check_grads(op, grads, len, d, shape)?;
-    check_affine(op, Affine { weight, bias: None }, d, shape)?;
-    if p.centered {
-        check_len(op, "mean", stats.mean.len(), rows, shape)?;
-    }
-    check_len(op, "rstd", stats.rstd.len(), rows, shape)
-}
-
 /// Layer Normalization (Ba, Kiros & Hinton, 2016, "Layer Normalization").
 ///
 /// ```text
@@ -96,9 +71,7 @@ pub fn layer_norm_forward<T: Elem>(
 ) -> Result<Stats> {
     const OP: &str = "layer_norm";
     let p = plan(OP, shape, normalized_shape, eps, true)?;
-    check_len(OP, "x", x.len(), p.geo.len(), shape)?;
-    check_len(OP, "y", y.len(), p.geo.len(), shape)?;
-    check_affine(OP, affine, p.geo.c, shape)?;
+    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
     Ok(p.forward_train(y, x, affine, eps).0)
 }
 
@@ -115,7 +88,7 @@ pub fn layer_norm_backward<T: Elem>(
     const OP: &str = "layer_norm";
     // eps does not enter the backward pass: rstd already holds it.
     let p = plan(OP, shape, normalized_shape, 0.0, true)?;
-    check_backward(OP, &grads, dy, x, shape, weight, stats, &p)?;
+    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
     p.backward_train(grads, dy, x, weight, stats);
     Ok(())
 }
@@ -143,10 +116,8 @@ pub fn rms_norm_forward<T: Elem>(
 ) -> Result<Stats> {
     const OP: &str = "rms_norm";
     let p = plan(OP, shape, normalized_shape, eps, false)?;
-    check_len(OP, "x", x.len(), p.geo.len(), shape)?;
-    check_len(OP, "y", y.len(), p.geo.len(), shape)?;
     let affine = Affine { weight, bias: None };
-    check_affine(OP, affine, p.geo.c, shape)?;
+    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
     Ok(p.forward_train(y, x, affine, eps).0)
 }
 
@@ -171,7 +142,7 @@ pub fn rms_norm_backward<T: Elem>(
             shape: shape.to_vec(),
         });
     }
-    check_backward(OP, &grads, dy, x, shape, weight, stats, &p)?;
+    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
     p.backward_train(grads, dy, x, weight, stats);
     Ok(())
 }

@@ -28,8 +28,11 @@
 //! "some groups of channels, per-channel affine" needs only a new `Plan`.
 
 use crate::elem::Elem;
+use crate::error::Result;
 use crate::lanes::{self, DxChannels, DxCoef, ROWS_PER_FLUSH};
-use crate::layout::{Affine, ChannelAxis, Geometry, Grads, Stats};
+use crate::layout::{
+    check_affine, check_grads, check_len, Affine, ChannelAxis, Geometry, Grads, RunningStats, Stats,
+};
 use crate::moments::{row_moments, rstd, scale_for, split, Moments};
 use crate::parallel::{
     as_f32, chunk_items, f32_target, items_per_chunk, map_chunks, store_f32, Buffer, SharedMut,
@@ -558,14 +561,7 @@ multiversion! {
                         run_sums.push(sums);
                     }
                 }
-                let (delta, mean_g, mean_gx) = match (mode.train, plan.centered) {
-                    (false, _) => (0.0, 0.0, 0.0),
-                    (true, true) => {
-                        let delta = sx / n;
-                        (delta, sg / n, (sgx - delta * sg) / n)
-                    }
-                    (true, false) => (0.0, 0.0, sgx / n),
-                };
+                let (delta, mean_g, mean_gx) = correction(mode.train, plan.centered, n, [sg, sgx, sx]);
                 let coef = DxCoef {
                     mean_hi: mean,
                     mean_lo: if g.rstd != 0.0 { (delta / g.rstd as f64) as f32 } else { 0.0 },
@@ -845,14 +841,7 @@ impl Plan {
                 sgx += w * sums[1][ch];
                 sx += sums[2][ch];
             }
-            let (delta, mean_g, mean_gx) = match (train, self.centered) {
-                (false, _) => (0.0, 0.0, 0.0),
-                (true, true) => {
-                    let delta = sx / n;
-                    (delta, sg / n, (sgx - delta * sg) / n)
-                }
-                (true, false) => (0.0, 0.0, sgx / n),
-            };
+            let (delta, mean_g, mean_gx) = correction(train, self.centered, n, [sg, sgx, sx]);
             let r = g.rstd as f64;
             for ch in chans {
                 part.dweight[ch] = sums[1][ch] - delta * sums[0][ch];
@@ -866,6 +855,21 @@ impl Plan {
             }
         }
         (part, k)
+    }
+}
+
+/// From a group's pass-1 sums `[Σg, Σg·x̂', Σx̂']` over `n` values, where
+/// `x̂'` used the `f32`-rounded mean: `(δ, mean(g), mean(g·x̂))` with
+/// `δ = mean(x̂')` the residual that corrects `x̂ = x̂' - δ`. Evaluation
+/// (`!train`) has constant statistics: no mean terms, no correction.
+fn correction(train: bool, centered: bool, n: f64, [sg, sgx, sx]: [f64; 3]) -> (f64, f64, f64) {
+    match (train, centered) {
+        (false, _) => (0.0, 0.0, 0.0),
+        (true, true) => {
+            let delta = sx / n;
+            (delta, sg / n, (sgx - delta * sg) / n)
+        }
+        (true, false) => (0.0, 0.0, sgx / n),
     }
 }
 
@@ -1012,22 +1016,72 @@ multiversion! {
 }
 
 /// Folds batch statistics into running ones:
-/// `running = (1 - m) · running + m · batch`, with the unbiased variance.
-pub(crate) fn update_running(
-    running_mean: &mut [f32],
-    running_var: &mut [f32],
-    batch_mean: &[f64],
-    batch_var_unbiased: &[f64],
-    momentum: f64,
-) {
-    for (((rm, rv), &m), &v) in running_mean
+/// `running = (1 - m) · running + m · batch`, with the unbiased variance
+/// (Bessel's `n / (n - 1)`). `moments` holds one entry per channel
+/// (BatchNorm) or per (sample, channel) (InstanceNorm, whose batch
+/// statistic is the mean over the samples of the per-instance ones).
+pub(crate) fn update_running(running: RunningStats<'_>, moments: &[Moments], momentum: f64) {
+    let c = running.mean.len();
+    if c == 0 || moments.is_empty() {
+        return;
+    }
+    let instances = (moments.len() / c) as f64;
+    let mut mean = vec![0.0f64; c];
+    let mut var = vec![0.0f64; c];
+    for (k, m) in moments.iter().enumerate() {
+        let n = m.count as f64;
+        mean[k % c] += m.mean / instances;
+        var[k % c] += m.var * n / (n - 1.0) / instances;
+    }
+    let it = running
+        .mean
         .iter_mut()
-        .zip(running_var.iter_mut())
-        .zip(batch_mean)
-        .zip(batch_var_unbiased)
-    {
+        .zip(running.var.iter_mut())
+        .zip(mean)
+        .zip(var);
+    for (((rm, rv), m), v) in it {
         *rm = ((1.0 - momentum) * *rm as f64 + momentum * m) as f32;
         *rv = ((1.0 - momentum) * *rv as f64 + momentum * v) as f32;
+    }
+}
+
+impl Plan {
+    /// Checks a forward call's buffers against the plan.
+    pub fn check_forward(
+        &self,
+        op: &'static str,
+        y_len: usize,
+        x_len: usize,
+        affine: Affine<'_>,
+        shape: &[usize],
+    ) -> Result<()> {
+        check_len(op, "x", x_len, self.geo.len(), shape)?;
+        check_len(op, "y", y_len, self.geo.len(), shape)?;
+        check_affine(op, affine, self.geo.c, shape)
+    }
+
+    /// Checks a backward call's buffers and saved statistics against the
+    /// plan (`mean` may be empty for uncentered plans).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_backward<T>(
+        &self,
+        op: &'static str,
+        grads: &Grads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        weight: Option<&[f32]>,
+        stats: &Stats,
+        shape: &[usize],
+    ) -> Result<()> {
+        let (len, c, k) = (self.geo.len(), self.geo.c, self.num_groups());
+        check_len(op, "x", x.len(), len, shape)?;
+        check_len(op, "dy", dy.len(), len, shape)?;
+        check_grads(op, grads, len, c, shape)?;
+        check_affine(op, Affine { weight, bias: None }, c, shape)?;
+        if self.centered {
+            check_len(op, "mean", stats.mean.len(), k, shape)?;
+        }
+        check_len(op, "rstd", stats.rstd.len(), k, shape)
     }
 }
 

@@ -147,7 +147,10 @@ pub(crate) fn as_f32<'a, T: crate::Elem>(src: &'a [T], buf: &'a mut [f32]) -> &'
 /// Where to compute an output as `f32`: `out` itself when it is `f32`,
 /// else `buf`, to be rounded into `out` by [`store_f32`] afterwards.
 #[inline(always)]
-pub(crate) fn f32_target<'a, T: crate::Elem>(out: &'a mut [T], buf: &'a mut [f32]) -> &'a mut [f32] {
+pub(crate) fn f32_target<'a, T: crate::Elem>(
+    out: &'a mut [T],
+    buf: &'a mut [f32],
+) -> &'a mut [f32] {
     let n = out.len();
     match T::as_f32_mut(out) {
         Some(o) => o,

@@ -982,3 +982,61 @@ fn dyt_accepts_a_single_row() {
     assert_eq!(y[0], 0.0);
     assert!((y[1] - 1f32.tanh()).abs() < 1e-7 && y[2] == -y[1]);
 }
+
+/// Zero values with a huge extent elsewhere: each op answers at once,
+/// without walking ~2⁴⁰ empty runs, with Ok where the op is defined and
+/// the error it gives for any empty group otherwise.
+#[test]
+fn empty_inputs_with_huge_extents_return_at_once() {
+    let bn = BatchNormConfig::default();
+    let mut y: [f32; 0] = [];
+    let (mut dweight, mut dbias) = ([SENTINEL], [SENTINEL]);
+    let shape = [HUGE, 1, 0];
+    let stats =
+        batch_norm_forward_eval(&mut y, &[], &shape, Affine::NONE, &[0.0], &[1.0], &bn).unwrap();
+    let grads = Grads {
+        dx: &mut y,
+        dweight: Some(&mut dweight),
+        dbias: Some(&mut dbias),
+    };
+    batch_norm_backward_eval(grads, &[], &[], &shape, None, &stats, &bn).unwrap();
+    assert_eq!((dweight, dbias), ([0.0], [0.0]));
+    let r = batch_norm_forward_train(&mut y, &[], &shape, Affine::NONE, None, &bn);
+    assert!(matches!(r, Err(NormError::TooFewValues { .. })), "{r:?}");
+
+    // Three channels and no positions, either way round.
+    for (shape, axis) in [
+        ([HUGE, 0, 3], ChannelAxis::Last),
+        ([HUGE, 3, 0], ChannelAxis::First),
+    ] {
+        dyt_forward(&mut y, &[], &shape, 0.5, Affine::NONE, axis).unwrap();
+        let mut dweight = [SENTINEL; 3];
+        let grads = Grads {
+            dx: &mut y,
+            dweight: Some(&mut dweight),
+            dbias: None,
+        };
+        assert_eq!(
+            dyt_backward(grads, &[], &[], &shape, 0.5, None, axis).unwrap(),
+            0.0
+        );
+        assert_eq!(dweight, [0.0; 3]);
+    }
+
+    let gn = GroupNormConfig::new(1);
+    let r = group_norm_forward(&mut y, &[], &[HUGE, 4, 0], Affine::NONE, &gn);
+    assert!(matches!(r, Err(NormError::Empty { .. })), "{r:?}");
+    let inorm = InstanceNormConfig::default();
+    let r = instance_norm_forward_eval(
+        &mut y,
+        &[],
+        &[HUGE, 1, 0],
+        Affine::NONE,
+        &[0.0],
+        &[1.0],
+        &inorm,
+    );
+    assert!(matches!(r, Err(NormError::Empty { .. })), "{r:?}");
+    let stats = layer_norm_forward(&mut y, &[], &[HUGE, 0], &[], Affine::NONE, 1e-5).unwrap();
+    assert!(stats.rstd.is_empty());
+}

@@ -1,7 +1,8 @@
-//! normkit's integration tests: the kernels against the `f64` reference, bad input, and numerical extremes.
+//! normkit's integration tests: the kernels against the `f64` reference,
+//! bad input, numerical extremes, and threading.
 
 mod common;
 mod errors;
 mod numerics;
-mod property;
 mod parallel;
+mod property;

@@ -2,7 +2,7 @@
 
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
-use crate::layout::{check_eps, check_len, numel, Affine, ChannelAxis, Geometry, Grads, Stats};
+use crate::layout::{check_eps, numel, Affine, ChannelAxis, Geometry, Grads, Stats};
 use crate::normalize::{Plan, Scope};
 
 /// Rows × row length, after checking that `shape` ends with

@@ -65,6 +65,12 @@ pub enum NormError {
         dim: isize,
         shape: Vec<usize>,
     },
+    /// A gradient was asked for a parameter the op does not have.
+    #[error("{op}: has no parameter behind `{name}`; pass None")]
+    NoSuchParameter {
+        op: &'static str,
+        name: &'static str,
+    },
     /// The number of elements overflows `usize`.
     #[error("{op}: shape {shape:?} has more elements than fit in memory")]
     TooLarge { op: &'static str, shape: Vec<usize> },

@@ -5,8 +5,8 @@ use crate::error::{NormError, Result};
 use crate::layout::{check_eps, numel, Affine, ChannelAxis, Geometry, Grads, Stats};
 use crate::normalize::{Plan, Scope};
 
-/// Rows × row length, after checking that `shape` ends with
-/// `normalized_shape` (which may be empty: every value is its own row).
+/// Rows × row length, after checking that `shape` ends with a non-empty
+/// `normalized_shape`.
 fn plan(
     op: &'static str,
     shape: &[usize],
@@ -16,7 +16,11 @@ fn plan(
 ) -> Result<Plan> {
     check_eps(op, eps)?;
     let total = numel(op, shape)?;
-    if normalized_shape.len() > shape.len() || !shape.ends_with(normalized_shape) {
+    // PyTorch also refuses an empty normalized_shape.
+    if normalized_shape.is_empty()
+        || normalized_shape.len() > shape.len()
+        || !shape.ends_with(normalized_shape)
+    {
         return Err(NormError::NormalizedShape {
             op,
             shape: shape.to_vec(),
@@ -134,12 +138,9 @@ pub fn rms_norm_backward<T: Elem>(
     const OP: &str = "rms_norm";
     let p = plan(OP, shape, normalized_shape, 0.0, false)?;
     if grads.dbias.is_some() {
-        return Err(NormError::Length {
+        return Err(NormError::NoSuchParameter {
             op: OP,
             name: "dbias",
-            expected: 0,
-            got: grads.dbias.as_ref().map_or(0, |d| d.len()),
-            shape: shape.to_vec(),
         });
     }
     p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;

@@ -37,7 +37,7 @@ use crate::moments::{row_moments, rstd, scale_for, split, Moments};
 use crate::parallel::{
     as_f32, chunk_items, f32_target, items_per_chunk, map_chunks, store_f32, Buffer, SharedMut,
 };
-use crate::simd::multiversion;
+use crate::simd::{multiversion, prefetch};
 use std::ops::Range;
 
 /// Which values share one statistic.
@@ -283,6 +283,16 @@ impl Plan {
         eps: f32,
     ) -> (Stats, Vec<Moments>) {
         let p = self.canonical();
+        if p.geo.len() == 0 {
+            // Nothing to normalize (an empty batch); no group has values.
+            let groups = p.num_groups();
+            let nan = |n| vec![f32::NAN; n];
+            let stats = Stats {
+                mean: nan(if p.centered { groups } else { 0 }),
+                rstd: nan(groups),
+            };
+            return (stats, vec![Moments::EMPTY; groups]);
+        }
         let coefs = Coefs::new(p.geo.c, affine.weight, affine.bias);
         let moments = if p.columnar() {
             p.column_forward(y, x, &coefs, Norm::Batch(eps))
@@ -312,6 +322,9 @@ impl Plan {
         stats: &Stats,
     ) {
         let p = self.canonical();
+        if p.geo.len() == 0 {
+            return;
+        }
         let coefs = Coefs::new(p.geo.c, affine.weight, affine.bias);
         if p.columnar() {
             p.column_forward(y, x, &coefs, Norm::Given(stats));
@@ -363,6 +376,13 @@ impl Plan {
         train: bool,
     ) {
         let p = self.canonical();
+        if p.geo.len() == 0 {
+            // No values: parameter gradients are empty sums.
+            for g in [grads.dweight, grads.dbias].into_iter().flatten() {
+                g.fill(0.0);
+            }
+            return;
+        }
         let coefs = Coefs::new(p.geo.c, weight, None);
         let mode = Backward { stats, train };
         let dx = SharedMut::new(grads.dx);
@@ -375,6 +395,9 @@ impl Plan {
         Partials::finish(parts, p.geo.c, grads);
     }
 }
+
+/// Largest group whose values are prefetched one group ahead.
+const PREFETCH_MAX_BYTES: usize = 32 << 10;
 
 /// Where a forward pass gets its statistics.
 #[derive(Clone, Copy)]
@@ -483,7 +506,19 @@ multiversion! {
         let mut out = Vec::with_capacity(groups.len());
         let mut xbuf = Buffer::take(if widen { size } else { 0 });
         let mut ybuf = Buffer::take(if widen { size } else { 0 });
+                let end = groups.end;
+                // Long groups stream well on their own; short ones (a page
+                // or a few) are fetched one group ahead.
+                let ahead = size * std::mem::size_of::<T>() <= PREFETCH_MAX_BYTES;
                 for k in groups {
+                    if ahead && k + 1 < end {
+                        for run in plan.runs(k + 1) {
+                            prefetch(&x[run.range()], false);
+                            // SAFETY: a prefetch hint; nothing is read or
+                            // written through this slice.
+                            prefetch(unsafe { y.range(run.range()) }, true);
+                        }
+                    }
                     let data = group_data(plan, k, x, &mut xbuf, &mut runs, &mut spans);
                     let (m, g) = match norm {
                         Norm::Batch(eps) => {
@@ -536,7 +571,18 @@ multiversion! {
         let (mut runs, mut spans, mut dyspans, mut run_sums) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut dyruns = Vec::new();
         let (mut xbuf, mut dybuf, mut dxbuf) = (Buffer::take(wsize), Buffer::take(wsize), Buffer::take(wsize));
+            let end = groups.end;
+            let ahead = size * std::mem::size_of::<T>() <= PREFETCH_MAX_BYTES;
             for (done, k) in groups.enumerate() {
+                if ahead && k + 1 < end {
+                    for run in plan.runs(k + 1) {
+                        prefetch(&x[run.range()], false);
+                        prefetch(&dy[run.range()], false);
+                        // SAFETY: a prefetch hint; nothing is read or
+                        // written through this slice.
+                        prefetch(unsafe { dx.range(run.range()) }, true);
+                    }
+                }
                 let xdata = group_data(plan, k, x, &mut xbuf, &mut runs, &mut spans);
                 let dydata = group_data(plan, k, dy, &mut dybuf, &mut dyruns, &mut dyspans);
                 let g = GroupStats::given(mode.stats, k);

@@ -34,7 +34,12 @@ const ROUND: f32 = 12_582_912.0;
 /// `expm1(u)` for `0 ≤ u ≤ 80`.
 #[inline(always)]
 fn expm1(u: f32) -> f32 {
-    let k = (u * LOG2_E + ROUND) - ROUND;
+    // k = round(u / ln 2): adding ROUND leaves k in the low mantissa bits,
+    // read back with integer arithmetic (a float-to-int cast would not
+    // vectorize: Rust's `as` saturates).
+    let shifted = u * LOG2_E + ROUND;
+    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let k = shifted - ROUND;
     let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, u));
     const C: [f32; 7] = [
         1.0 / 2.0,
@@ -50,7 +55,7 @@ fn expm1(u: f32) -> f32 {
         q = q.mul_add(r, c);
     }
     let p = (r * r).mul_add(q, r);
-    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    let two_k = f32::from_bits(k_bits.wrapping_add(127) << 23);
     two_k.mul_add(p, two_k - 1.0)
 }
 

@@ -146,7 +146,9 @@ fn parts(e: &NormError) -> (&'static str, Option<&[usize]>) {
         | NormError::Empty { op, shape }
         | NormError::Dim { op, shape, .. }
         | NormError::TooLarge { op, shape } => (op, Some(shape)),
-        NormError::Eps { op, .. } | NormError::Param { op, .. } => (op, None),
+        NormError::Eps { op, .. }
+        | NormError::Param { op, .. }
+        | NormError::NoSuchParameter { op, .. } => (op, None),
     }
 }
 
@@ -343,7 +345,12 @@ fn row_args() -> Args {
     a
 }
 
-const BAD_NORMALIZED_SHAPE: [Case; 6] = [
+const BAD_NORMALIZED_SHAPE: [Case; 7] = [
+    (
+        "an empty normalized_shape (PyTorch refuses it too)",
+        |a| a.normalized_shape = vec![],
+        |e| matches!(e, NormError::NormalizedShape { .. }),
+    ),
     (
         "normalized_shape not a suffix",
         |a| a.normalized_shape = vec![3],
@@ -431,12 +438,12 @@ fn rms_norm_rejects_bad_input() {
         (
             "a dbias",
             |a| a.dbias = Some(vec![SENTINEL; 4]),
-            |e| is_len(e, "dbias"),
+            |e| matches!(e, NormError::NoSuchParameter { name: "dbias", .. }),
         ),
         (
             "an empty dbias",
             |a| a.dbias = Some(Vec::new()),
-            |e| is_len(e, "dbias"),
+            |e| matches!(e, NormError::NoSuchParameter { name: "dbias", .. }),
         ),
         (
             "short stats.rstd",
@@ -875,8 +882,8 @@ fn empty_batches_are_fine() {
     let mut dx: Vec<f32> = Vec::new();
     rms_norm_backward(Grads::dx(&mut dx), &[], &[], &[0, 5], &[5], None, &stats).unwrap();
 
-    // Rows of zero-length inputs with an empty normalized_shape.
-    let stats = layer_norm_forward::<f32>(&mut [], &[], &[3, 0], &[], Affine::NONE, 1e-5).unwrap();
+    // No rows at all.
+    let stats = layer_norm_forward::<f32>(&mut [], &[], &[0, 3], &[3], Affine::NONE, 1e-5).unwrap();
     assert!(stats.rstd.is_empty());
 
     let mut a = group_args();
@@ -1037,6 +1044,6 @@ fn empty_inputs_with_huge_extents_return_at_once() {
         &inorm,
     );
     assert!(matches!(r, Err(NormError::Empty { .. })), "{r:?}");
-    let stats = layer_norm_forward(&mut y, &[], &[HUGE, 0], &[], Affine::NONE, 1e-5).unwrap();
+    let stats = layer_norm_forward(&mut y, &[], &[0, HUGE], &[HUGE], Affine::NONE, 1e-5).unwrap();
     assert!(stats.rstd.is_empty());
 }

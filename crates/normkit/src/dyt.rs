@@ -35,6 +35,10 @@ fn plan(shape: &[usize], axis: ChannelAxis) -> Result<Plan> {
         scope: Scope::PerSample { groups: 1 },
         centered: false,
     };
+    if p.geo.s == 1 {
+        // [n, c, 1] is [n, 1, c] in memory: rows of channels, not runs of one.
+        p.geo.axis = ChannelAxis::Last;
+    }
     if p.geo.axis == ChannelAxis::Last && p.geo.s > 1 {
         // Each position's row of channels is its own unit of work.
         p.geo.n *= p.geo.s;

@@ -1,7 +1,8 @@
 //! Element types the kernels read and write.
 //!
-//! Inputs and outputs may be `f32`, `bf16` or `f16`; every kernel converts to
-//! `f32` (or wider) on load, accumulates in `f64`, and rounds once on store.
+//! Inputs and outputs may be `f32`, `bf16` or `f16`; every kernel widens
+//! to `f32` on load, accumulates in `f32` lanes (`f64` across blocks), and
+//! rounds once on store.
 //! Parameters (weight, bias, running statistics) are always `f32`.
 
 use half::{bf16, f16};

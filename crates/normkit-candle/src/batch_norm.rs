@@ -195,7 +195,8 @@ impl ModuleT for BatchNorm {
                 });
                 let y = fused::apply(kernel.clone(), x, &params)?;
                 if let (Some(r), Some(values)) = (update, &kernel.running) {
-                    let (mean, var) = std::mem::take(&mut *values.lock().unwrap_or_else(|e| e.into_inner()));
+                    let (mean, var) =
+                        std::mem::take(&mut *values.lock().unwrap_or_else(|e| e.into_inner()));
                     r.store(mean, var)?;
                     r.set_count(r.count()? + 1)?;
                 }
@@ -244,8 +245,17 @@ impl Kernel for BatchNormTrain {
             .running
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
-        let running = guard.as_deref_mut().map(|(mean, var)| RunningStats { mean, var });
-        normkit::batch_norm_forward_train(y, x, shape, self.slots.affine(params), running, &self.cfg)
+        let running = guard
+            .as_deref_mut()
+            .map(|(mean, var)| RunningStats { mean, var });
+        normkit::batch_norm_forward_train(
+            y,
+            x,
+            shape,
+            self.slots.affine(params),
+            running,
+            &self.cfg,
+        )
     }
 
     fn backward<T: Elem>(

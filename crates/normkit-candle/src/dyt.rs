@@ -185,7 +185,14 @@ impl Kernel for DytKernel {
         params: &[f32],
     ) -> normkit::Result<()> {
         let (alpha, rest) = self.split(shape, params)?;
-        normkit::dyt_forward(y, x, shape, alpha, self.slots.affine(rest), self.channel_axis)
+        normkit::dyt_forward(
+            y,
+            x,
+            shape,
+            alpha,
+            self.slots.affine(rest),
+            self.channel_axis,
+        )
     }
 
     fn backward<T: Elem>(

@@ -23,7 +23,12 @@ use crate::batch_norm::BatchNorm;
 use crate::error::{self, LayerError};
 
 /// `(W', b')` for a layer with `weight` (output channels first) and `bias`.
-fn fold(op: &'static str, weight: &Tensor, bias: Option<&Tensor>, bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
+fn fold(
+    op: &'static str,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    bn: &BatchNorm,
+) -> Result<(Tensor, Tensor)> {
     let (Some(mean), Some(var)) = (bn.running_mean(), bn.running_var()) else {
         return Err(error::layer(LayerError::Unsupported {
             op,

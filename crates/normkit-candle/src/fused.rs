@@ -143,8 +143,34 @@ impl Storable for f16 {
 fn gather<'a, T: Copy>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Cow::Borrowed(&data[start..end]),
-        None => Cow::Owned(layout.strided_index().map(|i| data[i]).collect()),
+        None => Cow::Owned(strided(data, layout)),
     }
+}
+
+/// Copies a strided view into row-major order, walking the index like an
+/// odometer (last dimension fastest).
+fn strided<T: Copy>(data: &[T], layout: &Layout) -> Vec<T> {
+    let (dims, stride) = (layout.dims(), layout.stride());
+    let n = layout.shape().elem_count();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let mut index = vec![0usize; dims.len()];
+    let mut offset = layout.start_offset();
+    for _ in 0..n {
+        out.push(data[offset]);
+        for d in (0..dims.len()).rev() {
+            index[d] += 1;
+            offset += stride[d];
+            if index[d] < dims[d] {
+                break;
+            }
+            offset -= stride[d] * dims[d];
+            index[d] = 0;
+        }
+    }
+    out
 }
 
 fn f32_params<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [f32]>> {

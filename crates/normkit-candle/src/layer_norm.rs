@@ -175,7 +175,12 @@ pub fn layer_norm_op(
     fused::apply(Arc::new(kernel), x, &params)
 }
 
-fn check_param_shape(op: &'static str, name: &'static str, expected: &[usize], t: &Tensor) -> Result<()> {
+fn check_param_shape(
+    op: &'static str,
+    name: &'static str,
+    expected: &[usize],
+    t: &Tensor,
+) -> Result<()> {
     if t.dims() == expected {
         Ok(())
     } else {
@@ -241,7 +246,7 @@ impl Kernel for LayerNormKernel {
 }
 
 /// Settings of an [`RmsNorm`] layer; the defaults are PyTorch's.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RmsNormConfig {
     /// Added to the mean square. PyTorch: `None`, the machine epsilon of
     /// the input's dtype (`f32`: 2⁻²³, `bf16`: 2⁻⁷, `f16`: 2⁻¹⁰).
@@ -250,13 +255,19 @@ pub struct RmsNormConfig {
     pub elementwise_affine: bool,
 }
 
-impl RmsNormConfig {
-    /// PyTorch's defaults.
-    pub fn new() -> Self {
+impl Default for RmsNormConfig {
+    fn default() -> Self {
         RmsNormConfig {
             eps: None,
             elementwise_affine: true,
         }
+    }
+}
+
+impl RmsNormConfig {
+    /// PyTorch's defaults, as [`Default`].
+    pub fn new() -> Self {
+        Self::default()
     }
 }
 

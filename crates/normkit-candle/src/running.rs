@@ -82,7 +82,10 @@ impl Running {
         [
             ("running_mean", self.mean.as_tensor().clone()),
             ("running_var", self.var.as_tensor().clone()),
-            ("num_batches_tracked", self.num_batches_tracked.as_tensor().clone()),
+            (
+                "num_batches_tracked",
+                self.num_batches_tracked.as_tensor().clone(),
+            ),
         ]
     }
 }

@@ -147,7 +147,12 @@ struct Reparam {
 }
 
 impl Reparam {
-    fn load(v_shape: &[usize], init_v: Init, config: &WeightNormConfig, vb: &VarBuilder) -> Result<Self> {
+    fn load(
+        v_shape: &[usize],
+        init_v: Init,
+        config: &WeightNormConfig,
+        vb: &VarBuilder,
+    ) -> Result<Self> {
         let names = if vb.contains_tensor(WeightNormNames::Legacy.g())
             || vb.contains_tensor(WeightNormNames::Legacy.v())
         {
@@ -275,7 +280,14 @@ pub fn weight_norm_linear(
     )?;
     let bias = if config.bias {
         let bound = 1.0 / (in_dim as f64).sqrt();
-        Some(vb.get_with_hints(out_dim, "bias", Init::Uniform { lo: -bound, up: bound })?)
+        Some(vb.get_with_hints(
+            out_dim,
+            "bias",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?)
     } else {
         None
     };
@@ -375,7 +387,14 @@ pub fn weight_norm_conv2d(
     )?;
     let bias = if config.bias {
         let bound = 1.0 / (in_channels as f64).sqrt();
-        Some(vb.get_with_hints(out_channels, "bias", Init::Uniform { lo: -bound, up: bound })?)
+        Some(vb.get_with_hints(
+            out_channels,
+            "bias",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?)
     } else {
         None
     };

@@ -93,7 +93,8 @@ pub fn autograd(
     vars: &[(String, Var)],
 ) -> Vec<Option<Vec<f64>>> {
     let y = forward().unwrap();
-    let loss = (y * r.to_dtype(DType::F32).unwrap()).unwrap().sum_all().unwrap();
+    let r = r.to_dtype(y.dtype()).unwrap();
+    let loss = (y * r).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
     vars.iter()
         .map(|(_, v)| grads.get(v.as_tensor()).map(flat))
@@ -162,15 +163,27 @@ pub fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
     );
 }
 
-/// Writes `tensors` as a safetensors file under the system's temporary
-/// directory and returns its bytes (the file is removed).
-pub fn safetensors_bytes(name: &str, tensors: &HashMap<String, Tensor>) -> Vec<u8> {
-    let path = std::env::temp_dir().join(format!(
-        "normkit-candle-{}-{name}.safetensors",
-        std::process::id()
-    ));
-    candle_core::safetensors::save(tensors, &path).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
-    bytes
+/// A file under the system's temporary directory, removed on drop.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    /// Writes `tensors` as a safetensors file named after `name`.
+    pub fn safetensors(name: &str, tensors: &HashMap<String, Tensor>) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "normkit-candle-{}-{name}.safetensors",
+            std::process::id()
+        ));
+        candle_core::safetensors::save(tensors, &path).unwrap();
+        TempFile(path)
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -78,7 +78,12 @@ fn check(
             .unwrap_or_else(|| panic!("{what}: no gradient from the fused op"));
         let theirs = theirs[i].as_ref().unwrap();
         assert!(max_abs(ours) > 0.0, "{what}: all zero");
-        assert_close(&format!("{what} vs composed"), ours, theirs, COMPOSED_TOL * 10.0);
+        assert_close(
+            &format!("{what} vs composed"),
+            ours,
+            theirs,
+            COMPOSED_TOL * 10.0,
+        );
         let fd = finite_differences(fused, &r, var, H);
         assert_close(&format!("{what} vs finite differences"), ours, &fd, FD_TOL);
     }
@@ -106,8 +111,14 @@ fn batch_norm_eval_uses_running_statistics() {
     let (bn, _map, params) = build(&mut rng, |vb| batch_norm(3, BatchNormConfig::default(), vb));
     let x = rng.var(&[2, 3, 2, 2]);
     let (w, b) = (param(&params, "weight"), param(&params, "bias"));
-    let rm = f64t(bn.running_mean().unwrap()).detach().reshape((1, 3, 1, 1)).unwrap();
-    let rv = f64t(bn.running_var().unwrap()).detach().reshape((1, 3, 1, 1)).unwrap();
+    let rm = f64t(bn.running_mean().unwrap())
+        .detach()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    let rv = f64t(bn.running_var().unwrap())
+        .detach()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
     check(
         "batch_norm eval",
         &mut rng,
@@ -115,7 +126,9 @@ fn batch_norm_eval_uses_running_statistics() {
         &params,
         &|| bn.forward_t(x.as_tensor(), false),
         &|| {
-            let y = f64t(&x).broadcast_sub(&rm)?.broadcast_div(&(&rv + 1e-5)?.sqrt()?)?;
+            let y = f64t(&x)
+                .broadcast_sub(&rm)?
+                .broadcast_div(&(&rv + 1e-5)?.sqrt()?)?;
             affine(y, w, b, &[1, 3, 1, 1])
         },
     );
@@ -216,7 +229,8 @@ fn rms_norm_last_dim() {
         &|| {
             let x = f64t(&x);
             let ms = x.sqr()?.mean_keepdim(1)?;
-            x.broadcast_div(&(ms + 1e-6)?.sqrt()?)?.broadcast_mul(&f64t(w))
+            x.broadcast_div(&(ms + 1e-6)?.sqrt()?)?
+                .broadcast_mul(&f64t(w))
         },
     );
 }
@@ -224,7 +238,9 @@ fn rms_norm_last_dim() {
 #[test]
 fn group_norm_channels_first() {
     let mut rng = Rng::new(8);
-    let (gn, _map, params) = build(&mut rng, |vb| group_norm(2, 6, GroupNormConfig::default(), vb));
+    let (gn, _map, params) = build(&mut rng, |vb| {
+        group_norm(2, 6, GroupNormConfig::default(), vb)
+    });
     let x = rng.var(&[2, 6, 3]);
     let (w, b) = (param(&params, "weight"), param(&params, "bias"));
     check(
@@ -295,8 +311,14 @@ fn instance_norm_eval_with_running_statistics() {
     let (inorm, _map, params) = build(&mut rng, |vb| instance_norm(3, cfg, vb));
     let x = rng.var(&[2, 3, 2, 2]);
     let (w, b) = (param(&params, "weight"), param(&params, "bias"));
-    let rm = f64t(inorm.running_mean().unwrap()).detach().reshape((1, 3, 1, 1)).unwrap();
-    let rv = f64t(inorm.running_var().unwrap()).detach().reshape((1, 3, 1, 1)).unwrap();
+    let rm = f64t(inorm.running_mean().unwrap())
+        .detach()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
+    let rv = f64t(inorm.running_var().unwrap())
+        .detach()
+        .reshape((1, 3, 1, 1))
+        .unwrap();
     check(
         "instance_norm eval",
         &mut rng,
@@ -304,7 +326,9 @@ fn instance_norm_eval_with_running_statistics() {
         &params,
         &|| inorm.forward_t(x.as_tensor(), false),
         &|| {
-            let y = f64t(&x).broadcast_sub(&rm)?.broadcast_div(&(&rv + 1e-5)?.sqrt()?)?;
+            let y = f64t(&x)
+                .broadcast_sub(&rm)?
+                .broadcast_div(&(&rv + 1e-5)?.sqrt()?)?;
             affine(y, w, b, &[1, 3, 1, 1])
         },
     );
@@ -316,7 +340,11 @@ fn dyt_channels_last() {
     let (layer, _map, params) = build(&mut rng, |vb| dyt(5, DytConfig::default(), vb));
     assert_eq!(params.len(), 3);
     let x = rng.var(&[2, 3, 5]);
-    let (a, w, b) = (param(&params, "alpha"), param(&params, "weight"), param(&params, "bias"));
+    let (a, w, b) = (
+        param(&params, "alpha"),
+        param(&params, "weight"),
+        param(&params, "bias"),
+    );
     check(
         "dyt",
         &mut rng,
@@ -340,7 +368,11 @@ fn dyt_channels_first() {
     };
     let (layer, _map, params) = build(&mut rng, |vb| dyt(3, cfg, vb));
     let x = rng.var(&[2, 3, 4]);
-    let (a, w, b) = (param(&params, "alpha"), param(&params, "weight"), param(&params, "bias"));
+    let (a, w, b) = (
+        param(&params, "alpha"),
+        param(&params, "weight"),
+        param(&params, "bias"),
+    );
     check(
         "dyt channels first",
         &mut rng,
@@ -469,8 +501,15 @@ fn non_contiguous_input_gives_the_same_gradients() {
     let r = rng.tensor(&[3, 4, 5], -1.0, 1.0);
     let strided = || bn.forward_t(&base.as_tensor().transpose(1, 2)?, true);
     assert!(!base.as_tensor().transpose(1, 2).unwrap().is_contiguous());
-    let packed = Var::from_tensor(&base.as_tensor().transpose(1, 2).unwrap().contiguous().unwrap())
-        .unwrap();
+    let packed = Var::from_tensor(
+        &base
+            .as_tensor()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap(),
+    )
+    .unwrap();
     let contiguous = || bn.forward_t(packed.as_tensor(), true);
     assert_eq!(flat(&strided().unwrap()), flat(&contiguous().unwrap()));
     let mut vars = vec![("x".to_string(), base.clone())];
@@ -492,14 +531,19 @@ fn non_contiguous_input_gives_the_same_gradients() {
 #[test]
 fn half_precision_forward_and_backward() {
     let mut rng = Rng::new(19);
-    let (ln, _map, params) = build(&mut rng, |vb| layer_norm(16, LayerNormConfig::default(), vb));
+    let (ln, _map, params) = build(&mut rng, |vb| {
+        layer_norm(16, LayerNormConfig::default(), vb)
+    });
     let x = rng.tensor(&[4, 16], -3.0, 3.0);
     let r = rng.tensor(&[4, 16], -1.0, 1.0);
     let run = |dtype: DType| {
         let x = Var::from_tensor(&x.to_dtype(dtype).unwrap()).unwrap();
         let y = ln.forward(x.as_tensor()).unwrap();
         assert_eq!(y.dtype(), dtype);
-        let loss = (y.to_dtype(DType::F32).unwrap() * &r).unwrap().sum_all().unwrap();
+        let loss = (y.to_dtype(DType::F32).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let grads = loss.backward().unwrap();
         let dx = grads.get(x.as_tensor()).unwrap();
         assert_eq!(dx.dtype(), dtype);
@@ -523,11 +567,39 @@ fn half_precision_parameters() {
     let vb = VarBuilder::from_varmap(&varmap, DType::BF16, &CPU);
     let gn = group_norm(2, 4, GroupNormConfig::default(), vb).unwrap();
     assert_eq!(gn.weight().unwrap().dtype(), DType::BF16);
-    let x = Rng::new(20).tensor(&[2, 4, 3], -1.0, 1.0).to_dtype(DType::BF16).unwrap();
+    let x = Rng::new(20)
+        .tensor(&[2, 4, 3], -1.0, 1.0)
+        .to_dtype(DType::BF16)
+        .unwrap();
     let y = gn.forward(&x).unwrap();
-    let loss = y.to_dtype(DType::F32).unwrap().sqr().unwrap().sum_all().unwrap();
+    let loss = y
+        .to_dtype(DType::F32)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
     let dw = grads.get(gn.weight().unwrap()).unwrap();
     assert_eq!(dw.dtype(), DType::BF16);
     assert!(max_abs(&flat(dw)) > 0.0);
+}
+
+/// Half-precision input in evaluation mode is normalized in f32 and
+/// rounded once: the f16 output is the f32 output rounded to f16.
+#[test]
+fn half_precision_batch_norm_eval_rounds_once() {
+    let mut rng = Rng::new(21);
+    let (bn, _map, _params) = build(&mut rng, |vb| batch_norm(3, BatchNormConfig::default(), vb));
+    let x16 = rng
+        .tensor(&[4, 3, 5], -4.0, 4.0)
+        .to_dtype(DType::F16)
+        .unwrap();
+    let y16 = bn.forward_t(&x16, false).unwrap();
+    assert_eq!(y16.dtype(), DType::F16);
+    let y32 = bn
+        .forward_t(&x16.to_dtype(DType::F32).unwrap(), false)
+        .unwrap();
+    let rounded = flat(&y32.to_dtype(DType::F16).unwrap());
+    assert_eq!(flat(&y16), rounded);
 }

@@ -1,0 +1,10 @@
+//! Integration tests of normkit-candle, one module per area.
+
+mod common;
+mod errors;
+mod fold;
+mod golden;
+mod grads;
+mod state;
+mod training;
+mod weight_norm;

@@ -12,16 +12,20 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, Flex};
+use burn::backend::{
+    backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch, ExtensionType, Flex,
+};
 use burn::tensor::{DType, Tensor, TensorData};
 use normkit::{
-    Affine, BatchNormConfig, ChannelAxis, Elem, GroupNormConfig, Grads, InstanceNormConfig,
+    Affine, BatchNormConfig, ChannelAxis, Elem, Grads, GroupNormConfig, InstanceNormConfig,
     RunningStats, Stats,
 };
 
 use crate::route;
 
 /// One normalization over a tensor, as the normkit kernels define it.
+// The variants are named after the ops, which all end in "Norm".
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Kernel {
     /// `training`: batch statistics (and running update when running
@@ -45,6 +49,30 @@ pub(crate) enum Kernel {
     },
 }
 
+/// An optional tensor input of the extension (the extension frontend maps
+/// tensors held by derived types, not `Option`s).
+#[derive(ExtensionType)]
+pub(crate) enum Maybe<B: Backend> {
+    Present(FloatTensor<B>),
+    Absent,
+}
+
+impl<B: Backend> Maybe<B> {
+    fn into_option(self) -> Option<FloatTensor<B>> {
+        match self {
+            Maybe::Present(t) => Some(t),
+            Maybe::Absent => None,
+        }
+    }
+}
+
+fn maybe(t: Option<Tensor<1>>) -> Maybe<Dispatch> {
+    match t {
+        Some(t) => Maybe::Present(t.into_dispatch()),
+        None => Maybe::Absent,
+    }
+}
+
 /// The backend extension. Only `flex` and `Autodiff<flex>` implement it;
 /// callers check [`route::fused`] before dispatching here.
 #[backend_extension(Flex, Autodiff)]
@@ -55,10 +83,10 @@ pub(crate) trait NormBackend: Backend {
     fn normkit_norm(
         kernel: Kernel,
         x: FloatTensor<Self>,
-        weight: Option<FloatTensor<Self>>,
-        bias: Option<FloatTensor<Self>>,
-        running_mean: Option<FloatTensor<Self>>,
-        running_var: Option<FloatTensor<Self>>,
+        #[extension_type] weight: Maybe<Self>,
+        #[extension_type] bias: Maybe<Self>,
+        #[extension_type] running_mean: Maybe<Self>,
+        #[extension_type] running_var: Maybe<Self>,
     ) -> (
         FloatTensor<Self>,
         Option<FloatTensor<Self>>,
@@ -70,8 +98,8 @@ pub(crate) trait NormBackend: Backend {
         axis: ChannelAxis,
         x: FloatTensor<Self>,
         alpha: FloatTensor<Self>,
-        weight: Option<FloatTensor<Self>>,
-        bias: Option<FloatTensor<Self>>,
+        #[extension_type] weight: Maybe<Self>,
+        #[extension_type] bias: Maybe<Self>,
     ) -> FloatTensor<Self>;
 
     /// Weight normalization `g · v / ‖v‖`; `g` holds one value per index
@@ -94,23 +122,20 @@ pub(crate) fn norm<const D: usize>(
     running: Option<(Tensor<1>, Tensor<1>)>,
 ) -> (Tensor<D>, Option<(Tensor<1>, Tensor<1>)>) {
     let (running_mean, running_var) = match running {
-        Some((m, v)) => (Some(m.into_dispatch()), Some(v.into_dispatch())),
+        Some((m, v)) => (Some(m), Some(v)),
         None => (None, None),
     };
     let (y, m, v) = <Dispatch as NormBackend>::normkit_norm(
         kernel,
         x.into_dispatch(),
-        weight.map(Tensor::into_dispatch),
-        bias.map(Tensor::into_dispatch),
-        running_mean,
-        running_var,
+        maybe(weight),
+        maybe(bias),
+        maybe(running_mean),
+        maybe(running_var),
     );
-    let running = m.zip(v).map(|(m, v)| {
-        (
-            Tensor::<1>::from_dispatch(m),
-            Tensor::<1>::from_dispatch(v),
-        )
-    });
+    let running = m
+        .zip(v)
+        .map(|(m, v)| (Tensor::<1>::from_dispatch(m), Tensor::<1>::from_dispatch(v)));
     (Tensor::from_dispatch(y), running)
 }
 
@@ -125,8 +150,8 @@ pub(crate) fn dyt<const D: usize>(
         axis,
         x.into_dispatch(),
         alpha.into_dispatch(),
-        weight.map(Tensor::into_dispatch),
-        bias.map(Tensor::into_dispatch),
+        maybe(weight),
+        maybe(bias),
     ))
 }
 
@@ -173,10 +198,10 @@ fn dims(t: &FlexTensor) -> Vec<usize> {
 /// A parameter's values as `f32`, whatever its storage type.
 fn values_f32(t: &FlexTensor) -> Vec<f32> {
     let data = t.clone().into_data();
-    if data.dtype == DType::F32 {
-        data.into_vec::<f32>()
+    if data.dtype() == DType::F32 {
+        data.try_into_vec::<f32>()
     } else {
-        data.convert::<f32>().into_vec::<f32>()
+        data.convert::<f32>().try_into_vec::<f32>()
     }
     .expect("a float tensor converts to f32")
 }
@@ -241,7 +266,8 @@ fn norm_forward(
     mut running: Option<(Vec<f32>, Vec<f32>)>,
 ) -> NormForward {
     route::count_forward();
-    let x = contiguous(x, x.dtype());
+    let dtype = x.dtype();
+    let x = contiguous(x, dtype);
     let shape = dims(&x);
     let affine = Affine { weight, bias };
     let (y, stats) = with_elem!(x.dtype(), |T| {
@@ -360,15 +386,9 @@ fn norm_backward(
             ),
             Kernel::RmsNorm {
                 normalized_shape, ..
-            } => normkit::rms_norm_backward(
-                grads,
-                dys,
-                xs,
-                &shape,
-                normalized_shape,
-                weight,
-                stats,
-            ),
+            } => {
+                normkit::rms_norm_backward(grads, dys, xs, &shape, normalized_shape, weight, stats)
+            }
         }
         .expect("shapes were validated by the forward pass");
         output(dx, &shape)
@@ -384,7 +404,8 @@ fn dyt_forward(
     bias: Option<&[f32]>,
 ) -> (FlexTensor, FlexTensor) {
     route::count_forward();
-    let x = contiguous(x, x.dtype());
+    let dtype = x.dtype();
+    let x = contiguous(x, dtype);
     let shape = dims(&x);
     let y = with_elem!(x.dtype(), |T| {
         let xs = x.as_slice::<T>().expect("contiguous");
@@ -402,7 +423,8 @@ fn weight_norm_forward(
     g: &[f32],
 ) -> (FlexTensor, FlexTensor, Vec<f32>) {
     route::count_forward();
-    let v = contiguous(v, v.dtype());
+    let dtype = v.dtype();
+    let v = contiguous(v, dtype);
     let shape = dims(&v);
     let (w, norms) = with_elem!(v.dtype(), |T| {
         let vs = v.as_slice::<T>().expect("contiguous");
@@ -421,11 +443,13 @@ impl NormBackend for Flex {
     fn normkit_norm(
         kernel: Kernel,
         x: FlexTensor,
-        weight: Option<FlexTensor>,
-        bias: Option<FlexTensor>,
-        running_mean: Option<FlexTensor>,
-        running_var: Option<FlexTensor>,
+        weight: Maybe<Self>,
+        bias: Maybe<Self>,
+        running_mean: Maybe<Self>,
+        running_var: Maybe<Self>,
     ) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
+        let (weight, bias) = (weight.into_option(), bias.into_option());
+        let (running_mean, running_var) = (running_mean.into_option(), running_var.into_option());
         let like = running_mean.as_ref().map(ParamLike::of);
         let running = running_mean
             .zip(running_var)
@@ -441,9 +465,10 @@ impl NormBackend for Flex {
         axis: ChannelAxis,
         x: FlexTensor,
         alpha: FlexTensor,
-        weight: Option<FlexTensor>,
-        bias: Option<FlexTensor>,
+        weight: Maybe<Self>,
+        bias: Maybe<Self>,
     ) -> FlexTensor {
+        let (weight, bias) = (weight.into_option(), bias.into_option());
         let alpha = values_f32(&alpha)[0];
         let weight = weight.as_ref().map(values_f32);
         let bias = bias.as_ref().map(values_f32);
@@ -575,16 +600,9 @@ fn gradients(saved: Saved, dy: FlexTensor, slots: &[Slot], needed: &[bool]) -> V
                     dweight: dweight.as_deref_mut(),
                     dbias: dbias.as_deref_mut(),
                 };
-                let dalpha = normkit::dyt_backward(
-                    grads,
-                    dys,
-                    xs,
-                    &shape,
-                    alpha,
-                    weight.as_deref(),
-                    axis,
-                )
-                .expect("shapes were validated by the forward pass");
+                let dalpha =
+                    normkit::dyt_backward(grads, dys, xs, &shape, alpha, weight.as_deref(), axis)
+                        .expect("shapes were validated by the forward pass");
                 (output(dx, &shape), dalpha)
             });
             out.push((Slot::Input, dx));
@@ -696,13 +714,14 @@ impl<C: CheckpointStrategy> NormBackend for Autodiff<Flex, C> {
     fn normkit_norm(
         kernel: Kernel,
         x: AdTensor<C>,
-        weight: Option<AdTensor<C>>,
-        bias: Option<AdTensor<C>>,
-        running_mean: Option<AdTensor<C>>,
-        running_var: Option<AdTensor<C>>,
+        weight: Maybe<Self>,
+        bias: Maybe<Self>,
+        running_mean: Maybe<Self>,
+        running_var: Maybe<Self>,
     ) -> (AdTensor<C>, Option<AdTensor<C>>, Option<AdTensor<C>>) {
-        let running_mean = running_mean.map(|t| t.into_primitive());
-        let running_var = running_var.map(|t| t.into_primitive());
+        let (weight, bias) = (weight.into_option(), bias.into_option());
+        let running_mean = running_mean.into_option().map(|t| t.into_primitive());
+        let running_var = running_var.into_option().map(|t| t.into_primitive());
         let like = running_mean.as_ref().map(ParamLike::of);
         let running = running_mean
             .zip(running_var)
@@ -750,9 +769,10 @@ impl<C: CheckpointStrategy> NormBackend for Autodiff<Flex, C> {
         axis: ChannelAxis,
         x: AdTensor<C>,
         alpha: AdTensor<C>,
-        weight: Option<AdTensor<C>>,
-        bias: Option<AdTensor<C>>,
+        weight: Maybe<Self>,
+        bias: Maybe<Self>,
     ) -> AdTensor<C> {
+        let (weight, bias) = (weight.into_option(), bias.into_option());
         let (x, gx) = parts::<C>(x);
         let (alpha, ga) = parts::<C>(alpha);
         let mut guards = vec![gx, ga];

@@ -9,7 +9,7 @@
 //! kernel, and its backward is another that calls the matching backward
 //! kernel: gradients reach the input and every parameter, whatever the
 //! input's layout. Inputs may be `f32`, `bf16` or `f16` on the CPU (the
-//! statistics are accumulated in f64 either way); parameters may be any
+//! statistics are accumulated in f32 lanes either way); parameters may be any
 //! float dtype and are used as f32. Wrong shapes or dtypes come back as a
 //! [`candle_core::Error`] naming the op and the shapes.
 //!

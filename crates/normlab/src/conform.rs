@@ -8,7 +8,7 @@
 
 use crate::golden::{read_case, Case, Tensor};
 use normkit::{
-    Affine, BatchNormConfig, ChannelAxis, GroupNormConfig, Grads, InstanceNormConfig, Momentum,
+    Affine, BatchNormConfig, ChannelAxis, Grads, GroupNormConfig, InstanceNormConfig, Momentum,
     RunningStats, Stats,
 };
 use std::collections::BTreeMap;
@@ -191,7 +191,12 @@ fn compare(case: &Case, outputs: &Outputs) -> Vec<TensorCheck> {
             tol,
         });
     }
-    let rank = |n: &str| OUTPUTS.iter().position(|o| *o == n).unwrap_or(OUTPUTS.len());
+    let rank = |n: &str| {
+        OUTPUTS
+            .iter()
+            .position(|o| *o == n)
+            .unwrap_or(OUTPUTS.len())
+    };
     checks.sort_by_key(|c| rank(&c.name));
     checks
 }
@@ -382,7 +387,11 @@ fn backward(
     run: impl FnOnce(Grads<'_, f32>) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let mut dx = vec![0.0f32; x.numel()];
-    let channels = params.weight.as_ref().or(params.bias.as_ref()).map_or(0, Vec::len);
+    let channels = params
+        .weight
+        .as_ref()
+        .or(params.bias.as_ref())
+        .map_or(0, Vec::len);
     let mut dweight = params.weight.as_ref().map(|_| vec![0.0f32; channels]);
     let mut dbias = params.bias.as_ref().map(|_| vec![0.0f32; channels]);
     run(Grads {
@@ -423,7 +432,8 @@ fn batch_norm(args: &Args) -> Result<Outputs, Failure> {
     // in evaluation mode too.
     let stats = match (training, p.running()) {
         (false, Some((rm, rv))) => {
-            let s = normkit::batch_norm_forward_eval(&mut y, &xs, &x.shape, p.affine(), rm, rv, &cfg)?;
+            let s =
+                normkit::batch_norm_forward_eval(&mut y, &xs, &x.shape, p.affine(), rm, rv, &cfg)?;
             Some(s)
         }
         _ => None,
@@ -436,10 +446,20 @@ fn batch_norm(args: &Args) -> Result<Outputs, Failure> {
                 (true, Some(mean), Some(var)) => Some(RunningStats { mean, var }),
                 _ => None,
             };
-            let s = normkit::batch_norm_forward_train(&mut y, &xs, &x.shape, p.affine(), running, &cfg)?;
+            let s = normkit::batch_norm_forward_train(
+                &mut y,
+                &xs,
+                &x.shape,
+                p.affine(),
+                running,
+                &cfg,
+            )?;
             if training {
                 if let (Some(rm), Some(rv)) = (rm, rv) {
-                    out.insert("running_mean_out".into(), Tensor::from_f32(&[rm.len()], &rm));
+                    out.insert(
+                        "running_mean_out".into(),
+                        Tensor::from_f32(&[rm.len()], &rm),
+                    );
                     out.insert("running_var_out".into(), Tensor::from_f32(&[rv.len()], &rv));
                 }
             }
@@ -516,7 +536,15 @@ fn group_norm(args: &Args) -> Result<Outputs, Failure> {
     if let Some(dy) = args.tensor("dy") {
         let dy = dy.to_f32();
         backward(&mut out, x, None, &p, |grads| {
-            normkit::group_norm_backward(grads, &dy, &xs, &x.shape, p.weight.as_deref(), &stats, &cfg)?;
+            normkit::group_norm_backward(
+                grads,
+                &dy,
+                &xs,
+                &x.shape,
+                p.weight.as_deref(),
+                &stats,
+                &cfg,
+            )?;
             Ok(())
         })?;
     }
@@ -544,10 +572,14 @@ fn instance_norm(args: &Args) -> Result<Outputs, Failure> {
             (true, Some(mean), Some(var)) => Some(RunningStats { mean, var }),
             _ => None,
         };
-        let s = normkit::instance_norm_forward_train(&mut y, &xs, &x.shape, p.affine(), running, &cfg)?;
+        let s =
+            normkit::instance_norm_forward_train(&mut y, &xs, &x.shape, p.affine(), running, &cfg)?;
         if training && track {
             if let (Some(rm), Some(rv)) = (rm, rv) {
-                out.insert("running_mean_out".into(), Tensor::from_f32(&[rm.len()], &rm));
+                out.insert(
+                    "running_mean_out".into(),
+                    Tensor::from_f32(&[rm.len()], &rm),
+                );
                 out.insert("running_var_out".into(), Tensor::from_f32(&[rv.len()], &rv));
             }
         }
@@ -618,7 +650,8 @@ fn dyt(args: &Args) -> Result<Outputs, Failure> {
         let dy = dy.to_f32();
         let mut dalpha = 0.0f32;
         backward(&mut out, x, None, &p, |grads| {
-            dalpha = normkit::dyt_backward(grads, &dy, &xs, &x.shape, alpha, p.weight.as_deref(), axis)?;
+            dalpha =
+                normkit::dyt_backward(grads, &dy, &xs, &x.shape, alpha, p.weight.as_deref(), axis)?;
             Ok(())
         })?;
         out.insert("dalpha".into(), Tensor::from_f32(&[1], &[dalpha]));

@@ -35,7 +35,10 @@ fn conform(path: &std::path::Path) -> ExitCode {
         }
     };
     if reports.is_empty() {
-        eprintln!("normlab conform: no .safetensors cases in {}", path.display());
+        eprintln!(
+            "normlab conform: no .safetensors cases in {}",
+            path.display()
+        );
         return ExitCode::from(2);
     }
     let passed = reports.iter().filter(|r| r.passed()).count();

@@ -131,26 +131,86 @@ fn malformed_cases_fail_even_when_an_error_is_expected() {
 #[test]
 fn invalid_variants_are_refused() {
     let variants: Vec<(&str, Box<dyn Fn(&mut Case)>)> = vec![
-        ("009_ln_small.safetensors", Box::new(|c| set(c, "eps", "nan"))),
-        ("009_ln_small.safetensors", Box::new(|c| set(c, "eps", "-1e-5"))),
-        ("009_ln_small.safetensors", Box::new(|c| set(c, "normalized_shape", "[7, 32]x"))),
-        ("009_ln_small.safetensors", Box::new(|c| set(c, "normalized_shape", "[0]"))),
-        ("009_ln_small.safetensors", Box::new(|c| truncate(c, "weight"))),
-        ("011_ln_2dshape.safetensors", Box::new(|c| reshape(c, "weight", vec![6, 4]))),
-        ("002_bn2d_train.safetensors", Box::new(|c| truncate(c, "bias"))),
-        ("002_bn2d_train.safetensors", Box::new(|c| truncate(c, "running_var"))),
-        ("002_bn2d_train.safetensors", Box::new(|c| set(c, "eps", "nan"))),
-        ("002_bn2d_train.safetensors", Box::new(|c| reshape(c, "x", vec![1, 6, 1, 1]))),
-        ("019_gn_basic.safetensors", Box::new(|c| set(c, "num_groups", "0"))),
-        ("019_gn_basic.safetensors", Box::new(|c| set(c, "num_groups", "3"))),
-        ("023_in2d.safetensors", Box::new(|c| reshape(c, "x", vec![2, 3, 1, 1]))),
-        ("023_in2d.safetensors", Box::new(|c| reshape(c, "x", vec![216]))),
-        ("027_wn_linear_dim0.safetensors", Box::new(|c| set(c, "dim", "2"))),
-        ("027_wn_linear_dim0.safetensors", Box::new(|c| set(c, "dim", "-3"))),
-        ("027_wn_linear_dim0.safetensors", Box::new(|c| truncate(c, "g"))),
-        ("031_dyt_tokens.safetensors", Box::new(|c| truncate(c, "weight"))),
-        ("031_dyt_tokens.safetensors", Box::new(|c| truncate(c, "dy"))),
-        ("016_rms_small.safetensors", Box::new(|c| set(c, "eps", "-0.5"))),
+        (
+            "009_ln_small.safetensors",
+            Box::new(|c| set(c, "eps", "nan")),
+        ),
+        (
+            "009_ln_small.safetensors",
+            Box::new(|c| set(c, "eps", "-1e-5")),
+        ),
+        (
+            "009_ln_small.safetensors",
+            Box::new(|c| set(c, "normalized_shape", "[7, 32]x")),
+        ),
+        (
+            "009_ln_small.safetensors",
+            Box::new(|c| set(c, "normalized_shape", "[0]")),
+        ),
+        (
+            "009_ln_small.safetensors",
+            Box::new(|c| truncate(c, "weight")),
+        ),
+        (
+            "011_ln_2dshape.safetensors",
+            Box::new(|c| reshape(c, "weight", vec![6, 4])),
+        ),
+        (
+            "002_bn2d_train.safetensors",
+            Box::new(|c| truncate(c, "bias")),
+        ),
+        (
+            "002_bn2d_train.safetensors",
+            Box::new(|c| truncate(c, "running_var")),
+        ),
+        (
+            "002_bn2d_train.safetensors",
+            Box::new(|c| set(c, "eps", "nan")),
+        ),
+        (
+            "002_bn2d_train.safetensors",
+            Box::new(|c| reshape(c, "x", vec![1, 6, 1, 1])),
+        ),
+        (
+            "019_gn_basic.safetensors",
+            Box::new(|c| set(c, "num_groups", "0")),
+        ),
+        (
+            "019_gn_basic.safetensors",
+            Box::new(|c| set(c, "num_groups", "3")),
+        ),
+        (
+            "023_in2d.safetensors",
+            Box::new(|c| reshape(c, "x", vec![2, 3, 1, 1])),
+        ),
+        (
+            "023_in2d.safetensors",
+            Box::new(|c| reshape(c, "x", vec![216])),
+        ),
+        (
+            "027_wn_linear_dim0.safetensors",
+            Box::new(|c| set(c, "dim", "2")),
+        ),
+        (
+            "027_wn_linear_dim0.safetensors",
+            Box::new(|c| set(c, "dim", "-3")),
+        ),
+        (
+            "027_wn_linear_dim0.safetensors",
+            Box::new(|c| truncate(c, "g")),
+        ),
+        (
+            "031_dyt_tokens.safetensors",
+            Box::new(|c| truncate(c, "weight")),
+        ),
+        (
+            "031_dyt_tokens.safetensors",
+            Box::new(|c| truncate(c, "dy")),
+        ),
+        (
+            "016_rms_small.safetensors",
+            Box::new(|c| set(c, "eps", "-0.5")),
+        ),
     ];
     for (file, edit) in variants {
         let mut case = read_case(&golden_dir().join(file)).unwrap();
@@ -201,9 +261,7 @@ fn reads_a_case_written_with_safetensors() {
     let y: Vec<f64> = x
         .iter()
         .enumerate()
-        .map(|(i, &v)| {
-            weight[i % 2] as f64 * (alpha as f64 * v as f64).tanh() + bias[i % 2] as f64
-        })
+        .map(|(i, &v)| weight[i % 2] as f64 * (alpha as f64 * v as f64).tanh() + bias[i % 2] as f64)
         .collect();
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let f64_bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -223,14 +281,10 @@ fn reads_a_case_written_with_safetensors() {
         ("bias", TensorView::new(Dtype::F32, vec![2], &bb).unwrap()),
         ("y", TensorView::new(Dtype::F64, vec![2, 2], &yb).unwrap()),
     ];
-    let meta: BTreeMap<String, String> = [
-        ("op", "dyt"),
-        ("channel_axis", "-1"),
-        ("tol_y", "1e-6"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let meta: BTreeMap<String, String> = [("op", "dyt"), ("channel_axis", "-1"), ("tol_y", "1e-6")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let bytes = safetensors::serialize(views, Some(meta.into_iter().collect())).unwrap();
     let path = std::env::temp_dir().join(format!("normlab-dyt-{}.safetensors", std::process::id()));
     std::fs::write(&path, bytes).unwrap();

@@ -1,3 +1,5 @@
 //! normlab's integration tests, one module per command.
 
+mod bench;
 mod conform;
+mod study;

@@ -11,7 +11,7 @@ use super::shapes::{Case, Dtype, Op, Pass};
 use super::timing::{measure, timed, Budget, Sample};
 use normkit::reference::{self, Dims};
 use normkit::{
-    bf16, f16, Affine, BatchNormConfig, ChannelAxis, Elem, GroupNormConfig, Grads,
+    bf16, f16, Affine, BatchNormConfig, ChannelAxis, Elem, Grads, GroupNormConfig,
     InstanceNormConfig, NormError, RunningStats, Stats,
 };
 use std::time::Duration;
@@ -141,10 +141,17 @@ impl<T: Elem> State<T> {
                 }),
                 &bn_config(axis),
             ),
-            Op::LayerNorm => normkit::layer_norm_forward(&mut self.y, &self.x, shape, &[c], affine, EPS),
-            Op::RmsNorm => {
-                normkit::rms_norm_forward(&mut self.y, &self.x, shape, &[c], Some(&self.weight), EPS)
+            Op::LayerNorm => {
+                normkit::layer_norm_forward(&mut self.y, &self.x, shape, &[c], affine, EPS)
             }
+            Op::RmsNorm => normkit::rms_norm_forward(
+                &mut self.y,
+                &self.x,
+                shape,
+                &[c],
+                Some(&self.weight),
+                EPS,
+            ),
             Op::GroupNorm => normkit::group_norm_forward(
                 &mut self.y,
                 &self.x,
@@ -207,14 +214,26 @@ impl<T: Elem> State<T> {
         };
         let (dy, x) = (&self.dy, &self.x);
         match case.op {
-            Op::BatchNorm => {
-                normkit::batch_norm_backward_train(grads, dy, x, shape, weight, stats, &bn_config(axis))
-            }
+            Op::BatchNorm => normkit::batch_norm_backward_train(
+                grads,
+                dy,
+                x,
+                shape,
+                weight,
+                stats,
+                &bn_config(axis),
+            ),
             Op::LayerNorm => normkit::layer_norm_backward(grads, dy, x, shape, &[c], weight, stats),
             Op::RmsNorm => normkit::rms_norm_backward(grads, dy, x, shape, &[c], weight, stats),
-            Op::GroupNorm => {
-                normkit::group_norm_backward(grads, dy, x, shape, weight, stats, &gn_config(case, axis))
-            }
+            Op::GroupNorm => normkit::group_norm_backward(
+                grads,
+                dy,
+                x,
+                shape,
+                weight,
+                stats,
+                &gn_config(case, axis),
+            ),
             Op::InstanceNorm => normkit::instance_norm_backward_train(
                 grads,
                 dy,
@@ -224,8 +243,11 @@ impl<T: Elem> State<T> {
                 stats,
                 &in_config(axis),
             ),
-            Op::Dyt => normkit::dyt_backward(grads, dy, x, shape, self.alpha, weight, axis)
-                .map(|dalpha| drop(std::hint::black_box(dalpha))),
+            Op::Dyt => {
+                normkit::dyt_backward(grads, dy, x, shape, self.alpha, weight, axis).map(|dalpha| {
+                    std::hint::black_box(dalpha);
+                })
+            }
         }
     }
 }
@@ -256,7 +278,12 @@ fn gn_config(case: &Case, channel_axis: ChannelAxis) -> GroupNormConfig {
 /// Times normkit's `f64` reference twin (inputs converted to `f64` before
 /// timing). Its backward recomputes the statistics from `x`, as the twin
 /// takes none saved.
-pub fn run_reference(case: &Case, inputs: &Inputs, passes: &[Pass], budget: &Budget) -> Vec<(Pass, Sample)> {
+pub fn run_reference(
+    case: &Case,
+    inputs: &Inputs,
+    passes: &[Pass],
+    budget: &Budget,
+) -> Vec<(Pass, Sample)> {
     let r = Reference::new(case, inputs);
     passes
         .iter()
@@ -384,6 +411,9 @@ mod tests {
             st.backward(&case, &stats).unwrap();
             assert_close(&case, "dx", &st.dx, &r.backward());
             if case.op.passes().contains(&Pass::ForwardEval) {
+                // Fresh running statistics: BatchNorm's training forward
+                // above has updated them.
+                let mut st = State::<f32>::new(&inputs);
                 st.forward_eval(&case).unwrap();
                 assert_close(&case, "eval y", &st.y, &r.forward_eval());
             }
@@ -415,7 +445,13 @@ mod tests {
         // BatchNorm with one value per channel: normkit rejects it.
         let case = Case::new(Op::BatchNorm, &[1, 3, 1, 1], Layout::Nchw);
         let inputs = Inputs::new(&case);
-        let err = run_normkit(&case, &inputs, Dtype::F32, &[Pass::ForwardTrain], &Budget::SMOKE);
+        let err = run_normkit(
+            &case,
+            &inputs,
+            Dtype::F32,
+            &[Pass::ForwardTrain],
+            &Budget::SMOKE,
+        );
         assert!(err.is_err());
     }
 }

@@ -270,7 +270,8 @@ impl Dataset {
     /// Features of example `i`, if there is one.
     pub fn example(&self, i: usize) -> Option<&[f32]> {
         let n = self.example_len();
-        self.features.get(i * n..(i + 1) * n)
+        let start = i.checked_mul(n)?;
+        self.features.get(start..start.checked_add(n)?)
     }
 
     /// How many examples each class has.
@@ -368,7 +369,9 @@ impl Dataset {
 }
 
 fn mean_std(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
-    let (n, sum) = values.clone().fold((0usize, 0.0), |(n, s), v| (n + 1, s + v));
+    let (n, sum) = values
+        .clone()
+        .fold((0usize, 0.0), |(n, s), v| (n + 1, s + v));
     if n == 0 {
         return (0.0, 0.0);
     }
@@ -597,7 +600,11 @@ pub fn mnist1d(config: &Mnist1dConfig) -> Result<Split, DataError> {
     let mut features = Vec::with_capacity(total * seq);
     let mut labels = Vec::with_capacity(total);
     for &i in &order {
-        features.extend(xs[i * seq..(i + 1) * seq].iter().map(|&v| ((v - mean) / std) as f32));
+        features.extend(
+            xs[i * seq..(i + 1) * seq]
+                .iter()
+                .map(|&v| ((v - mean) / std) as f32),
+        );
         labels.push(ys[i]);
     }
     let n_train = ((total as f64 * config.train_split) as usize).clamp(1, total - 1);

@@ -98,8 +98,8 @@ pub enum PlotKind {
     Bar,
 }
 
-/// A chart. Points that are not finite (or not positive on a log axis) are
-/// skipped and break the line there.
+/// A chart. Points that are not finite, beyond ±1e300, or not positive on
+/// a log axis are skipped and break the line there.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plot {
     pub title: String,
@@ -361,10 +361,11 @@ impl Report {
         let _ = writeln!(out, "<h1>{}</h1>", escape(&self.title));
         let _ = writeln!(
             out,
-            "<p class=\"meta\">Seed {} · {} mode · {} experiments · verdicts are computed from the numbers shown.</p>",
+            "<p class=\"meta\">Seed {} · {} mode · {} experiment{} · verdicts are computed from the numbers shown.</p>",
             self.seed,
             self.mode.label(),
-            self.sections.len()
+            self.sections.len(),
+            if self.sections.len() == 1 { "" } else { "s" }
         );
         if !self.sections.is_empty() {
             out.push_str("<table class=\"summary\">\n<tr><th>Experiment</th><th>Verdict</th><th>Why</th></tr>\n");
@@ -450,7 +451,12 @@ impl Report {
             out.push('\n');
         }
         for s in &self.sections {
-            let _ = writeln!(out, "## {} (`{}`)\n", md_line(&s.title), s.id.replace('`', "'"));
+            let _ = writeln!(
+                out,
+                "## {} (`{}`)\n",
+                md_line(&s.title),
+                s.id.replace('`', "'")
+            );
             let _ = writeln!(
                 out,
                 "**Verdict: {}.** {}\n",
@@ -480,7 +486,11 @@ impl Report {
                 let cells = |row: &[String]| {
                     let mut line = String::from("|");
                     for i in 0..width {
-                        let _ = write!(line, " {} |", md_cell(row.get(i).map_or("", String::as_str)));
+                        let _ = write!(
+                            line,
+                            " {} |",
+                            md_cell(row.get(i).map_or("", String::as_str))
+                        );
                     }
                     line
                 };

@@ -24,7 +24,10 @@ const DASHES: [&str; 4] = ["", "6 3", "2 3", "8 3 2 3"];
 const MARKER_LIMIT: usize = 40;
 
 fn style(i: usize) -> (&'static str, &'static str) {
-    (COLORS[i % COLORS.len()], DASHES[(i / COLORS.len()) % DASHES.len()])
+    (
+        COLORS[i % COLORS.len()],
+        DASHES[(i / COLORS.len()) % DASHES.len()],
+    )
 }
 
 /// One axis: its domain (in log10 units on a log axis) and tick values (in
@@ -50,7 +53,10 @@ impl Axis {
             fmt_num(v)
         } else {
             let s = format!("{v:.*}", self.decimals);
-            if s.trim_start_matches('-').chars().all(|c| c == '0' || c == '.') {
+            if s.trim_start_matches('-')
+                .chars()
+                .all(|c| c == '0' || c == '.')
+            {
                 "0".into()
             } else {
                 s
@@ -68,7 +74,8 @@ impl Axis {
         let step = nice_step((max - min) / 5.0);
         let lo = (min / step).floor() * step;
         let hi = (max / step).ceil() * step;
-        let n = ((hi - lo) / step).round() as usize;
+        // At most 21 ticks whatever rounding does; 5 to 10 is usual.
+        let n = (((hi - lo) / step).round() as usize).min(20);
         let ticks = (0..=n)
             .map(|i| {
                 let t = lo + i as f64 * step;
@@ -88,24 +95,47 @@ impl Axis {
         }
     }
 
-    /// Covers `[min, max]` (both positive) with whole decades, ticks at
-    /// powers of ten (and at 2 and 5 times them when the range is one
-    /// decade).
+    /// Covers `[min, max]` (both positive) with a little room. Ticks go
+    /// at powers of ten, or at 1, 2 and 5 times them, then at every digit
+    /// times them, when the range holds fewer than three marks, and at
+    /// round linear steps when even that gives fewer than two.
     fn log(min: f64, max: f64) -> Axis {
-        let lo = min.log10().floor();
-        let mut hi = max.log10().ceil();
-        if hi <= lo {
-            hi = lo + 1.0;
-        }
-        let decades = (hi - lo) as usize;
-        let every = decades.div_ceil(8).max(1);
-        let mut ticks = Vec::new();
-        for d in (0..=decades).step_by(every) {
-            let p = 10f64.powf(lo + d as f64);
-            ticks.push(p);
-            if decades == 1 && d == 0 {
-                ticks.extend([2.0 * p, 5.0 * p]);
+        let (mut lo, mut hi) = (min.log10(), max.log10());
+        let pad = if hi > lo { 0.04 * (hi - lo) } else { 0.5 };
+        lo -= pad;
+        hi += pad;
+        let marks = |multiples: &[f64]| -> Vec<f64> {
+            let mut ticks = Vec::new();
+            for k in (lo.floor() as i32)..=(hi.ceil() as i32) {
+                for &m in multiples {
+                    let v = m * 10f64.powi(k);
+                    if (lo..=hi).contains(&v.log10()) {
+                        ticks.push(v);
+                    }
+                }
             }
+            ticks
+        };
+        let mut ticks = marks(&[1.0]);
+        if ticks.len() > 8 {
+            let every = ticks.len().div_ceil(8);
+            ticks = ticks.into_iter().step_by(every).collect();
+        }
+        if ticks.len() < 3 {
+            ticks = marks(&[1.0, 2.0, 5.0]);
+        }
+        if ticks.len() < 3 {
+            ticks = marks(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+        }
+        if ticks.len() < 2 {
+            // Less than a factor of two: round values, evenly spaced.
+            let (a, b) = (10f64.powf(lo), 10f64.powf(hi));
+            let step = nice_step((b - a) / 4.0);
+            let first = (a / step).ceil() as i64;
+            ticks = (first..)
+                .map(|i| i as f64 * step)
+                .take_while(|&v| v <= b)
+                .collect();
         }
         Axis {
             lo,
@@ -138,9 +168,12 @@ fn nice_step(raw: f64) -> f64 {
     nice * p
 }
 
+/// Largest magnitude drawn: beyond it the span of an axis could overflow.
+const MAX_DRAWN: f64 = 1e300;
+
 /// Whether a value can be placed on an axis.
 fn drawable(v: f64, log: bool) -> bool {
-    v.is_finite() && (!log || v > 0.0)
+    v.abs() <= MAX_DRAWN && (!log || v > 0.0)
 }
 
 fn axis_for(values: impl Iterator<Item = f64>, log: bool, include_zero: bool) -> Option<Axis> {
@@ -275,7 +308,8 @@ fn draw_lines(out: &mut String, plot: &Plot) -> bool {
         let markers = s.points.len() <= MARKER_LIMIT;
         for run in &runs {
             if run.len() >= 2 {
-                let coords: Vec<String> = run.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
+                let coords: Vec<String> =
+                    run.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
                 let _ = writeln!(
                     out,
                     "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{dash_attr}/>",
@@ -284,7 +318,10 @@ fn draw_lines(out: &mut String, plot: &Plot) -> bool {
             }
             if markers || run.len() == 1 {
                 for (a, b) in run {
-                    let _ = writeln!(out, "<circle cx=\"{a:.1}\" cy=\"{b:.1}\" r=\"2.6\" fill=\"{color}\"/>");
+                    let _ = writeln!(
+                        out,
+                        "<circle cx=\"{a:.1}\" cy=\"{b:.1}\" r=\"2.6\" fill=\"{color}\"/>"
+                    );
                 }
             }
         }
@@ -317,7 +354,11 @@ fn draw_bars(out: &mut String, plot: &Plot) -> bool {
     let slot = (RIGHT - LEFT) / n as f64;
     let rotate = n > 8;
     for c in 0..n {
-        let label = plot.categories.get(c).cloned().unwrap_or_else(|| c.to_string());
+        let label = plot
+            .categories
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| c.to_string());
         let cx = LEFT + slot * (c as f64 + 0.5);
         let cy = BOTTOM + 16.0;
         let transform = if rotate {
@@ -334,11 +375,7 @@ fn draw_bars(out: &mut String, plot: &Plot) -> bool {
     }
     let groups = plot.series.len().max(1) as f64;
     let width = slot * 0.8 / groups;
-    let base = if y.log {
-        BOTTOM
-    } else {
-        py(&y, 0.0)
-    };
+    let base = if y.log { BOTTOM } else { py(&y, 0.0) };
     for (i, s) in plot.series.iter().enumerate() {
         let (color, _) = style(i);
         for &(c, v) in s.points.iter().filter(bar) {
@@ -359,7 +396,7 @@ fn draw_bars(out: &mut String, plot: &Plot) -> bool {
 }
 
 fn legend(out: &mut String, plot: &Plot) {
-    const MAX_CHARS: usize = 24;
+    const MAX_CHARS: usize = 21;
     let x = RIGHT + 12.0;
     for (i, s) in plot.series.iter().enumerate() {
         let y = TOP + 10.0 + 18.0 * i as f64;
@@ -412,7 +449,14 @@ mod tests {
 
     #[test]
     fn nice_steps() {
-        for (raw, want) in [(0.13, 0.2), (0.2, 0.2), (3.0, 5.0), (7.0, 10.0), (1.0, 1.0), (0.0, 1.0)] {
+        for (raw, want) in [
+            (0.13, 0.2),
+            (0.2, 0.2),
+            (3.0, 5.0),
+            (7.0, 10.0),
+            (1.0, 1.0),
+            (0.0, 1.0),
+        ] {
             assert!((nice_step(raw) - want).abs() < 1e-12, "nice_step({raw})");
         }
     }
@@ -432,16 +476,29 @@ mod tests {
     }
 
     #[test]
-    fn log_axis_uses_decades() {
+    fn log_axis_ticks() {
+        let labels = |a: &Axis| -> Vec<String> { a.ticks.iter().map(|&t| a.label(t)).collect() };
         let a = Axis::log(3e-4, 2.0);
-        assert_eq!((a.lo, a.hi), (-4.0, 1.0));
-        let labels: Vec<String> = a.ticks.iter().map(|&t| a.label(t)).collect();
-        assert_eq!(labels, ["1e-4", "0.001", "0.01", "0.1", "1", "10"]);
+        assert!(a.lo < 3e-4f64.log10() && a.hi > 2f64.log10());
+        assert_eq!(labels(&a), ["0.001", "0.01", "0.1", "1"]);
+        // Less than two decades: 1, 2 and 5 times powers of ten.
+        assert_eq!(
+            labels(&Axis::log(0.09, 2.3)),
+            ["0.1", "0.2", "0.5", "1", "2"]
+        );
+        // One value still gets a range around it.
         let one = Axis::log(2.0, 2.0);
-        assert_eq!((one.lo, one.hi), (0.0, 1.0));
-        let labels: Vec<String> = one.ticks.iter().map(|&t| one.label(t)).collect();
-        assert_eq!(labels, ["1", "2", "5", "10"]);
+        assert!(one.lo < 2f64.log10() && one.hi > 2f64.log10());
+        assert_eq!(labels(&one), ["1", "2", "5"]);
+        // Narrow ranges fall back to every digit, then to linear steps.
+        assert_eq!(labels(&Axis::log(1.5, 4.5)), ["2", "3", "4"]);
+        assert_eq!(labels(&Axis::log(2.1, 3.9)), ["2.5", "3", "3.5"]);
         let wide = Axis::log(1e-12, 1e12);
-        assert!(wide.ticks.len() <= 9, "{} ticks", wide.ticks.len());
+        assert!(
+            (3..=8).contains(&wide.ticks.len()),
+            "{} ticks",
+            wide.ticks.len()
+        );
+        assert_eq!(wide.label(1e-12), "1e-12");
     }
 }

@@ -109,7 +109,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
 /// so it pulls its side down; the median keeps one bad run from deciding.
 /// Inconclusive when a side has no runs, the margin is not a finite
 /// non-negative number, or both medians are diverged runs.
-pub fn compare_higher_is_better(claimed_better: &[f64], baseline: &[f64], margin: f64) -> Judgement {
+pub fn compare_higher_is_better(
+    claimed_better: &[f64],
+    baseline: &[f64],
+    margin: f64,
+) -> Judgement {
     compare(claimed_better, baseline, margin, true)
 }
 
@@ -169,22 +173,32 @@ fn compare(claimed: &[f64], baseline: &[f64], margin: f64, higher_is_better: boo
     if gain > 0.0 && gain >= margin {
         Judgement::new(
             Verdict::Reproduced,
-            format!("{numbers}: {word} by {}, at least the margin {}", fmt_num(gain), fmt_num(margin)),
+            format!(
+                "{numbers}: {word} by {}, at least the margin {}",
+                fmt_num(gain),
+                fmt_num(margin)
+            ),
         )
     } else if gain > 0.0 {
         Judgement::new(
             Verdict::Partly,
-            format!("{numbers}: {word} by {}, less than the margin {}", fmt_num(gain), fmt_num(margin)),
+            format!(
+                "{numbers}: {word} by {}, less than the margin {}",
+                fmt_num(gain),
+                fmt_num(margin)
+            ),
         )
     } else {
-        Judgement::new(
-            Verdict::NotReproduced,
-            format!("{numbers}: not {word}"),
-        )
+        Judgement::new(Verdict::NotReproduced, format!("{numbers}: not {word}"))
     }
 }
 
-fn ratio_inputs(value: f64, reference: f64, reproduced_at: f64, partly_at: f64) -> Result<f64, Judgement> {
+fn ratio_inputs(
+    value: f64,
+    reference: f64,
+    reproduced_at: f64,
+    partly_at: f64,
+) -> Result<f64, Judgement> {
     if !(value.is_finite() && reference.is_finite()) || reference == 0.0 {
         return Err(inconclusive(format!(
             "cannot form the ratio {} / {}",
@@ -214,16 +228,31 @@ pub fn ratio_at_least(value: f64, reference: f64, reproduced_at: f64, partly_at:
             "partly threshold {partly_at} is above the reproduced threshold {reproduced_at}"
         ));
     }
-    let head = format!("ratio {} / {} = {}", fmt_num(value), fmt_num(reference), fmt_num(r));
+    let head = format!(
+        "ratio {} / {} = {}",
+        fmt_num(value),
+        fmt_num(reference),
+        fmt_num(r)
+    );
     if r >= reproduced_at {
-        Judgement::new(Verdict::Reproduced, format!("{head}, at least {}", fmt_num(reproduced_at)))
+        Judgement::new(
+            Verdict::Reproduced,
+            format!("{head}, at least {}", fmt_num(reproduced_at)),
+        )
     } else if r >= partly_at {
         Judgement::new(
             Verdict::Partly,
-            format!("{head}, below {} but at least {}", fmt_num(reproduced_at), fmt_num(partly_at)),
+            format!(
+                "{head}, below {} but at least {}",
+                fmt_num(reproduced_at),
+                fmt_num(partly_at)
+            ),
         )
     } else {
-        Judgement::new(Verdict::NotReproduced, format!("{head}, below {}", fmt_num(partly_at)))
+        Judgement::new(
+            Verdict::NotReproduced,
+            format!("{head}, below {}", fmt_num(partly_at)),
+        )
     }
 }
 
@@ -241,16 +270,31 @@ pub fn ratio_at_most(value: f64, reference: f64, reproduced_at: f64, partly_at: 
             "partly threshold {partly_at} is below the reproduced threshold {reproduced_at}"
         ));
     }
-    let head = format!("ratio {} / {} = {}", fmt_num(value), fmt_num(reference), fmt_num(r));
+    let head = format!(
+        "ratio {} / {} = {}",
+        fmt_num(value),
+        fmt_num(reference),
+        fmt_num(r)
+    );
     if r <= reproduced_at {
-        Judgement::new(Verdict::Reproduced, format!("{head}, at most {}", fmt_num(reproduced_at)))
+        Judgement::new(
+            Verdict::Reproduced,
+            format!("{head}, at most {}", fmt_num(reproduced_at)),
+        )
     } else if r <= partly_at {
         Judgement::new(
             Verdict::Partly,
-            format!("{head}, above {} but at most {}", fmt_num(reproduced_at), fmt_num(partly_at)),
+            format!(
+                "{head}, above {} but at most {}",
+                fmt_num(reproduced_at),
+                fmt_num(partly_at)
+            ),
         )
     } else {
-        Judgement::new(Verdict::NotReproduced, format!("{head}, above {}", fmt_num(partly_at)))
+        Judgement::new(
+            Verdict::NotReproduced,
+            format!("{head}, above {}", fmt_num(partly_at)),
+        )
     }
 }
 
@@ -272,7 +316,12 @@ pub enum Direction {
 /// Inconclusive for fewer than two values, a non-finite value (map a
 /// diverged run to a stand-in such as chance accuracy first, if that is
 /// what it means), or invalid thresholds.
-pub fn monotonic_trend(values: &[f64], direction: Direction, min_change: f64, slack: f64) -> Judgement {
+pub fn monotonic_trend(
+    values: &[f64],
+    direction: Direction,
+    min_change: f64,
+    slack: f64,
+) -> Judgement {
     if values.len() < 2 {
         return inconclusive(format!("a trend needs two values, got {}", values.len()));
     }

@@ -92,3 +92,29 @@ pub(crate) fn check_positive(op: &'static str, name: &'static str, value: usize)
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_op_and_the_values() {
+        let e = check_eps("BatchNorm", -1.0).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "BatchNorm: eps must be finite and non-negative, got -1"
+        );
+        let e = check_positive("GroupNorm", "num_channels", 0).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("GroupNorm: num_channels must be positive"));
+        assert!(check_momentum("BatchNorm", None).is_ok());
+        assert!(check_momentum("BatchNorm", Some(f64::NAN)).is_err());
+        let e: Error = NormError::Eps {
+            op: "layer_norm",
+            eps: f32::NAN,
+        }
+        .into();
+        assert!(e.to_string().starts_with("layer_norm: eps"));
+    }
+}

@@ -203,20 +203,11 @@ pub fn instance_norm<const D: usize>(
     check_eps(OP, cfg.eps)?;
     check_momentum(OP, cfg.momentum)?;
     let (_, c, s) = channels(OP, &shape, cfg.channel_axis)?;
-    if c == 0 {
-        return Err(NormError::Groups {
-            op: OP,
-            num_groups: 0,
-            channels: 0,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
     check_len(OP, "weight", len1(&weight), c, &shape)?;
     check_len(OP, "bias", len1(&bias), c, &shape)?;
     check_running(OP, &running, c, &shape)?;
     let use_instance = training || running.is_none();
-    if s == 0 {
+    if c == 0 || s == 0 {
         return Err(NormError::Empty {
             op: OP,
             shape: shape.to_vec(),
@@ -273,7 +264,7 @@ pub fn group_norm<const D: usize>(
     check_eps(OP, cfg.eps)?;
     let (_, c, s) = channels(OP, &shape, cfg.channel_axis)?;
     let g = cfg.num_groups;
-    if g == 0 || c % g != 0 {
+    if g == 0 || !c.is_multiple_of(g) {
         return Err(NormError::Groups {
             op: OP,
             num_groups: g,
@@ -474,5 +465,59 @@ pub fn weight_norm<const D: usize>(
         Ok(kernel::weight_norm(kept.map(|k| k as isize), v, g))
     } else {
         Ok(composed::weight_norm(v, g, kept))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_extents_follow_the_axis() {
+        let shape = [2, 3, 4, 5];
+        assert_eq!(
+            channels("t", &shape, ChannelAxis::First).unwrap(),
+            (2, 3, 20)
+        );
+        assert_eq!(
+            channels("t", &shape, ChannelAxis::Last).unwrap(),
+            (2, 5, 12)
+        );
+        assert_eq!(
+            channels("t", &[7, 1], ChannelAxis::Last).unwrap(),
+            (7, 1, 1)
+        );
+        assert!(matches!(
+            channels("t", &[4], ChannelAxis::First),
+            Err(Error::Norm(NormError::Rank { min_rank: 2, .. }))
+        ));
+    }
+
+    #[test]
+    fn row_length_needs_a_matching_nonempty_suffix() {
+        assert_eq!(row_len("t", &[2, 3, 4], &[3, 4]).unwrap(), 12);
+        assert_eq!(row_len("t", &[2, 3, 4], &[]).unwrap(), 1);
+        assert!(row_len("t", &[2, 3, 4], &[4, 3]).is_err());
+        assert!(row_len("t", &[4], &[1, 4]).is_err());
+        assert!(matches!(
+            row_len("t", &[2, 0], &[0]),
+            Err(Error::Norm(NormError::Empty { .. }))
+        ));
+    }
+
+    #[test]
+    fn eps_and_momentum_domains() {
+        assert!(check_eps("t", 0.0).is_ok());
+        assert!(check_eps("t", -1e-9).is_err());
+        assert!(check_eps("t", f32::NAN).is_err());
+        assert!(check_momentum("t", Momentum::Exponential(1.5)).is_ok());
+        assert!(check_momentum("t", Momentum::Exponential(f32::INFINITY)).is_err());
+        assert!(check_momentum(
+            "t",
+            Momentum::CumulativeAverage {
+                num_batches_tracked: 3
+            }
+        )
+        .is_ok());
     }
 }

@@ -70,7 +70,7 @@ impl GroupNormConfig {
         const OP: &str = "GroupNorm";
         check_positive(OP, "num_channels", self.num_channels)?;
         check_eps(OP, self.eps)?;
-        if self.num_groups == 0 || self.num_channels % self.num_groups != 0 {
+        if self.num_groups == 0 || !self.num_channels.is_multiple_of(self.num_groups) {
             return Err(NormError::Groups {
                 op: "group_norm",
                 num_groups: self.num_groups,

@@ -535,8 +535,14 @@ enum Saved {
     },
 }
 
-/// The gradient of each parent, in the order of `slots`.
-fn gradients(saved: Saved, dy: FlexTensor, slots: &[Slot], needed: &[bool]) -> Vec<FlexTensor> {
+/// The gradient of each parent, in the order of `slots`; `None` where
+/// `needed` says the parent takes none.
+fn gradients(
+    saved: Saved,
+    dy: FlexTensor,
+    slots: &[Slot],
+    needed: &[bool],
+) -> Vec<Option<FlexTensor>> {
     let wants = |slot: Slot| {
         slots
             .iter()
@@ -637,14 +643,12 @@ fn gradients(saved: Saved, dy: FlexTensor, slots: &[Slot], needed: &[bool]) -> V
             out.push((Slot::Magnitude, tensor_like(dg, &g_like)));
         }
     }
+    // Gradients of inputs that need none were not computed.
     slots
         .iter()
         .map(|slot| {
-            let at = out
-                .iter()
-                .position(|(s, _)| s == slot)
-                .expect("every parent slot has a gradient");
-            out.swap_remove(at).1
+            let at = out.iter().position(|(s, _)| s == slot)?;
+            Some(out.swap_remove(at).1)
         })
         .collect()
 }
@@ -662,7 +666,7 @@ impl<const N: usize> Backward<Flex, N> for FusedBackward {
         let needed = ops.parents.each_ref().map(Option::is_some);
         let computed = gradients(saved, dy, &slots, &needed);
         for (parent, grad) in ops.parents.into_iter().zip(computed) {
-            if let Some(node) = parent {
+            if let (Some(node), Some(grad)) = (parent, grad) {
                 grads.register::<Flex>(node.id, grad);
             }
         }

@@ -211,3 +211,16 @@ impl RmsNorm {
         self.try_forward(x).unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_epsilon_is_pytorchs_finfo_eps() {
+        assert_eq!(machine_eps(DType::F32), 1.1920928955078125e-7);
+        assert_eq!(machine_eps(DType::F64), 2.220446049250313e-16);
+        assert_eq!(machine_eps(DType::F16), 2f64.powi(-10));
+        assert_eq!(machine_eps(DType::BF16), 2f64.powi(-7));
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests of normkit-burn, one module per area.
+
+mod backends;
+mod common;
+mod errors;
+mod fold;
+mod fused;
+mod golden;
+mod gradients;
+mod pytorch;
+mod running_stats;
+mod shapes;
+mod training;
+mod weight_norm;

@@ -1,6 +1,10 @@
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use indicatif::{ProgressBar, ProgressStyle};
+use normlab::bench::{self, BenchOptions, Dtype, Impl, Op};
+use normlab::study::{self, Mode, Progress, StudyOptions};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// normkit's laboratory: conformance, benchmarks and studies.
 #[derive(Parser)]
@@ -18,15 +22,74 @@ enum Command {
         /// Directory of cases, or a single case file.
         path: PathBuf,
     },
+    /// Time every op against the machine's copy bandwidth and against
+    /// burn's, candle's and normkit's reference implementations.
+    Bench(BenchArgs),
+    /// Train models with each normalization and write a report of what
+    /// normalization does (index.html, report.json, summary.md).
+    Study(StudyArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Fewer, smaller shapes and short timings (under a minute).
+    #[arg(long)]
+    quick: bool,
+    /// One tiny shape per op: checks that every path runs.
+    #[arg(long, conflicts_with = "quick")]
+    smoke: bool,
+    /// Threads for normkit and the copy (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// normkit's activation type: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
+    /// Only this op (repeatable): layer_norm, rms_norm, dyt, batch_norm,
+    /// group_norm, instance_norm.
+    #[arg(long = "op")]
+    ops: Vec<Op>,
+    /// Only this implementation (repeatable): normkit, reference, burn,
+    /// candle (the copy always runs).
+    #[arg(long = "impl")]
+    impls: Vec<Impl>,
+    /// One JSON object per measurement instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StudyArgs {
+    /// Every experiment at reduced size: a few minutes on two cores.
+    #[arg(long)]
+    quick: bool,
+    /// Run only these experiments (ids, comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "EXP")]
+    only: Vec<String>,
+    /// Directory for index.html, report.json and summary.md.
+    #[arg(long, default_value = "normlab-report")]
+    out: PathBuf,
+    /// Directory with Fashion-MNIST's IDX files (plain or .gz)
+    /// [default: /usr/share/datasets/fashion-mnist].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// UTF-8 text for the character language model (e.g.
+    /// tinyshakespeare.txt); without it, MNIST-1D sequences.
+    #[arg(long, value_name = "FILE")]
+    text: Option<PathBuf>,
+    /// Seed for data, initialization and batch order.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Conform { path } => conform(&path),
+        Command::Bench(args) => run_bench(args),
+        Command::Study(args) => run_study(args),
     }
 }
 
-fn conform(path: &std::path::Path) -> ExitCode {
+fn conform(path: &Path) -> ExitCode {
     let reports = match normlab::conform::run_path(path) {
         Ok(r) => r,
         Err(e) => {
@@ -50,5 +113,79 @@ fn conform(path: &std::path::Path) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn run_bench(args: BenchArgs) -> ExitCode {
+    let opts = BenchOptions {
+        mode: if args.smoke {
+            bench::Mode::Smoke
+        } else if args.quick {
+            bench::Mode::Quick
+        } else {
+            bench::Mode::Full
+        },
+        threads: args.threads,
+        dtype: args.dtype,
+        ops: args.ops,
+        impls: args.impls,
+        cases: None,
+        progress: !args.json,
+    };
+    match bench::run(&opts) {
+        Ok(report) => {
+            if args.json {
+                print!("{}", report.json_lines());
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("normlab bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_study(args: StudyArgs) -> ExitCode {
+    let options = StudyOptions {
+        out: args.out.clone(),
+        seed: args.seed,
+        mode: if args.quick { Mode::Quick } else { Mode::Full },
+        fashion_mnist: args.data,
+        text: args.text,
+        only: args.only,
+    };
+    let experiments = study::all_experiments();
+    let refs: Vec<&dyn study::Experiment> = experiments.iter().map(|e| e.as_ref()).collect();
+    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    let mut bar: Option<ProgressBar> = None;
+    let mut progress = |p: Progress<'_>| match p {
+        Progress::Started { .. } => {
+            let b = ProgressBar::new_spinner().with_style(style.clone());
+            b.set_message(p.to_string());
+            b.enable_steady_tick(Duration::from_millis(200));
+            bar = Some(b);
+        }
+        Progress::Finished { .. } => {
+            if let Some(b) = bar.take() {
+                b.finish_with_message(p.to_string());
+            }
+        }
+    };
+    match study::study(options, &refs, &mut progress) {
+        Ok(_) => {
+            println!(
+                "report written to {}",
+                args.out.join("index.html").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("normlab study: {e}");
+            ExitCode::from(2)
+        }
     }
 }

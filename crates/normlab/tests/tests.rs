@@ -3,3 +3,4 @@
 mod bench;
 mod conform;
 mod study;
+mod study_e2e;

@@ -38,6 +38,7 @@ use crate::parallel::{
     as_f32, chunk_items, f32_target, items_per_chunk, map_chunks, store_f32, Buffer, SharedMut,
 };
 use crate::simd::{multiversion, prefetch};
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// Which values share one statistic.
@@ -131,18 +132,18 @@ impl Iterator for Runs {
     }
 }
 
-/// Weight and bias as plain per-channel vectors (ones and zeros when
-/// absent), built once per call so inner loops have no branches.
-struct Coefs {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
+/// Weight and bias as plain per-channel slices (ones and zeros built once
+/// per call when absent) so inner loops have no branches.
+struct Coefs<'a> {
+    weight: Cow<'a, [f32]>,
+    bias: Cow<'a, [f32]>,
 }
 
-impl Coefs {
-    fn new(c: usize, weight: Option<&[f32]>, bias: Option<&[f32]>) -> Self {
+impl<'a> Coefs<'a> {
+    fn new(c: usize, weight: Option<&'a [f32]>, bias: Option<&'a [f32]>) -> Self {
         Coefs {
-            weight: weight.map_or_else(|| vec![1.0; c], <[f32]>::to_vec),
-            bias: bias.map_or_else(|| vec![0.0; c], <[f32]>::to_vec),
+            weight: weight.map_or_else(|| Cow::Owned(vec![1.0; c]), Cow::Borrowed),
+            bias: bias.map_or_else(|| Cow::Owned(vec![0.0; c]), Cow::Borrowed),
         }
     }
 }
@@ -422,7 +423,7 @@ impl Plan {
         &self,
         y: &mut [T],
         x: &[T],
-        coefs: &Coefs,
+        coefs: &Coefs<'_>,
         norm: Norm<'_>,
     ) -> Vec<Moments> {
         let groups = self.num_groups();
@@ -441,7 +442,7 @@ impl Plan {
         dx: &SharedMut<'_, T>,
         dy: &[T],
         x: &[T],
-        coefs: &Coefs,
+        coefs: &Coefs<'_>,
         mode: Backward<'_>,
     ) -> Vec<Partials> {
         let groups = self.num_groups();
@@ -497,7 +498,7 @@ multiversion! {
         groups: Range<usize>,
         y: &SharedMut<'_, T>,
         x: &[T],
-        coefs: &Coefs,
+        coefs: &Coefs<'_>,
         norm: Norm<'_>,
     ) -> Vec<Moments> {
         let size = plan.group_size();
@@ -556,7 +557,7 @@ multiversion! {
         dx: &SharedMut<'_, T>,
         dy: &[T],
         x: &[T],
-        coefs: &Coefs,
+        coefs: &Coefs<'_>,
         mode: Backward<'_>,
     ) -> Partials {
         let c = plan.geo.c;
@@ -694,14 +695,14 @@ impl Plan {
             ml[ch] = g.mean_lo;
             a[ch] = g.rstd * coefs.weight[ch];
         }
-        [mh, ml, a, coefs.bias.clone()]
+        [mh, ml, a, coefs.bias.to_vec()]
     }
 
     fn column_forward<T: Elem>(
         &self,
         y: &mut [T],
         x: &[T],
-        coefs: &Coefs,
+        coefs: &Coefs<'_>,
         norm: Norm<'_>,
     ) -> Vec<Moments> {
         let c = self.geo.c;
@@ -788,7 +789,7 @@ impl Plan {
         dx: &SharedMut<'_, T>,
         dy: &[T],
         x: &[T],
-        coefs: &Coefs,
+        coefs: &Coefs<'_>,
         mode: Backward<'_>,
     ) -> Vec<Partials> {
         let c = self.geo.c;
@@ -869,7 +870,7 @@ impl Plan {
         &self,
         groups: &[GroupStats],
         sums: &[Vec<f64>; 3],
-        coefs: &Coefs,
+        coefs: &Coefs<'_>,
         train: bool,
         rows: usize,
     ) -> (Partials, ChannelDx) {

@@ -293,5 +293,6 @@ fn reads_a_case_written_with_safetensors() {
     assert_eq!(case.tensors["x"].shape, vec![2, 2]);
     let report = run_case(&case);
     assert!(report.passed(), "{report}");
-    assert!(report.checks[0].max_err.unwrap() < 1e-7);
+    // tanh is within 3 ulp and |weight| ≤ 2: a few 1e-7 at most.
+    assert!(report.checks[0].max_err.unwrap() < 8e-7);
 }

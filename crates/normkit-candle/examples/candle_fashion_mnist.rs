@@ -1,7 +1,7 @@
 //! A small CNN trained on Fashion-MNIST with a normkit normalization layer.
 //!
 //! ```text
-//! cargo run --release -p normkit-candle --example fashion_mnist -- [--norm batch|group|instance|dyt] [--epochs N] [--data DIR]
+//! cargo run --release -p normkit-candle --example candle_fashion_mnist -- [--norm batch|group|instance|dyt] [--epochs N] [--data DIR]
 //! ```
 //!
 //! Reads the IDX files (gzipped or not) from `--data`, by default

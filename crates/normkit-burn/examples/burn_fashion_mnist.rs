@@ -4,7 +4,7 @@
 //! generated 28×28 images of ten patterns otherwise.
 //!
 //! ```text
-//! cargo run --release -p normkit-burn --example fashion_mnist -- [epochs] [train_images]
+//! cargo run --release -p normkit-burn --example burn_fashion_mnist -- [epochs] [train_images]
 //! ```
 //!
 //! The network: Conv → BatchNorm → ReLU → pool, weight-normalized Conv →

@@ -2,8 +2,10 @@
 //!
 //! Normalization layers for deep learning as plain functions over
 //! contiguous slices: forward and backward of BatchNorm, LayerNorm,
-//! RMSNorm, GroupNorm, InstanceNorm, WeightNorm and Dynamic Tanh, with
-//! PyTorch's semantics, exact statistics and typed errors.
+//! RMSNorm, GroupNorm, InstanceNorm, WeightNorm and Dynamic Tanh, and of
+//! the adaptive family (AdaIN, modulated LayerNorm/RMSNorm for adaLN and
+//! FiLM, Switchable Normalization, Batch Renormalization), with PyTorch's
+//! semantics, exact statistics and typed errors.
 //!
 //! Every op documents its formula and shapes at its entry point. Each
 //! training forward returns the [`Stats`] its backward takes, so backward
@@ -44,11 +46,15 @@
 //! The [`reference`] module holds a plain `f64` twin of every op, used by
 //! the tests as the yardstick.
 
+mod ada_norm;
+mod adain;
 mod batch_norm;
+mod batch_renorm;
 mod dyt;
 mod elem;
 mod error;
 mod group_norm;
+mod instances;
 mod lanes;
 mod layer_norm;
 mod layout;
@@ -57,12 +63,22 @@ mod normalize;
 mod parallel;
 pub mod reference;
 mod simd;
+mod switch_norm;
 mod tanh;
 mod weight_norm;
 
+pub use ada_norm::{
+    ada_layer_norm_backward, ada_layer_norm_forward, ada_rms_norm_backward, ada_rms_norm_forward,
+    Modulation, ModulationGrads,
+};
+pub use adain::{adain_backward, adain_forward, AdaInConfig, AdaInStats};
 pub use batch_norm::{
     batch_norm_backward_eval, batch_norm_backward_train, batch_norm_forward_eval,
     batch_norm_forward_train, BatchNormConfig,
+};
+pub use batch_renorm::{
+    batch_renorm_backward_train, batch_renorm_forward_train, BatchRenormConfig, RenormSchedule,
+    RenormStats,
 };
 pub use dyt::{dyt_backward, dyt_forward};
 pub use elem::Elem;
@@ -78,6 +94,10 @@ pub use layer_norm::{
 };
 pub use layout::{Affine, ChannelAxis, Grads, Momentum, RunningStats, Stats};
 pub use simd::{set_simd_level, simd_level, SimdLevel};
+pub use switch_norm::{
+    switch_norm_backward, switch_norm_forward_eval, switch_norm_forward_train, SwitchGrads,
+    SwitchNormConfig, SwitchStats, SwitchWeights,
+};
 pub use weight_norm::{weight_norm_backward, weight_norm_forward};
 
 // The README's examples compile and run as doctests.

@@ -322,16 +322,97 @@ impl Plan {
         affine: Affine<'_>,
         stats: &Stats,
     ) {
+        let groups: Vec<GroupStats> = (0..self.num_groups())
+            .map(|k| GroupStats::given(stats, k))
+            .collect();
+        self.forward_with_groups(y, x, affine, &groups);
+    }
+
+    /// Forward with statistics computed elsewhere as exact moments, one per
+    /// group: the mean keeps its `f64` digits (as a hi/lo pair), so
+    /// statistics mixed from several sources normalize as precisely as the
+    /// engine's own.
+    pub fn forward_with_moments<T: Elem>(
+        &self,
+        y: &mut [T],
+        x: &[T],
+        affine: Affine<'_>,
+        moments: &[Moments],
+        eps: f32,
+    ) -> Stats {
+        let groups: Vec<GroupStats> = moments
+            .iter()
+            .map(|m| GroupStats::from_moments(m, eps))
+            .collect();
+        self.forward_with_groups(y, x, affine, &groups);
+        Stats {
+            mean: groups.iter().map(|g| g.mean_hi).collect(),
+            rstd: groups.iter().map(|g| g.rstd).collect(),
+        }
+    }
+
+    fn forward_with_groups<T: Elem>(
+        &self,
+        y: &mut [T],
+        x: &[T],
+        affine: Affine<'_>,
+        groups: &[GroupStats],
+    ) {
         let p = self.canonical();
         if p.geo.len() == 0 {
             return;
         }
         let coefs = Coefs::new(p.geo.c, affine.weight, affine.bias);
         if p.columnar() {
-            p.column_forward(y, x, &coefs, Norm::Given(stats));
+            p.column_forward(y, x, &coefs, Norm::Given(groups));
         } else {
-            p.row_forward(y, x, &coefs, Norm::Given(stats));
+            p.row_forward(y, x, &coefs, Norm::Given(groups));
         }
+    }
+
+    /// Each group's moments, without normalizing: the same statistics a
+    /// training forward computes (bit for bit), for ops that must see them
+    /// before choosing their affine transform.
+    pub fn moments<T: Elem>(&self, x: &[T]) -> Vec<Moments> {
+        let p = self.canonical();
+        let groups = p.num_groups();
+        if p.geo.len() == 0 {
+            return vec![Moments::EMPTY; groups];
+        }
+        let c = p.geo.c;
+        if p.columnar() {
+            let units = p.units();
+            let per_piece = p.rows_per_piece(units.rows);
+            let unit_len = units.rows * c;
+            let pieces = units.rows.div_ceil(per_piece).max(1);
+            // Pieces of every unit, reduced in parallel and merged in
+            // order: the cut matches `column_forward`'s, so the sums are too.
+            let parts = map_chunks(units.count * pieces, x.len(), |i| {
+                let (u, piece) = (i / pieces, i % pieces);
+                let r = chunk_items(piece, per_piece, units.rows);
+                let xs = &x[u * unit_len..(u + 1) * unit_len];
+                column_moments(&xs[r.start * c..r.end * c], c, p.centered)
+            });
+            return parts
+                .chunks(pieces)
+                .flat_map(|unit| {
+                    let mut per_channel = vec![Moments::EMPTY; c];
+                    for part in unit {
+                        for (acc, m) in per_channel.iter_mut().zip(part) {
+                            *acc = acc.merge(*m);
+                        }
+                    }
+                    p.group_moments(&per_channel)
+                })
+                .collect();
+        }
+        let size = p.group_size();
+        let per_chunk = items_per_chunk(groups, size, 0);
+        let chunks = groups.div_ceil(per_chunk);
+        map_chunks(chunks, groups * size, |i| {
+            row_moments_chunk(&p, chunk_items(i, per_chunk, groups), x)
+        })
+        .concat()
     }
 
     /// Backward through a training-mode forward (statistics depend on x).
@@ -405,8 +486,8 @@ const PREFETCH_MAX_BYTES: usize = 32 << 10;
 enum Norm<'a> {
     /// From the data, with this eps.
     Batch(f32),
-    /// As given (evaluation mode).
-    Given(&'a Stats),
+    /// As given, one per group.
+    Given(&'a [GroupStats]),
 }
 
 #[derive(Clone, Copy)]
@@ -526,7 +607,7 @@ multiversion! {
                             let m = row_moments(spans.iter().map(|r| &data[r.clone()]), plan.centered);
                             (m, GroupStats::from_moments(&m, eps))
                         }
-                        Norm::Given(stats) => (Moments::EMPTY, GroupStats::given(stats, k)),
+                        Norm::Given(groups) => (Moments::EMPTY, groups[k]),
                     };
                     out.push(m);
                     for (run, span) in runs.iter().zip(&spans) {
@@ -547,6 +628,20 @@ multiversion! {
                     }
                 }
         out
+    }
+}
+
+multiversion! {
+    fn row_moments_chunk<T: Elem>(plan: &Plan, groups: Range<usize>, x: &[T]) -> Vec<Moments> {
+        let widen = T::as_f32(x).is_some();
+        let (mut runs, mut spans) = (Vec::new(), Vec::new());
+        let mut xbuf = Buffer::take(if widen { 0 } else { plan.group_size() });
+        groups
+            .map(|k| {
+                let data = group_data(plan, k, x, &mut xbuf, &mut runs, &mut spans);
+                row_moments(spans.iter().map(|r| &data[r.clone()]), plan.centered)
+            })
+            .collect()
     }
 }
 
@@ -730,10 +825,7 @@ impl Plan {
                     let g = m.iter().map(|m| GroupStats::from_moments(m, eps)).collect();
                     (m, g)
                 }
-                Norm::Given(stats) => (
-                    Vec::new(),
-                    (0..c).map(|k| GroupStats::given(stats, k)).collect(),
-                ),
+                Norm::Given(groups) => (Vec::new(), groups.to_vec()),
             };
             let cc = self.channel_coefs(&groups, coefs);
             map_chunks(pieces, total, |i| {
@@ -766,12 +858,12 @@ impl Plan {
                             m.iter().map(|m| GroupStats::from_moments(m, eps)).collect();
                         (m, g)
                     }
-                    Norm::Given(stats) => {
-                        let k0 = u * self.num_groups() / units.count;
-                        let g = (0..self.num_groups() / units.count)
-                            .map(|k| GroupStats::given(stats, k0 + k))
-                            .collect();
-                        (Vec::new(), g)
+                    Norm::Given(groups) => {
+                        let per_unit = self.num_groups() / units.count;
+                        (
+                            Vec::new(),
+                            groups[u * per_unit..(u + 1) * per_unit].to_vec(),
+                        )
                     }
                 };
                 let cc = self.channel_coefs(&groups, coefs);

@@ -1,6 +1,7 @@
 //! normkit's integration tests: the kernels against the `f64` reference,
-//! bad input, numerical extremes, and threading.
+//! bad input, numerical extremes, threading, and the adaptive ops.
 
+mod adaptive;
 mod common;
 mod errors;
 mod numerics;

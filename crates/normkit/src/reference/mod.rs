@@ -19,6 +19,9 @@
 
 use crate::ChannelAxis;
 
+mod adaptive;
+pub use adaptive::*;
+
 /// A per-channel input seen as `n` samples × `c` channels × `s` spatial
 /// positions, stored `[n, c, s]` (channels first) or `[n, s, c]` (channels
 /// last).

@@ -143,8 +143,7 @@ pub struct RenormStats {
     pub d: Vec<f32>,
 }
 
-fn plan(shape: &[usize], cfg: &BatchRenormConfig) -> Result<Plan> {
-    check_eps(OP, cfg.eps)?;
+fn check_limits(cfg: &BatchRenormConfig) -> Result<()> {
     if !(cfg.r_max >= 1.0 && cfg.r_max.is_finite()) {
         return Err(NormError::Param {
             op: OP,
@@ -161,6 +160,12 @@ fn plan(shape: &[usize], cfg: &BatchRenormConfig) -> Result<Plan> {
             value: cfg.d_max as f64,
         });
     }
+    Ok(())
+}
+
+fn plan(shape: &[usize], cfg: &BatchRenormConfig) -> Result<Plan> {
+    check_eps(OP, cfg.eps)?;
+    check_limits(cfg)?;
     let geo = Geometry::channels(OP, shape, cfg.channel_axis)?;
     if geo.c == 0 {
         return Err(NormError::Empty {
@@ -193,8 +198,7 @@ fn effective_affine(affine: Affine<'_>, r: &[f32], d: &[f32]) -> (Vec<f32>, Vec<
 }
 
 /// Training forward: normalizes with the batch statistics corrected by `r`
-/// and `d`, then updates `running`. Evaluation is BatchNorm's:
-/// [`crate::batch_norm_forward_eval`].
+/// and `d`, then updates `running`. Evaluation: [`batch_renorm_forward_eval`].
 pub fn batch_renorm_forward_train<T: Elem>(
     y: &mut [T],
     x: &[T],
@@ -225,8 +229,7 @@ pub fn batch_renorm_forward_train<T: Elem>(
 }
 
 /// Backward of [`batch_renorm_forward_train`]: gradients of `sum(y · dy)`,
-/// with `r` and `d` held constant. Evaluation mode's backward is
-/// BatchNorm's: [`crate::batch_norm_backward_eval`].
+/// with `r` and `d` held constant.
 pub fn batch_renorm_backward_train<T: Elem>(
     grads: Grads<'_, T>,
     dy: &[T],
@@ -262,4 +265,65 @@ pub fn batch_renorm_backward_train<T: Elem>(
         dbias.copy_from_slice(&db_eff);
     }
     Ok(())
+}
+
+/// Evaluation forward: BatchNorm's, with the running statistics (the
+/// corrections only exist in training). Checks the configuration as
+/// training does.
+pub fn batch_renorm_forward_eval<T: Elem>(
+    y: &mut [T],
+    x: &[T],
+    shape: &[usize],
+    affine: Affine<'_>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    cfg: &BatchRenormConfig,
+) -> Result<Stats> {
+    check_limits(cfg)?;
+    crate::batch_norm_forward_eval(
+        y,
+        x,
+        shape,
+        affine,
+        running_mean,
+        running_var,
+        &cfg.batch_norm(),
+    )
+    .map_err(rename)
+}
+
+/// Backward of [`batch_renorm_forward_eval`]: BatchNorm's evaluation
+/// backward.
+pub fn batch_renorm_backward_eval<T: Elem>(
+    grads: Grads<'_, T>,
+    dy: &[T],
+    x: &[T],
+    shape: &[usize],
+    weight: Option<&[f32]>,
+    stats: &Stats,
+    cfg: &BatchRenormConfig,
+) -> Result<()> {
+    check_limits(cfg)?;
+    crate::batch_norm_backward_eval(grads, dy, x, shape, weight, stats, &cfg.batch_norm())
+        .map_err(rename)
+}
+
+/// Errors of the BatchNorm kernels evaluation delegates to, named after
+/// this op.
+fn rename(e: NormError) -> NormError {
+    let mut e = e;
+    match &mut e {
+        NormError::Length { op, .. }
+        | NormError::Rank { op, .. }
+        | NormError::Eps { op, .. }
+        | NormError::Param { op, .. }
+        | NormError::TooFewValues { op, .. }
+        | NormError::Empty { op, .. }
+        | NormError::TooLarge { op, .. }
+        | NormError::NormalizedShape { op, .. }
+        | NormError::Groups { op, .. }
+        | NormError::Dim { op, .. }
+        | NormError::NoSuchParameter { op, .. } => *op = OP,
+    }
+    e
 }

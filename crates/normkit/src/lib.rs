@@ -77,8 +77,8 @@ pub use batch_norm::{
     batch_norm_forward_train, BatchNormConfig,
 };
 pub use batch_renorm::{
-    batch_renorm_backward_train, batch_renorm_forward_train, BatchRenormConfig, RenormSchedule,
-    RenormStats,
+    batch_renorm_backward_eval, batch_renorm_backward_train, batch_renorm_forward_eval,
+    batch_renorm_forward_train, BatchRenormConfig, RenormSchedule, RenormStats,
 };
 pub use dyt::{dyt_backward, dyt_forward};
 pub use elem::Elem;

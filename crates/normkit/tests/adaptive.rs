@@ -9,10 +9,11 @@ use normkit::reference::{self, Dims};
 use normkit::{
     ada_layer_norm_backward, ada_layer_norm_forward, ada_rms_norm_backward, ada_rms_norm_forward,
     adain_backward, adain_forward, batch_norm_backward_train, batch_norm_forward_train,
-    batch_renorm_backward_train, batch_renorm_forward_train, bf16, f16, switch_norm_backward,
-    switch_norm_forward_eval, switch_norm_forward_train, AdaInConfig, Affine, BatchNormConfig,
-    BatchRenormConfig, ChannelAxis, Elem, Grads, Modulation, ModulationGrads, Momentum, NormError,
-    RenormSchedule, RunningStats, SwitchGrads, SwitchNormConfig, SwitchWeights,
+    batch_renorm_backward_train, batch_renorm_forward_eval, batch_renorm_forward_train, bf16, f16,
+    switch_norm_backward, switch_norm_forward_eval, switch_norm_forward_train, AdaInConfig, Affine,
+    BatchNormConfig, BatchRenormConfig, ChannelAxis, Elem, Grads, Modulation, ModulationGrads,
+    Momentum, NormError, RenormSchedule, RunningStats, SwitchGrads, SwitchNormConfig,
+    SwitchWeights,
 };
 
 /// f32 kernels against f64 definitions, relative to each output's largest
@@ -924,6 +925,37 @@ fn adaptive_ops_refuse_bad_input() {
         (m, v),
         (vec![0.0; 3], vec![1.0; 3]),
         "running stats written"
+    );
+    let cfg = BatchRenormConfig {
+        r_max: 0.5,
+        ..BatchRenormConfig::default()
+    };
+    let (rm, rv) = ([0.0f32; 3], [1.0f32; 3]);
+    let e = batch_renorm_forward_eval(&mut y, &x, &[2, 3, 4], Affine::NONE, &rm, &rv, &cfg)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            NormError::Param {
+                op: "batch_renorm",
+                name: "r_max",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let cfg = BatchRenormConfig::default();
+    let e = batch_renorm_forward_eval(&mut y, &x, &[2, 4, 4], Affine::NONE, &rm, &rv, &cfg)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            NormError::Length {
+                op: "batch_renorm",
+                ..
+            }
+        ),
+        "{e}"
     );
     untouched(&y);
 }

@@ -15,12 +15,19 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+mod adaptive;
+
 /// Names of tensors a case may expect, in the order reports list them.
-const OUTPUTS: [&str; 9] = [
+const OUTPUTS: [&str; 14] = [
     "y",
     "dx",
+    "dstyle",
+    "dscale",
+    "dshift",
     "dweight",
     "dbias",
+    "dmean_weight",
+    "dvar_weight",
     "dalpha",
     "dv",
     "dg",
@@ -204,7 +211,19 @@ fn compare(case: &Case, outputs: &Outputs) -> Vec<TensorCheck> {
 fn is_input(name: &str) -> bool {
     matches!(
         name,
-        "x" | "v" | "g" | "weight" | "bias" | "running_mean" | "running_var" | "alpha" | "dy"
+        "x" | "v"
+            | "g"
+            | "weight"
+            | "bias"
+            | "running_mean"
+            | "running_var"
+            | "alpha"
+            | "dy"
+            | "style"
+            | "scale"
+            | "shift"
+            | "mean_weight"
+            | "var_weight"
     )
 }
 
@@ -344,6 +363,11 @@ fn execute(case: &Case) -> Result<Outputs, Failure> {
         "instance_norm" => instance_norm(&args),
         "weight_norm" => weight_norm(&args),
         "dyt" => dyt(&args),
+        "adain" => adaptive::adain(&args),
+        "ada_layer_norm" => adaptive::ada_norm(&args, true),
+        "ada_rms_norm" => adaptive::ada_norm(&args, false),
+        "switch_norm" => adaptive::switch_norm(&args),
+        "batch_renorm" => adaptive::batch_renorm(&args),
         other => Err(Failure::Malformed(format!("unknown op `{other}`"))),
     }
 }

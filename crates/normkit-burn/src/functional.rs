@@ -11,12 +11,13 @@
 
 use burn::tensor::Tensor;
 use normkit::{
-    BatchNormConfig, ChannelAxis, GroupNormConfig, InstanceNormConfig, Momentum, NormError,
+    AdaInConfig, BatchNormConfig, BatchRenormConfig, ChannelAxis, GroupNormConfig,
+    InstanceNormConfig, Momentum, NormError, SwitchNormConfig,
 };
 
 use crate::composed;
 use crate::error::{Error, Result};
-use crate::kernel::{self, Kernel};
+use crate::kernel::{self, AdaNorm, Kernel, Switch};
 use crate::route;
 
 /// Running mean and running variance, each `[C]`.
@@ -465,6 +466,401 @@ pub fn weight_norm<const D: usize>(
         Ok(kernel::weight_norm(kept.map(|k| k as isize), v, g))
     } else {
         Ok(composed::weight_norm(v, g, kept))
+    }
+}
+
+/// `(n, c, s)` of a channel op's input, refusing an empty one.
+fn nonempty_channels(
+    op: &'static str,
+    shape: &[usize],
+    axis: ChannelAxis,
+) -> Result<(usize, usize, usize)> {
+    let (n, c, s) = channels(op, shape, axis)?;
+    if n == 0 || c == 0 || s == 0 {
+        return Err(NormError::Empty {
+            op,
+            shape: shape.to_vec(),
+        }
+        .into());
+    }
+    Ok((n, c, s))
+}
+
+/// AdaIN: `content` normalized per (sample, channel), then given the
+/// style's per-(sample, channel) mean and standard deviation (see
+/// [`normkit::AdaInConfig`] for the math). Gradients flow to both inputs.
+///
+/// # Shapes
+/// - `content`, output: `[N, C, *]` or `[N, *, C]`;
+/// - `style`: the same `N` and `C` in the same layout, any spatial extent.
+///
+/// # Errors
+/// Rank below 2, `style` of another batch or channel count, an empty
+/// input, a bad eps, or (unbiased) a single spatial position in either.
+pub fn adain<const D: usize, const E: usize>(
+    content: Tensor<D>,
+    style: Tensor<E>,
+    cfg: &AdaInConfig,
+) -> Result<Tensor<D>> {
+    const OP: &str = "adain";
+    let shape = content.dims();
+    let style_shape = style.dims();
+    check_dtype(OP, &content)?;
+    check_dtype(OP, &style)?;
+    check_eps(OP, cfg.eps)?;
+    let (n, c, s) = nonempty_channels(OP, &shape, cfg.channel_axis)?;
+    let (sn, sc, ss) = nonempty_channels(OP, &style_shape, cfg.channel_axis)?;
+    if (sn, sc) != (n, c) {
+        return Err(NormError::Length {
+            op: OP,
+            name: "style (samples × channels)",
+            expected: n * c,
+            got: sn * sc,
+            shape: shape.to_vec(),
+        }
+        .into());
+    }
+    if cfg.unbiased {
+        for (m, sh) in [(s, &shape[..]), (ss, &style_shape[..])] {
+            if m < 2 {
+                return Err(NormError::TooFewValues {
+                    op: OP,
+                    shape: sh.to_vec(),
+                }
+                .into());
+            }
+        }
+    }
+    if route::fused(&content.device(), content.dtype()) {
+        Ok(kernel::adain(*cfg, content, style))
+    } else {
+        let eps = cfg.eps as f64;
+        Ok(composed::adain(
+            content,
+            style,
+            eps,
+            cfg.unbiased,
+            cfg.channel_axis,
+        ))
+    }
+}
+
+/// Checks a modulated norm's input and modulation; returns `D`, the
+/// element count of `normalized_shape`.
+fn check_modulated(
+    op: &'static str,
+    shape: &[usize],
+    normalized_shape: &[usize],
+    scale: &Tensor<2>,
+    shift: &Tensor<2>,
+) -> Result<usize> {
+    // The modulation is per sample: a dimension must precede the
+    // normalized ones.
+    if normalized_shape.is_empty() || normalized_shape.len() >= shape.len() {
+        return Err(NormError::NormalizedShape {
+            op,
+            shape: shape.to_vec(),
+            normalized_shape: normalized_shape.to_vec(),
+        }
+        .into());
+    }
+    let d = row_len(op, shape, normalized_shape)?;
+    if shape.iter().product::<usize>() == 0 {
+        return Err(NormError::Empty {
+            op,
+            shape: shape.to_vec(),
+        }
+        .into());
+    }
+    let n = shape[0];
+    for (name, t) in [("scale", scale), ("shift", shift)] {
+        let [rows, cols] = t.dims();
+        if rows != n || cols != d {
+            return Err(NormError::Length {
+                op,
+                name,
+                expected: n * d,
+                got: rows * cols,
+                shape: shape.to_vec(),
+            }
+            .into());
+        }
+    }
+    Ok(d)
+}
+
+/// Modulated LayerNorm (adaLN, FiLM): `layer_norm(x) · (1 + scale[n]) +
+/// shift[n]`, `n` the sample of each row (see
+/// [`normkit::ada_layer_norm_forward`] for the math). Gradients flow to
+/// `x`, `scale`, `shift`, `weight` and `bias`.
+///
+/// # Shapes
+/// - `x`, output: `[N, *, *normalized_shape]`, at least one dimension
+///   before `normalized_shape`;
+/// - `scale`, `shift`: `[N, D]`, `D = prod(normalized_shape)`;
+/// - `weight`, `bias`: `[D]`.
+///
+/// # Errors
+/// `x` not ending with a non-empty `normalized_shape` preceded by a batch
+/// dimension, an empty input, `scale` or `shift` not `[N, D]`, parameter
+/// lengths other than `D`, or a bad eps.
+#[allow(clippy::too_many_arguments)]
+pub fn ada_layer_norm<const D: usize>(
+    x: Tensor<D>,
+    normalized_shape: &[usize],
+    scale: Tensor<2>,
+    shift: Tensor<2>,
+    weight: Option<Tensor<1>>,
+    bias: Option<Tensor<1>>,
+    eps: f32,
+) -> Result<Tensor<D>> {
+    const OP: &str = "ada_layer_norm";
+    let shape = x.dims();
+    check_dtype(OP, &x)?;
+    check_eps(OP, eps)?;
+    let d = check_modulated(OP, &shape, normalized_shape, &scale, &shift)?;
+    check_len(OP, "weight", len1(&weight), d, &shape)?;
+    check_len(OP, "bias", len1(&bias), d, &shape)?;
+    if route::fused(&x.device(), x.dtype()) {
+        let op = AdaNorm {
+            normalized_shape: normalized_shape.to_vec(),
+            eps,
+            rms: false,
+        };
+        Ok(kernel::ada_norm(op, x, scale, shift, weight, bias))
+    } else {
+        let eps = eps as f64;
+        Ok(composed::ada_norm(
+            x, d, scale, shift, weight, bias, eps, true,
+        ))
+    }
+}
+
+/// Modulated RMSNorm: `rms_norm(x) · (1 + scale[n]) + shift[n]` (see
+/// [`normkit::ada_rms_norm_forward`]). Gradients flow to `x`, `scale`,
+/// `shift` and `weight`.
+///
+/// # Shapes
+/// As [`ada_layer_norm`], without a bias.
+///
+/// # Errors
+/// As [`ada_layer_norm`].
+pub fn ada_rms_norm<const D: usize>(
+    x: Tensor<D>,
+    normalized_shape: &[usize],
+    scale: Tensor<2>,
+    shift: Tensor<2>,
+    weight: Option<Tensor<1>>,
+    eps: f32,
+) -> Result<Tensor<D>> {
+    const OP: &str = "ada_rms_norm";
+    let shape = x.dims();
+    check_dtype(OP, &x)?;
+    check_eps(OP, eps)?;
+    let d = check_modulated(OP, &shape, normalized_shape, &scale, &shift)?;
+    check_len(OP, "weight", len1(&weight), d, &shape)?;
+    if route::fused(&x.device(), x.dtype()) {
+        let op = AdaNorm {
+            normalized_shape: normalized_shape.to_vec(),
+            eps,
+            rms: true,
+        };
+        Ok(kernel::ada_norm(op, x, scale, shift, weight, None))
+    } else {
+        let eps = eps as f64;
+        Ok(composed::ada_norm(
+            x, d, scale, shift, weight, None, eps, false,
+        ))
+    }
+}
+
+/// Switchable Normalization (see [`normkit::SwitchNormConfig`] for the
+/// math): the input normalized with a softmax-weighted mixture of its
+/// instance, layer and batch statistics.
+///
+/// With `training`, or without running statistics, the batch part is the
+/// batch's own statistics; in training, `running` comes back updated with
+/// the batch mean and unbiased variance. Otherwise the batch part is
+/// `running`, a constant. Gradients flow to `x`, `weight`, `bias`,
+/// `mean_weight` and `var_weight`.
+///
+/// # Shapes
+/// - `x`: `[N, C, *]` or `[N, *, C]`; `weight`, `bias`, running: `[C]`;
+/// - `mean_weight`, `var_weight`: `[3]`, logits in the order IN, LN, BN.
+///
+/// # Errors
+/// Rank below 2, an empty input, parameter lengths other than `C` (or 3
+/// for the logits), a bad eps or momentum, or a single value per channel
+/// when using batch statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn switch_norm<const D: usize>(
+    x: Tensor<D>,
+    weight: Option<Tensor<1>>,
+    bias: Option<Tensor<1>>,
+    mean_weight: Tensor<1>,
+    var_weight: Tensor<1>,
+    running: Option<Running>,
+    training: bool,
+    cfg: &SwitchNormConfig,
+) -> Result<(Tensor<D>, Option<Running>)> {
+    const OP: &str = "switch_norm";
+    let shape = x.dims();
+    check_dtype(OP, &x)?;
+    check_eps(OP, cfg.eps)?;
+    check_momentum(OP, cfg.momentum)?;
+    let (n, c, s) = nonempty_channels(OP, &shape, cfg.channel_axis)?;
+    check_len(OP, "weight", len1(&weight), c, &shape)?;
+    check_len(OP, "bias", len1(&bias), c, &shape)?;
+    check_len(OP, "mean_weight", Some(mean_weight.dims()[0]), 3, &shape)?;
+    check_len(OP, "var_weight", Some(var_weight.dims()[0]), 3, &shape)?;
+    check_running(OP, &running, c, &shape)?;
+    let use_batch = training || running.is_none();
+    if use_batch && n * s <= 1 {
+        return Err(NormError::TooFewValues {
+            op: OP,
+            shape: shape.to_vec(),
+        }
+        .into());
+    }
+    let updated = |r: Option<Running>| if training { r } else { None };
+    if route::fused(&x.device(), x.dtype()) {
+        let op = Switch {
+            cfg: *cfg,
+            training: use_batch,
+        };
+        let (y, r) = kernel::switch_norm(op, x, mean_weight, var_weight, weight, bias, running);
+        Ok((y, updated(r)))
+    } else {
+        let (y, r) = composed::switch_norm(
+            x,
+            weight,
+            bias,
+            mean_weight,
+            var_weight,
+            running,
+            use_batch,
+            cfg.momentum.factor(),
+            cfg.eps as f64,
+            cfg.channel_axis,
+        );
+        Ok((y, updated(r)))
+    }
+}
+
+/// Checks Batch Renormalization's clip bounds: `r_max ≥ 1`, `d_max ≥ 0`,
+/// both finite.
+fn check_limits(op: &'static str, r_max: f32, d_max: f32) -> Result<()> {
+    if !(r_max.is_finite() && r_max >= 1.0) {
+        return Err(NormError::Param {
+            op,
+            name: "r_max",
+            domain: "finite and at least 1",
+            value: r_max as f64,
+        }
+        .into());
+    }
+    if !(d_max.is_finite() && d_max >= 0.0) {
+        return Err(NormError::Param {
+            op,
+            name: "d_max",
+            domain: "finite and non-negative",
+            value: d_max as f64,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Batch Renormalization (see [`normkit::BatchRenormConfig`] for the
+/// math). With `training`, normalizes with the batch statistics corrected
+/// towards `running` by `r` and `d` (constants: no gradient flows through
+/// them) and returns `running` updated as BatchNorm updates it; otherwise
+/// normalizes with `running`, exactly as BatchNorm evaluates.
+///
+/// # Shapes
+/// - `x`: `[N, C, *]` or `[N, *, C]`; `weight`, `bias`, running: `[C]`.
+///
+/// # Errors
+/// Rank below 2, no channels, parameter lengths other than `C`, a bad eps
+/// or momentum, `r_max < 1`, `d_max < 0` or a non-finite bound, or a
+/// single value per channel in training.
+pub fn batch_renorm<const D: usize>(
+    x: Tensor<D>,
+    weight: Option<Tensor<1>>,
+    bias: Option<Tensor<1>>,
+    running: Running,
+    training: bool,
+    cfg: &BatchRenormConfig,
+) -> Result<(Tensor<D>, Option<Running>)> {
+    const OP: &str = "batch_renorm";
+    let shape = x.dims();
+    check_dtype(OP, &x)?;
+    check_eps(OP, cfg.eps)?;
+    check_momentum(OP, cfg.momentum)?;
+    check_limits(OP, cfg.r_max, cfg.d_max)?;
+    let (n, c, s) = channels(OP, &shape, cfg.channel_axis)?;
+    if c == 0 {
+        return Err(NormError::Empty {
+            op: OP,
+            shape: shape.to_vec(),
+        }
+        .into());
+    }
+    check_len(OP, "weight", len1(&weight), c, &shape)?;
+    check_len(OP, "bias", len1(&bias), c, &shape)?;
+    check_len(OP, "running_mean", Some(running.0.dims()[0]), c, &shape)?;
+    check_len(OP, "running_var", Some(running.1.dims()[0]), c, &shape)?;
+    if !training {
+        let bn = cfg.batch_norm();
+        return batch_norm(x, weight, bias, Some(running), false, &bn).map_err(|e| rename(e, OP));
+    }
+    if n * s <= 1 {
+        return Err(NormError::TooFewValues {
+            op: OP,
+            shape: shape.to_vec(),
+        }
+        .into());
+    }
+    if route::fused(&x.device(), x.dtype()) {
+        let (y, r) = kernel::norm(Kernel::BatchRenorm(*cfg), x, weight, bias, Some(running));
+        Ok((y, r))
+    } else {
+        let (y, r) = composed::batch_renorm(
+            x,
+            weight,
+            bias,
+            running,
+            cfg.momentum.factor(),
+            cfg.eps as f64,
+            cfg.r_max as f64,
+            cfg.d_max as f64,
+            cfg.channel_axis,
+        );
+        Ok((y, Some(r)))
+    }
+}
+
+/// An error of an op another one delegates to, named after the caller.
+fn rename(e: Error, op: &'static str) -> Error {
+    match e {
+        Error::Norm(mut e) => {
+            match &mut e {
+                NormError::Length { op: o, .. }
+                | NormError::Rank { op: o, .. }
+                | NormError::Eps { op: o, .. }
+                | NormError::Param { op: o, .. }
+                | NormError::TooFewValues { op: o, .. }
+                | NormError::Empty { op: o, .. }
+                | NormError::TooLarge { op: o, .. }
+                | NormError::NormalizedShape { op: o, .. }
+                | NormError::Groups { op: o, .. }
+                | NormError::Dim { op: o, .. }
+                | NormError::NoSuchParameter { op: o, .. } => *o = op,
+            }
+            Error::Norm(e)
+        }
+        Error::DType { dtype, .. } => Error::DType { op, dtype },
+        other => other,
     }
 }
 

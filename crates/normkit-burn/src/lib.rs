@@ -2,7 +2,10 @@
 //!
 //! normkit's normalization layers for [burn](https://burn.dev): BatchNorm,
 //! InstanceNorm, GroupNorm, LayerNorm, RMSNorm, Dynamic Tanh and Weight
-//! Normalization, with PyTorch's semantics and defaults.
+//! Normalization, with PyTorch's semantics and defaults, and the adaptive
+//! family: AdaIN, adaLN (modulated LayerNorm/RMSNorm with adaLN-Zero; FiLM
+//! through [`functional`]), Switchable Normalization and Batch
+//! Renormalization.
 //!
 //! Each layer follows burn's idiom: a `#[derive(Config)]` configuration
 //! whose fields document PyTorch's defaults, `config.init(&device)`, a
@@ -39,7 +42,10 @@
 //! Every `forward` has a `try_forward` returning [`Error`] for input the op
 //! cannot take; every `init` a `try_init` for configurations out of range.
 
+mod ada_norm;
+mod adain;
 mod batch_norm;
+mod batch_renorm;
 mod composed;
 mod dyt;
 mod error;
@@ -51,11 +57,15 @@ mod kernel;
 mod layer_norm;
 mod pytorch;
 mod route;
+mod switch_norm;
 mod weight_norm;
 
 use burn::config::Config;
 
+pub use ada_norm::{AdaLayerNorm, AdaLayerNormConfig, AdaLayerNormOutput};
+pub use adain::{AdaIn, AdaInConfig};
 pub use batch_norm::{BatchNorm, BatchNormConfig};
+pub use batch_renorm::{BatchRenorm, BatchRenormConfig, RenormScheduleConfig};
 pub use dyt::{Dyt, DytConfig};
 pub use error::{Error, Result};
 pub use fold::{fold_batch_norm_conv2d, fold_batch_norm_linear};
@@ -64,6 +74,7 @@ pub use instance_norm::{InstanceNorm, InstanceNormConfig};
 pub use layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 pub use pytorch::{LoadPytorch, PytorchCheckpoint};
 pub use route::{current_route, fused_calls, is_flex, with_route, FusedCalls, Route};
+pub use switch_norm::{SwitchNorm, SwitchNormConfig};
 pub use weight_norm::{
     weight_norm_conv2d, weight_norm_conv2d_data_init, weight_norm_linear,
     weight_norm_linear_data_init, WeightNorm, WeightNormConfig, WeightNormDim,

@@ -1,5 +1,6 @@
 //! Integration tests of normkit-burn, one module per area.
 
+mod adaptive;
 mod backends;
 mod common;
 mod errors;

@@ -3,7 +3,10 @@
 //! normkit's normalization layers for [candle](https://github.com/huggingface/candle):
 //! BatchNorm, LayerNorm, RMSNorm, GroupNorm, InstanceNorm, Dynamic Tanh and
 //! Weight Normalization of `Linear` and `Conv2d`, with PyTorch's defaults
-//! and parameter names.
+//! and parameter names, and the adaptive family: AdaIN ([`adain`]),
+//! LayerNorm/RMSNorm modulated by a condition (adaLN, adaLN-Zero, FiLM:
+//! [`AdaLayerNorm`], [`ada_layer_norm_op`]), Switchable Normalization
+//! ([`SwitchNorm`]) and Batch Renormalization ([`BatchRenorm`]).
 //!
 //! Each layer's forward is one candle custom op that calls a normkit
 //! kernel, and its backward is another that calls the matching backward
@@ -15,8 +18,10 @@
 //!
 //! Layers are built like candle-nn's, from a [`candle_nn::VarBuilder`],
 //! and implement [`candle_core::Module`] (or [`candle_core::ModuleT`] when
-//! training and evaluation differ: [`BatchNorm`], [`InstanceNorm`]). A
-//! PyTorch `state_dict` saved as safetensors loads as is.
+//! training and evaluation differ: [`BatchNorm`], [`InstanceNorm`],
+//! [`SwitchNorm`], [`BatchRenorm`]); [`AdaIn`] and [`AdaLayerNorm`] take a
+//! second input (the style, the condition). A PyTorch `state_dict` saved as
+//! safetensors loads as is.
 //!
 //! ```
 //! # fn main() -> candle_core::Result<()> {
@@ -37,7 +42,10 @@
 //! Backward passes are first-order: the gradient of a gradient through
 //! these ops is not available.
 
+mod ada_norm;
+mod adain;
 mod batch_norm;
+mod batch_renorm;
 mod dyt;
 mod error;
 mod fold;
@@ -46,9 +54,16 @@ mod group_norm;
 mod layer_norm;
 mod running;
 mod state;
+mod switch_norm;
 mod weight_norm;
 
+pub use ada_norm::{
+    ada_layer_norm, ada_layer_norm_op, ada_rms_norm_op, AdaLayerNorm, AdaLayerNormConfig,
+    AdaLayerNormOutput,
+};
+pub use adain::{adain, AdaIn, AdaInConfig};
 pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
+pub use batch_renorm::{batch_renorm, BatchRenorm, BatchRenormConfig, BatchRenormSchedule};
 pub use dyt::{dyt, dyt_op, Dyt, DytConfig};
 pub use error::LayerError;
 pub use fold::{fold_batch_norm_conv2d, fold_batch_norm_linear};
@@ -61,6 +76,7 @@ pub use layer_norm::{
 };
 pub use normkit::ChannelAxis;
 pub use state::StateDict;
+pub use switch_norm::{switch_norm, SwitchNorm, SwitchNormConfig};
 pub use weight_norm::{
     weight_norm_conv2d, weight_norm_linear, weight_norm_op, WeightNormConfig, WeightNormConv2d,
     WeightNormLinear, WeightNormNames,

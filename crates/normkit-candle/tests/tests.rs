@@ -1,5 +1,6 @@
 //! Integration tests of normkit-candle, one module per area.
 
+mod adaptive;
 mod common;
 mod errors;
 mod fold;

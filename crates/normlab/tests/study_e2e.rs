@@ -71,7 +71,8 @@ fn smoke_study_fills_every_section_and_reruns_identically() {
             "lr-robustness",
             "batch-size",
             "covariate-shift",
-            "transformer"
+            "transformer",
+            "conditioning"
         ]
     );
     let sections = a["sections"].as_array().expect("sections");

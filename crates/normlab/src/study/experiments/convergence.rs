@@ -1,6 +1,9 @@
 //! Experiment 2: how fast each normalization trains the same CNN and MLP.
 
-use super::models::{Activation, Classifier, Cnn1d, Cnn2d, Mlp, MlpSpec, NormKind, Unsupported};
+use super::models::{
+    Activation, Classifier, Cnn1d, Cnn2d, HasNorms, Importances, Mlp, MlpSpec, NormKind,
+    Unsupported,
+};
 use super::train::{device, train_classifier, Curve, OptimSpec, Schedule};
 use super::{num, pct, sized, FusedCounter, TIME_PREFIX};
 use crate::study::data::{Split, SplitMix64};
@@ -21,7 +24,7 @@ Ulyanov et al. 2016; Zhang & Sennrich 2019; Salimans & Kingma 2016; Zhu et al. \
 2025).";
 
 /// Every normalization this experiment trains.
-pub const KINDS: [NormKind; 8] = [
+pub const KINDS: [NormKind; 9] = [
     NormKind::None,
     NormKind::Batch,
     NormKind::Layer,
@@ -30,6 +33,7 @@ pub const KINDS: [NormKind; 8] = [
     NormKind::Rms,
     NormKind::Weight,
     NormKind::Dyt,
+    NormKind::Switch,
 ];
 
 /// MNIST-1D's published test accuracies for its baselines (Greydanus
@@ -91,8 +95,27 @@ pub fn train_arch(
     init_seed: u64,
     device: &Device,
 ) -> Result<Curve, Unsupported> {
-    fn go<M: Classifier>(m: M, split: &Split, s: &Schedule, device: &Device) -> Curve {
-        train_classifier(m, &split.train, &split.test, s, device, None).1
+    train_arch_probed(arch, kind, split, schedule, init_seed, device).map(|(c, _)| c)
+}
+
+/// [`train_arch`], also returning the trained model's SwitchNorm
+/// importances, layer by layer (empty for other normalizations).
+pub fn train_arch_probed(
+    arch: Arch,
+    kind: NormKind,
+    split: &Split,
+    schedule: &Schedule,
+    init_seed: u64,
+    device: &Device,
+) -> Result<(Curve, Vec<Importances>), Unsupported> {
+    fn go<M: Classifier + HasNorms>(
+        m: M,
+        split: &Split,
+        s: &Schedule,
+        device: &Device,
+    ) -> (Curve, Vec<Importances>) {
+        let (model, curve) = train_classifier(m, &split.train, &split.test, s, device, None);
+        (curve, model.switch_importances())
     }
     Ok(match arch {
         Arch::Cnn => go(
@@ -121,6 +144,8 @@ pub fn train_arch(
 struct ArchRuns {
     arch: Arch,
     runs: Vec<(NormKind, Result<Curve, Unsupported>)>,
+    /// SwitchNorm's learned importances per layer, after training.
+    switch: Vec<Importances>,
     steps: usize,
     eval_every: usize,
 }
@@ -262,6 +287,7 @@ impl Experiment for Convergence {
             let init = ctx.seed_for(&format!("convergence/{}/init", arch.slug()));
             let order = ctx.seed_for(&format!("convergence/{}/order", arch.slug()));
             let mut runs = Vec::new();
+            let mut switch = Vec::new();
             for kind in KINDS {
                 let schedule = Schedule {
                     name: format!("convergence {}/{}", arch.slug(), kind.slug()),
@@ -271,14 +297,19 @@ impl Experiment for Convergence {
                     eval_every: *eval_every,
                     seed: order,
                 };
-                runs.push((
-                    kind,
-                    train_arch(*arch, kind, data, &schedule, init, &device),
-                ));
+                let run = train_arch_probed(*arch, kind, data, &schedule, init, &device);
+                let run = run.map(|(curve, importances)| {
+                    if kind == NormKind::Switch {
+                        switch = importances;
+                    }
+                    curve
+                });
+                runs.push((kind, run));
             }
             all.push(ArchRuns {
                 arch: *arch,
                 runs,
+                switch,
                 steps: *steps,
                 eval_every: *eval_every,
             });
@@ -294,7 +325,9 @@ impl Experiment for Convergence {
                  sits after every convolution or hidden linear layer, before the ReLU \
                  (WeightNorm instead reparameterizes every layer's weight; LN and RMSNorm \
                  normalize over channels × positions; GN uses 5 groups of 5 channels on the \
-                 CNN and 25 groups of 4 units on the MLP; IN does not apply to MLP units). \
+                 CNN and 25 groups of 4 units on the MLP; IN does not apply to MLP units; \
+                 SwitchNorm mixes IN, LN and BN statistics with learned softmax weights, \
+                 starting equal, and on MLP units its IN part is each value itself). \
                  {}, batch {batch}, {steps} steps, test accuracy every {eval_every} steps \
                  (inference mode: BN with running statistics). All runs of one architecture \
                  start from the same initialization stream and see the same batches \
@@ -345,6 +378,56 @@ impl Experiment for Convergence {
             time_plot = time_plot.bar_series(runs.arch.label(), &ms);
         }
         section = section.plot(time_plot);
+
+        // What Switchable Normalization learned to use, layer by layer.
+        let mut importance_table = Table::new(
+            "SwitchNorm: learned importance of each statistic after training \
+             (softmax of the mean and variance logits; IN / LN / BN)",
+            [
+                "model",
+                "layer",
+                "mean: IN / LN / BN",
+                "variance: IN / LN / BN",
+            ],
+        );
+        for runs in &all {
+            if runs.switch.is_empty() {
+                continue;
+            }
+            let layers: Vec<String> = (1..=runs.switch.len())
+                .map(|l| format!("layer {l}"))
+                .collect();
+            let mut bars = Plot::bars(
+                format!("{}: SwitchNorm importances per layer", runs.arch.label()),
+                "layer",
+                "softmax weight",
+                layers,
+            );
+            for (f, family) in ["IN", "LN", "BN"].iter().enumerate() {
+                let mean: Vec<f64> = runs.switch.iter().map(|(m, _)| m[f] as f64).collect();
+                let var: Vec<f64> = runs.switch.iter().map(|(_, v)| v[f] as f64).collect();
+                bars = bars
+                    .bar_series(format!("mean {family}"), &mean)
+                    .bar_series(format!("var {family}"), &var);
+            }
+            section = section.plot(bars);
+            for (l, (m, v)) in runs.switch.iter().enumerate() {
+                let show = |w: &[f32; 3]| format!("{:.2} / {:.2} / {:.2}", w[0], w[1], w[2]);
+                importance_table = importance_table.row([
+                    runs.arch.label().to_string(),
+                    (l + 1).to_string(),
+                    show(m),
+                    show(v),
+                ]);
+                for (f, family) in ["in", "ln", "bn"].iter().enumerate() {
+                    let key = format!("{}/sn/layer{}", runs.arch.slug(), l + 1);
+                    section = section
+                        .metric(format!("{key}/mean_{family}"), m[f] as f64)
+                        .metric(format!("{key}/var_{family}"), v[f] as f64);
+                }
+            }
+        }
+        section = section.table(importance_table);
 
         for runs in &all {
             let target = runs.target();

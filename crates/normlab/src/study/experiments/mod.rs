@@ -14,6 +14,7 @@
 //! the training loop. Sizes come from the study's [`Mode`].
 
 pub mod batch_size;
+pub mod conditioning;
 pub mod convergence;
 pub mod covariate_shift;
 pub mod gradient_flow;
@@ -35,6 +36,7 @@ pub fn all() -> Vec<Box<dyn Experiment>> {
         Box::new(batch_size::BatchSize),
         Box::new(covariate_shift::CovariateShift),
         Box::new(transformer::Transformer),
+        Box::new(conditioning::Conditioning),
     ]
 }
 

@@ -15,9 +15,9 @@ use burn::nn::{Embedding, Linear, PaddingConfig1d, PaddingConfig2d};
 use burn::tensor::activation::{gelu, relu, sigmoid, softmax, tanh};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use normkit_burn::{
-    BatchNorm, BatchNormConfig, ChannelAxis, Dyt, DytConfig, GroupNorm, GroupNormConfig,
-    InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig,
-    WeightNormConfig,
+    BatchNorm, BatchNormConfig, BatchRenorm, BatchRenormConfig, ChannelAxis, Dyt, DytConfig,
+    GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig, LayerNorm, LayerNormConfig,
+    RenormScheduleConfig, RmsNorm, RmsNormConfig, SwitchNorm, SwitchNormConfig, WeightNormConfig,
 };
 
 /// The normalizations the study compares.
@@ -31,6 +31,10 @@ pub enum NormKind {
     Rms,
     Weight,
     Dyt,
+    /// Batch Renormalization.
+    Renorm,
+    /// Switchable Normalization.
+    Switch,
 }
 
 impl NormKind {
@@ -45,6 +49,8 @@ impl NormKind {
             NormKind::Rms => "RMSNorm",
             NormKind::Weight => "WeightNorm",
             NormKind::Dyt => "DyT",
+            NormKind::Renorm => "BatchRenorm",
+            NormKind::Switch => "SwitchNorm",
         }
     }
 
@@ -59,6 +65,8 @@ impl NormKind {
             NormKind::Rms => "rms",
             NormKind::Weight => "wn",
             NormKind::Dyt => "dyt",
+            NormKind::Renorm => "brn",
+            NormKind::Switch => "sn",
         }
     }
 }
@@ -99,6 +107,20 @@ pub enum Norm {
     Instance(InstanceNorm),
     Rms(RmsNorm),
     Dyt(Dyt),
+    Renorm(BatchRenorm),
+    Switch(SwitchNorm),
+}
+
+/// Batch Renormalization's schedule in the study: the paper relaxes
+/// `r_max` from 1 to 3 and `d_max` from 0 to 5 over tens of thousands of
+/// steps; the study's runs are a few hundred to a few thousand steps, so
+/// the same shape is compressed: BatchNorm for 100 steps, `d_max = 5` at
+/// step 600, `r_max = 3` at step 1000.
+pub fn renorm_schedule() -> RenormScheduleConfig {
+    RenormScheduleConfig::new()
+        .with_warmup(100)
+        .with_r_max_at(1000)
+        .with_d_max_at(600)
 }
 
 /// Why a normalization cannot go where it was asked to.
@@ -159,6 +181,17 @@ impl Norm {
                         .init(device),
                 )
             }
+            NormKind::Renorm => Norm::Renorm(
+                BatchRenormConfig::new(channels)
+                    .with_channel_axis(axis)
+                    .with_schedule(Some(renorm_schedule()))
+                    .init(device),
+            ),
+            NormKind::Switch => Norm::Switch(
+                SwitchNormConfig::new(channels)
+                    .with_channel_axis(axis)
+                    .init(device),
+            ),
             NormKind::Dyt => {
                 // DyT's channel axis is where the channels are: last for
                 // [N, C] and tokens, first for feature maps.
@@ -184,7 +217,47 @@ impl Norm {
             Norm::Instance(n) => n.forward(x),
             Norm::Rms(n) => n.forward(x),
             Norm::Dyt(n) => n.forward(x),
+            Norm::Renorm(n) => n.forward(x),
+            Norm::Switch(n) => n.forward(x),
         }
+    }
+}
+
+/// Softmaxed importances of a Switchable Normalization layer's mean and
+/// variance mixtures, each in the order IN, LN, BN.
+pub type Importances = ([f32; 3], [f32; 3]);
+
+/// The importances of every SwitchNorm layer among `norms`, in order.
+pub fn switch_importances<'a>(norms: impl Iterator<Item = &'a Option<Norm>>) -> Vec<Importances> {
+    norms
+        .filter_map(|n| match n {
+            Some(Norm::Switch(s)) => Some(s.importances()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A model whose SwitchNorm layers can be read.
+pub trait HasNorms {
+    /// The importances of each SwitchNorm layer, first layer first.
+    fn switch_importances(&self) -> Vec<Importances>;
+}
+
+impl HasNorms for Mlp {
+    fn switch_importances(&self) -> Vec<Importances> {
+        switch_importances(self.blocks.iter().map(|b| &b.norm))
+    }
+}
+
+impl HasNorms for Cnn1d {
+    fn switch_importances(&self) -> Vec<Importances> {
+        switch_importances(self.blocks.iter().map(|b| &b.norm))
+    }
+}
+
+impl HasNorms for Cnn2d {
+    fn switch_importances(&self) -> Vec<Importances> {
+        switch_importances(self.blocks.iter().map(|b| &b.norm))
     }
 }
 

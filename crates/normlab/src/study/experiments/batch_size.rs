@@ -63,7 +63,7 @@ impl Experiment for BatchSize {
             vec![2, 4, 8, 16, 32, 64],
         );
         let examples = sized(mode, 256, 1500, full.train.len());
-        let epochs = sized(mode, 1, 10, 20);
+        let epochs = sized(mode, 1, 10, 12);
         let repeats = sized(mode, 1, 1, 2);
         let base_lr = 0.025;
         let momentum = 0.9;

@@ -253,7 +253,7 @@ impl Experiment for Convergence {
         let split = ctx.mnist1d()?;
         let device = device();
         let fused = FusedCounter::start();
-        let steps = sized(mode, 60, 900, 6000);
+        let steps = sized(mode, 60, 900, 4500);
         let eval_every = sized(mode, 20, 30, 150);
         let batch = 100;
         let optim = OptimSpec::Adam { lr: 1e-2 };

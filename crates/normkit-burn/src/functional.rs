@@ -614,26 +614,16 @@ pub fn ada_layer_norm<const D: usize>(
     bias: Option<Tensor<1>>,
     eps: f32,
 ) -> Result<Tensor<D>> {
-    const OP: &str = "ada_layer_norm";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, eps)?;
-    let d = check_modulated(OP, &shape, normalized_shape, &scale, &shift)?;
-    check_len(OP, "weight", len1(&weight), d, &shape)?;
-    check_len(OP, "bias", len1(&bias), d, &shape)?;
-    if route::fused(&x.device(), x.dtype()) {
-        let op = AdaNorm {
-            normalized_shape: normalized_shape.to_vec(),
-            eps,
-            rms: false,
-        };
-        Ok(kernel::ada_norm(op, x, scale, shift, weight, bias))
-    } else {
-        let eps = eps as f64;
-        Ok(composed::ada_norm(
-            x, d, scale, shift, weight, bias, eps, true,
-        ))
-    }
+    modulated(
+        "ada_layer_norm",
+        x,
+        normalized_shape,
+        scale,
+        shift,
+        weight,
+        bias,
+        eps,
+    )
 }
 
 /// Modulated RMSNorm: `rms_norm(x) · (1 + scale[n]) + shift[n]` (see
@@ -653,23 +643,49 @@ pub fn ada_rms_norm<const D: usize>(
     weight: Option<Tensor<1>>,
     eps: f32,
 ) -> Result<Tensor<D>> {
-    const OP: &str = "ada_rms_norm";
+    modulated(
+        "ada_rms_norm",
+        x,
+        normalized_shape,
+        scale,
+        shift,
+        weight,
+        None,
+        eps,
+    )
+}
+
+/// The body of [`ada_layer_norm`] and [`ada_rms_norm`]: `op` names the
+/// variant (RMSNorm is the uncentered one and has no bias).
+#[allow(clippy::too_many_arguments)]
+fn modulated<const D: usize>(
+    op: &'static str,
+    x: Tensor<D>,
+    normalized_shape: &[usize],
+    scale: Tensor<2>,
+    shift: Tensor<2>,
+    weight: Option<Tensor<1>>,
+    bias: Option<Tensor<1>>,
+    eps: f32,
+) -> Result<Tensor<D>> {
+    let rms = op == "ada_rms_norm";
     let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, eps)?;
-    let d = check_modulated(OP, &shape, normalized_shape, &scale, &shift)?;
-    check_len(OP, "weight", len1(&weight), d, &shape)?;
+    check_dtype(op, &x)?;
+    check_eps(op, eps)?;
+    let d = check_modulated(op, &shape, normalized_shape, &scale, &shift)?;
+    check_len(op, "weight", len1(&weight), d, &shape)?;
+    check_len(op, "bias", len1(&bias), d, &shape)?;
     if route::fused(&x.device(), x.dtype()) {
-        let op = AdaNorm {
+        let norm = AdaNorm {
             normalized_shape: normalized_shape.to_vec(),
             eps,
-            rms: true,
+            rms,
         };
-        Ok(kernel::ada_norm(op, x, scale, shift, weight, None))
+        Ok(kernel::ada_norm(norm, x, scale, shift, weight, bias))
     } else {
         let eps = eps as f64;
         Ok(composed::ada_norm(
-            x, d, scale, shift, weight, None, eps, false,
+            x, d, scale, shift, weight, bias, eps, !rms,
         ))
     }
 }

@@ -244,7 +244,7 @@ impl ModuleT for BatchRenorm {
         if !train {
             let (mean, var) = r.values()?;
             let kernel = RenormEval {
-                cfg: cfg.batch_norm(),
+                cfg,
                 slots,
                 mean,
                 var,
@@ -337,7 +337,7 @@ impl Kernel for RenormTrain {
 
 /// Evaluation forward: BatchNorm's, with the running statistics.
 struct RenormEval {
-    cfg: normkit::BatchNormConfig,
+    cfg: normkit::BatchRenormConfig,
     slots: Slots,
     mean: Vec<f32>,
     var: Vec<f32>,
@@ -356,7 +356,7 @@ impl Kernel for RenormEval {
         params: &[f32],
     ) -> normkit::Result<Stats> {
         self.slots.check(Self::NAME, params, shape)?;
-        normkit::batch_norm_forward_eval(
+        normkit::batch_renorm_forward_eval(
             y,
             x,
             shape,
@@ -378,7 +378,7 @@ impl Kernel for RenormEval {
         saved: &Stats,
     ) -> normkit::Result<()> {
         let weight = self.slots.affine(params).weight;
-        normkit::batch_norm_backward_eval(
+        normkit::batch_renorm_backward_eval(
             self.slots.grads(dx, dparams),
             dy,
             x,

@@ -2,15 +2,18 @@
 
 use crate::elem::Elem;
 use crate::error::Result;
-use crate::lanes::{BLOCK, LANES};
+use crate::lanes::{
+    load, load_part, reduce, store, store_part, write_lanewise, Lanewise, Periodic, Sums,
+    ROWS_PER_FLUSH,
+};
 use crate::layout::{
     check_affine, check_grads, check_len, numel, Affine, ChannelAxis, Geometry, Grads,
 };
 use crate::normalize::{Partials, Plan, Scope};
 use crate::parallel::{
-    as_f32, chunk_items, f32_target, items_per_chunk, map_chunks, store_f32, Buffer, SharedMut,
+    chunk_items, items_per_chunk, map_chunks, stream_output, Scratch, SharedMut,
 };
-use crate::simd::multiversion;
+use crate::simd::{multiversion, Isa, LANES};
 use crate::tanh::{tanh, tanh_sech2};
 use std::ops::Range;
 
@@ -84,18 +87,26 @@ pub fn dyt_forward<T: Elem>(
     let bias = affine.bias.map_or_else(|| vec![0.0; c], <[f32]>::to_vec);
     let (groups, size) = (p.num_groups(), p.group_size());
     let per_chunk = items_per_chunk(groups, size, 0);
+    let stream = stream_output::<T>(y.len());
     let y = SharedMut::new(y);
-    map_chunks(groups.div_ceil(per_chunk), x.len(), |i| {
-        forward_chunk(
-            &p,
-            chunk_items(i, per_chunk, groups),
-            &y,
-            x,
-            alpha,
-            &weight,
-            &bias,
-        )
-    });
+    if p.geo.axis == ChannelAxis::Last {
+        // Rows of channels: each chunk of rows is one flat elementwise
+        // loop, the parameters extended periodically.
+        let per = Periodic::new(c);
+        let (w, b) = (per.extend(&weight), per.extend(&bias));
+        map_chunks(groups.div_ceil(per_chunk), x.len(), |i| {
+            let rows = chunk_items(i, per_chunk, groups);
+            let span = rows.start * c..rows.end * c;
+            // SAFETY: chunks cover disjoint rows.
+            let out = unsafe { y.range(span.clone()) };
+            forward_rows(out, &x[span], alpha, &per, &w, &b, stream);
+        });
+    } else {
+        map_chunks(groups.div_ceil(per_chunk), x.len(), |i| {
+            let groups = chunk_items(i, per_chunk, groups);
+            forward_runs(&p, groups, &y, x, alpha, &weight, &bias, stream);
+        });
+    }
     Ok(())
 }
 
@@ -149,8 +160,56 @@ pub fn dyt_backward<T: Elem>(
     Ok(dalpha as f32)
 }
 
+/// `y = w · tanh(alpha · x) + b` for 16 values with their parameters.
+#[inline(always)]
+fn fwd<S: Isa>(s: S, v: S::V, alpha: S::V, w: S::V, b: S::V) -> S::V {
+    s.fma(w, tanh(s, s.mul(alpha, v)), b)
+}
+
 multiversion! {
-    fn forward_chunk<T: Elem>(
+    /// Channels-last rows, flat; `w`, `b` are [`Periodic::extend`]ed.
+    fn forward_rows<T: Elem>[s](
+        y: &mut [T],
+        x: &[T],
+        alpha: f32,
+        per: &Periodic,
+        w: &[f32],
+        b: &[f32],
+        stream: bool,
+    ) {
+        struct F<'a, S: Isa, T> {
+            x: &'a [T],
+            alpha: S::V,
+            per: &'a Periodic,
+            w: &'a [f32],
+            b: &'a [f32],
+            ch: usize,
+        }
+        impl<S: Isa, T: Elem> Lanewise<S> for F<'_, S, T> {
+            #[inline(always)]
+            fn at(&mut self, s: S, i: usize) -> S::V {
+                let (w, b) = (load(s, self.w, self.ch), load(s, self.b, self.ch));
+                self.ch = self.per.next(self.ch);
+                fwd(s, load(s, self.x, i), self.alpha, w, b)
+            }
+            #[inline(always)]
+            fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V {
+                let (w, b) = (load(s, self.w, self.ch), load(s, self.b, self.ch));
+                self.ch = (self.ch + n) % self.per.c;
+                fwd(s, load_part(s, self.x, i, n), self.alpha, w, b)
+            }
+        }
+        let mut f = F { x, alpha: s.splat(alpha), per, w, b, ch: 0 };
+        write_lanewise(s, y, &mut f, stream);
+        if stream {
+            s.fence();
+        }
+    }
+}
+
+multiversion! {
+    /// Channels-first runs, one channel each.
+    fn forward_runs<T: Elem>[s](
         p: &Plan,
         groups: Range<usize>,
         y: &SharedMut<'_, T>,
@@ -158,138 +217,127 @@ multiversion! {
         alpha: f32,
         weight: &[f32],
         bias: &[f32],
+        stream: bool,
     ) {
-        let widen = if T::as_f32(x).is_some() { 0 } else { p.group_size() };
-        let (mut xbuf, mut ybuf) = (Buffer::take(widen), Buffer::take(widen));
+        struct F<'a, S: Isa, T> {
+            x: &'a [T],
+            alpha: S::V,
+            w: S::V,
+            b: S::V,
+        }
+        impl<S: Isa, T: Elem> Lanewise<S> for F<'_, S, T> {
+            #[inline(always)]
+            fn at(&mut self, s: S, i: usize) -> S::V {
+                fwd(s, load(s, self.x, i), self.alpha, self.w, self.b)
+            }
+            #[inline(always)]
+            fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V {
+                fwd(s, load_part(s, self.x, i, n), self.alpha, self.w, self.b)
+            }
+        }
         for k in groups {
             for run in p.runs(k) {
-                let xr = as_f32(&x[run.range()], &mut xbuf);
+                let (w, b) = (s.splat(weight[run.channel]), s.splat(bias[run.channel]));
+                let mut f = F { x: &x[run.range()], alpha: s.splat(alpha), w, b };
                 // SAFETY: every value lies in exactly one run of one group,
                 // and every group in one chunk.
                 let yr = unsafe { y.range(run.range()) };
-                let o = f32_target(yr, &mut ybuf);
-                if run.per_element {
-                    let cs = run.channel..run.channel + run.len;
-                    let it = o.iter_mut().zip(xr).zip(&weight[cs.clone()]).zip(&bias[cs]);
-                    for (((o, &v), &w), &b) in it {
-                        *o = w.mul_add(tanh(alpha * v), b);
-                    }
-                } else {
-                    let (w, b) = (weight[run.channel], bias[run.channel]);
-                    for (o, &v) in o.iter_mut().zip(xr) {
-                        *o = w.mul_add(tanh(alpha * v), b);
-                    }
-                }
-                store_f32(yr, &ybuf);
+                write_lanewise(s, yr, &mut f, stream);
             }
+        }
+        if stream {
+            s.fence();
         }
     }
 }
 
-const L: usize = LANES;
-
-/// One value of the backward pass: `(dx, dt · x, t)` with
+/// One vector of the backward pass: `(dx, dt · x, t)` with
 /// `dt = dy · w · (1 - t²)`, the derivative taken from [`tanh_sech2`] so
 /// it stays accurate as `|t|` nears 1.
 #[inline(always)]
-fn bwd_one(d: f32, v: f32, alpha: f32, w: f32) -> (f32, f32, f32) {
-    let (t, sech2) = tanh_sech2(alpha * v);
-    let dt = d * w * sech2;
-    (dt * alpha, dt * v, t)
+fn bwd<S: Isa>(s: S, d: S::V, v: S::V, alpha: S::V, w: S::V) -> [S::V; 3] {
+    let (t, sech2) = tanh_sech2(s, s.mul(alpha, v));
+    let dt = s.mul(s.mul(d, w), sech2);
+    [s.mul(dt, alpha), s.mul(dt, v), t]
 }
 
 /// Backward over a channels-last row: writes dx, adds `dy · t` and `dy`
 /// into the per-channel sums, returns `Σ dt · x`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn bwd_row(
-    out: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
+fn bwd_row<S: Isa, T: Elem>(
+    s: S,
+    out: &mut [T],
+    dy: &[T],
+    x: &[T],
     alpha: f32,
     w: &[f32],
     dw: &mut [f32],
     db: &mut [f32],
 ) -> f64 {
-    let mut da = [0.0f32; L];
-    let n = out.len() - out.len() % L;
-    let (oh, ot) = out.split_at_mut(n);
-    let (dwh, dwt) = dw.split_at_mut(n);
-    let (dbh, dbt) = db.split_at_mut(n);
-    let it = oh
-        .chunks_exact_mut(L)
-        .zip(dy.chunks_exact(L))
-        .zip(x.chunks_exact(L))
-        .zip(w.chunks_exact(L))
-        .zip(dwh.chunks_exact_mut(L))
-        .zip(dbh.chunks_exact_mut(L));
-    for (((((o, d), v), w), dw), db) in it {
-        for l in 0..L {
-            let (g, gx, t) = bwd_one(d[l], v[l], alpha, w[l]);
-            o[l] = g;
-            da[l] += gx;
-            dw[l] = d[l].mul_add(t, dw[l]);
-            db[l] += d[l];
-        }
+    let alpha = s.splat(alpha);
+    let mut da = s.splat(0.0);
+    let n = out.len();
+    let mut i = 0;
+    while i + LANES <= n {
+        let (d, v) = (load(s, dy, i), load(s, x, i));
+        let [g, gx, t] = bwd(s, d, v, alpha, load(s, w, i));
+        store(s, out, i, g);
+        da = s.add(da, gx);
+        store(s, dw, i, s.fma(d, t, load(s, dw, i)));
+        store(s, db, i, s.add(load(s, db, i), d));
+        i += LANES;
     }
-    let tail = ot
-        .iter_mut()
-        .zip(&dy[n..])
-        .zip(&x[n..])
-        .zip(&w[n..])
-        .zip(dwt)
-        .zip(dbt);
-    for (((((o, &d), &v), &wv), dw), db) in tail {
-        let (g, gx, t) = bwd_one(d, v, alpha, wv);
-        *o = g;
-        da[0] += gx;
-        *dw = d.mul_add(t, *dw);
-        *db += d;
+    if i < n {
+        let m = n - i;
+        let (d, v) = (load_part(s, dy, i, m), load_part(s, x, i, m));
+        let [g, gx, t] = bwd(s, d, v, alpha, load_part(s, w, i, m));
+        store_part(s, out, i, m, g);
+        da = s.add(da, s.keep_first(gx, m));
+        store_part(s, dw, i, m, s.fma(d, t, load_part(s, dw, i, m)));
+        store_part(s, db, i, m, s.add(load_part(s, db, i, m), d));
     }
-    da.iter().map(|&v| v as f64).sum()
+    s.sum_f64(da)
 }
 
 /// Backward over a run of one channel: writes dx, returns
-/// `[Σ dt · x, Σ dy · t, Σ dy]`, in `f32` lanes within blocks.
+/// `[Σ dt · x, Σ dy · t, Σ dy]`.
 #[inline(always)]
-fn bwd_run(out: &mut [f32], dy: &[f32], x: &[f32], alpha: f32, w: f32) -> [f64; 3] {
-    let mut total = [0.0f64; 3];
-    for ((ob, db), xb) in out
-        .chunks_mut(BLOCK)
-        .zip(dy.chunks(BLOCK))
-        .zip(x.chunks(BLOCK))
-    {
-        let mut acc = [[0.0f32; L]; 3];
-        let n = ob.len() - ob.len() % L;
-        let (oh, ot) = ob.split_at_mut(n);
-        for ((o, d), v) in oh
-            .chunks_exact_mut(L)
-            .zip(db.chunks_exact(L))
-            .zip(xb.chunks_exact(L))
-        {
-            for l in 0..L {
-                let (g, gx, t) = bwd_one(d[l], v[l], alpha, w);
-                o[l] = g;
-                acc[0][l] += gx;
-                acc[1][l] = d[l].mul_add(t, acc[1][l]);
-                acc[2][l] += d[l];
-            }
+fn bwd_run<S: Isa, T: Elem>(s: S, out: &mut [T], dy: &[T], x: &[T], alpha: f32, w: f32) -> [f64; 3] {
+    struct F<'a, S: Isa, T> {
+        out: &'a mut [T],
+        dy: &'a [T],
+        x: &'a [T],
+        alpha: S::V,
+        w: S::V,
+    }
+    impl<S: Isa, T: Elem> Sums<S, 3> for F<'_, S, T> {
+        #[inline(always)]
+        fn add(&mut self, s: S, i: usize, acc: &mut [S::V; 3]) {
+            let d = load(s, self.dy, i);
+            let [g, gx, t] = bwd(s, d, load(s, self.x, i), self.alpha, self.w);
+            store(s, self.out, i, g);
+            acc[0] = s.add(acc[0], gx);
+            acc[1] = s.fma(d, t, acc[1]);
+            acc[2] = s.add(acc[2], d);
         }
-        for ((o, &d), &v) in ot.iter_mut().zip(&db[n..]).zip(&xb[n..]) {
-            let (g, gx, t) = bwd_one(d, v, alpha, w);
-            *o = g;
-            acc[0][0] += gx;
-            acc[1][0] += d * t;
-            acc[2][0] += d;
-        }
-        for (t, a) in total.iter_mut().zip(&acc) {
-            *t += a.iter().map(|&v| v as f64).sum::<f64>();
+        #[inline(always)]
+        fn add_part(&mut self, s: S, i: usize, n: usize, acc: &mut [S::V; 3]) {
+            let d = load_part(s, self.dy, i, n);
+            let [g, gx, t] = bwd(s, d, load_part(s, self.x, i, n), self.alpha, self.w);
+            store_part(s, self.out, i, n, g);
+            acc[0] = s.add(acc[0], s.keep_first(gx, n));
+            acc[1] = s.fma(d, t, acc[1]);
+            acc[2] = s.add(acc[2], d);
         }
     }
-    total
+    let n = out.len();
+    let mut f = F { out, dy, x, alpha: s.splat(alpha), w: s.splat(w) };
+    reduce(s, n, &mut f)
 }
 
 multiversion! {
-    fn backward_chunk<T: Elem>(
+    fn backward_chunk<T: Elem>[s](
         p: &Plan,
         groups: Range<usize>,
         dx: &SharedMut<'_, T>,
@@ -300,29 +348,25 @@ multiversion! {
     ) -> (Partials, f64) {
         let c = p.geo.c;
         let mut parts = Partials::new(c);
-        let (mut dw32, mut db32) = (vec![0.0f32; c], vec![0.0f32; c]);
+        let (mut dw32, mut db32) = (Scratch::<f32>::zeroed(c), Scratch::<f32>::zeroed(c));
         let mut dalpha = 0.0f64;
-        let widen = if T::as_f32(x).is_some() { 0 } else { p.group_size() };
-        let (mut xbuf, mut dbuf, mut obuf) = (Buffer::take(widen), Buffer::take(widen), Buffer::take(widen));
         for (done, k) in groups.enumerate() {
             for run in p.runs(k) {
-                let (xr, dr) = (as_f32(&x[run.range()], &mut xbuf), as_f32(&dy[run.range()], &mut dbuf));
-                // SAFETY: as in forward_chunk.
+                let (xr, dr) = (&x[run.range()], &dy[run.range()]);
+                // SAFETY: as in forward_runs.
                 let out = unsafe { dx.range(run.range()) };
-                let o = f32_target(out, &mut obuf);
                 if run.per_element {
                     let cs = run.channel..run.channel + run.len;
                     let (w, dw, db) = (&weight[cs.clone()], &mut dw32[cs.clone()], &mut db32[cs]);
-                    dalpha += bwd_row(o, dr, xr, alpha, w, dw, db);
+                    dalpha += bwd_row(s, out, dr, xr, alpha, w, dw, db);
                 } else {
-                    let [da, dw, db] = bwd_run(o, dr, xr, alpha, weight[run.channel]);
+                    let [da, dw, db] = bwd_run(s, out, dr, xr, alpha, weight[run.channel]);
                     dalpha += da;
                     parts.dweight[run.channel] += dw;
                     parts.dbias[run.channel] += db;
                 }
-                store_f32(out, &obuf);
             }
-            if (done + 1) % crate::lanes::ROWS_PER_FLUSH == 0 {
+            if (done + 1) % ROWS_PER_FLUSH == 0 {
                 parts.add_f32(&mut dw32, &mut db32);
             }
         }

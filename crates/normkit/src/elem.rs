@@ -7,10 +7,32 @@
 
 use half::{bf16, f16};
 
-/// A floating-point storage type for activations and their gradients.
-pub trait Elem: Copy + Send + Sync + 'static {
+mod sealed {
+    /// How a type is stored, for the kernels' loads and stores.
+    #[doc(hidden)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Storage {
+        F32,
+        Bf16,
+        F16,
+    }
+
+    /// Only the three types below are `Elem`: the kernels load and store
+    /// each of them with their own instructions.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+pub(crate) use sealed::Storage;
+
+/// A floating-point storage type for activations and their gradients:
+/// `f32`, `bf16` or `f16` (the trait is sealed).
+pub trait Elem: sealed::Sealed + Copy + Default + Send + Sync + 'static {
     /// Name used in messages and benchmark output.
     const NAME: &'static str;
+    #[doc(hidden)]
+    const STORAGE: Storage;
     fn to_f32(self) -> f32;
     fn from_f32(v: f32) -> Self;
     #[inline(always)]
@@ -50,6 +72,7 @@ pub trait Elem: Copy + Send + Sync + 'static {
 
 impl Elem for f32 {
     const NAME: &'static str = "f32";
+    const STORAGE: Storage = Storage::F32;
     #[inline(always)]
     fn as_f32(s: &[Self]) -> Option<&[f32]> {
         Some(s)
@@ -70,6 +93,7 @@ impl Elem for f32 {
 
 impl Elem for bf16 {
     const NAME: &'static str = "bf16";
+    const STORAGE: Storage = Storage::Bf16;
     // bf16 is the top half of an f32: widening is a shift, and rounding
     // to nearest even adds 0x7fff plus the lowest kept bit. Plain integer
     // code, so it vectorizes where the kernels inline it.
@@ -103,6 +127,7 @@ impl Elem for bf16 {
 
 impl Elem for f16 {
     const NAME: &'static str = "f16";
+    const STORAGE: Storage = Storage::F16;
     // `half` converts slices with F16C instructions when the CPU has them.
     #[inline(always)]
     fn load(src: &[Self], dst: &mut [f32]) {

@@ -1,220 +1,615 @@
-//! Inner loops over contiguous `f32` slices, written over blocks of
-//! [`LANES`] values with two independent accumulators per quantity so that
-//! they compile to vector code inside a [`multiversion!`] entry point.
+//! Inner loops over contiguous slices, written once against [`Isa`] so
+//! they compile to 512-bit, 256-bit or scalar code inside a
+//! [`multiversion!`] entry point.
 //!
-//! Reductions sum in `f32` lanes within a block of [`BLOCK`] values (32
-//! values per lane accumulator) and in `f64` across blocks, so the rounding
-//! error grows with 32 rather than n; callers pass deviations from a
-//! provisional mean, which keeps each term small.
+//! Two drivers walk a slice 16 values at a time and fix the order of every
+//! operation, whatever the instruction set:
+//!
+//! - [`write_lanewise`] for elementwise outputs: an optional unaligned
+//!   head, full vectors, a partial tail. When asked to stream, the head
+//!   brings the output to the alignment of streaming stores, which then
+//!   write past the cache (for outputs larger than it: no read for
+//!   ownership, no eviction of the input).
+//! - [`reduce`] for sums: two accumulator vectors, alternating by vector,
+//!   summed in `f32` within blocks of [`BLOCK`] values (32 terms per lane)
+//!   and in `f64` across blocks ([`Isa::sum_f64`]), so the rounding error
+//!   grows with 32 rather than n. Lane `l` of block `b` always holds the
+//!   same values, so the result does not depend on the instruction set, the
+//!   thread count, or where the slice lies in memory.
+//!
+//! Values are read as `f32`, `bf16` or `f16` ([`Elem`]) and widened in
+//! registers; outputs are rounded once when stored.
 //!
 //! [`multiversion!`]: crate::simd::multiversion
 
-// Lane loops index several arrays by the same lane on purpose: that is
-// the shape the vectorizer turns into one vector instruction per line.
-#![allow(clippy::needless_range_loop)]
+use crate::elem::{Elem, Storage};
+use crate::simd::{Isa, LANES};
 
-pub(crate) use crate::simd::LANES;
+const L: usize = LANES;
 
 /// Values per `f32` accumulation block.
 pub(crate) const BLOCK: usize = 1024;
-const STEP: usize = 2 * LANES;
 
-#[inline(always)]
-fn total(acc: &[[f32; LANES]; 2]) -> f64 {
-    let mut t = 0.0f64;
-    for l in 0..LANES {
-        t += acc[0][l] as f64 + acc[1][l] as f64;
-    }
-    t
-}
+// ------------------------------------------------------------ loads, stores
 
-/// `max(m, |v|)` as one compare-and-select (a NaN is skipped, which is
-/// fine for choosing a scale: NaN reaches the sums anyway).
+/// Values `i..i + 16` of `x` as `f32`.
 #[inline(always)]
-fn max_abs(m: f32, v: f32) -> f32 {
-    let a = v.abs();
-    if a > m {
-        a
-    } else {
-        m
-    }
-}
-
-#[inline(always)]
-fn step(c: &[f32]) -> &[f32; STEP] {
-    c.try_into().unwrap()
-}
-
-/// `(Σx, max|x|)`.
-#[inline(always)]
-pub(crate) fn sum_maxabs(x: &[f32]) -> (f64, f32) {
-    let mut sum = 0.0f64;
-    let mut mx = [0.0f32; STEP];
-    for block in x.chunks(BLOCK) {
-        let mut acc = [[0.0f32; LANES]; 2];
-        let chunks = block.chunks_exact(STEP);
-        let tail = chunks.remainder();
-        for c in chunks {
-            let c = step(c);
-            for l in 0..LANES {
-                acc[0][l] += c[l];
-                acc[1][l] += c[LANES + l];
-            }
-            for l in 0..STEP {
-                mx[l] = max_abs(mx[l], c[l]);
-            }
+pub(crate) fn load<S: Isa, T: Elem>(s: S, x: &[T], i: usize) -> S::V {
+    let v: &[T; L] = x[i..i + L].try_into().unwrap();
+    let p = v.as_ptr();
+    // SAFETY: `v` holds 16 values of T, whose storage matches the load.
+    unsafe {
+        match T::STORAGE {
+            Storage::F32 => s.load(p.cast()),
+            Storage::Bf16 => s.load_bf16(p.cast()),
+            Storage::F16 => s.load_f16(p.cast()),
         }
-        for (l, &v) in tail.iter().enumerate() {
-            acc[l / LANES][l % LANES] += v;
-            mx[l] = max_abs(mx[l], v);
-        }
-        sum += total(&acc);
-    }
-    (sum, mx.iter().fold(0.0f32, |m, &v| max_abs(m, v)))
-}
-
-/// `(Σd, Σd²)` with `d = x · scale - shift`.
-#[inline(always)]
-pub(crate) fn dev_sums(x: &[f32], scale: f32, shift: f32) -> (f64, f64) {
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for block in x.chunks(BLOCK) {
-        let mut a1 = [[0.0f32; LANES]; 2];
-        let mut a2 = [[0.0f32; LANES]; 2];
-        let chunks = block.chunks_exact(STEP);
-        let tail = chunks.remainder();
-        for c in chunks {
-            let c = step(c);
-            for h in 0..2 {
-                for l in 0..LANES {
-                    let d = c[h * LANES + l].mul_add(scale, -shift);
-                    a1[h][l] += d;
-                    a2[h][l] = d.mul_add(d, a2[h][l]);
-                }
-            }
-        }
-        for (l, &v) in tail.iter().enumerate() {
-            let d = v.mul_add(scale, -shift);
-            a1[l / LANES][l % LANES] += d;
-            a2[l / LANES][l % LANES] += d * d;
-        }
-        s1 += total(&a1);
-        s2 += total(&a2);
-    }
-    (s1, s2)
-}
-
-/// `y = ((x - mean_hi) - mean_lo) · a + b` with scalar coefficients.
-#[inline(always)]
-pub(crate) fn apply_scalar(y: &mut [f32], x: &[f32], mean_hi: f32, mean_lo: f32, a: f32, b: f32) {
-    for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = ((xv - mean_hi) - mean_lo).mul_add(a, b);
     }
 }
 
-/// `y = ((x - mean_hi) - mean_lo) · rstd · w + b` with per-element `w`, `b`.
+/// Values `i..i + n` of `x` (`n < 16`) in the first lanes, zeros after.
 #[inline(always)]
-pub(crate) fn apply_vec(
-    y: &mut [f32],
-    x: &[f32],
+pub(crate) fn load_part<S: Isa, T: Elem>(s: S, x: &[T], i: usize, n: usize) -> S::V {
+    let mut buf = [T::default(); L];
+    buf[..n].copy_from_slice(&x[i..i + n]);
+    load(s, &buf, 0)
+}
+
+/// Stores 16 lanes at `y[i..i + 16]`.
+#[inline(always)]
+pub(crate) fn store<S: Isa, T: Elem>(s: S, y: &mut [T], i: usize, v: S::V) {
+    let out: &mut [T; L] = (&mut y[i..i + L]).try_into().unwrap();
+    let p = out.as_mut_ptr();
+    // SAFETY: `out` holds 16 writable values of T.
+    unsafe {
+        match T::STORAGE {
+            Storage::F32 => s.store(p.cast(), v),
+            Storage::Bf16 => s.store_bf16(p.cast(), v),
+            Storage::F16 => s.store_f16(p.cast(), v),
+        }
+    }
+}
+
+/// Stores the first `n` lanes (`n < 16`) at `y[i..i + n]`.
+#[inline(always)]
+pub(crate) fn store_part<S: Isa, T: Elem>(s: S, y: &mut [T], i: usize, n: usize, v: S::V) {
+    let mut buf = [T::default(); L];
+    store(s, &mut buf, 0, v);
+    y[i..i + n].copy_from_slice(&buf[..n]);
+}
+
+/// Streams 16 lanes to `y[i..i + 16]`, which starts at a multiple of
+/// [`stream_align`] bytes.
+#[inline(always)]
+fn stream<S: Isa, T: Elem>(s: S, y: &mut [T], i: usize, v: S::V) {
+    let out: &mut [T; L] = (&mut y[i..i + L]).try_into().unwrap();
+    let p = out.as_mut_ptr();
+    debug_assert_eq!(p as usize % stream_align::<T>(), 0);
+    // SAFETY: 16 writable values, aligned as the streaming store needs
+    // (the caller peeled the head up to that alignment).
+    unsafe {
+        match T::STORAGE {
+            Storage::F32 => s.stream(p.cast(), v),
+            Storage::Bf16 => s.stream_bf16(p.cast(), v),
+            Storage::F16 => s.stream_f16(p.cast(), v),
+        }
+    }
+}
+
+/// Alignment of a streaming store of 16 values: one 64-byte line of `f32`,
+/// half a line of 2-byte values.
+#[inline(always)]
+fn stream_align<T>() -> usize {
+    L * std::mem::size_of::<T>()
+}
+
+/// Values before `y` reaches streaming alignment (less than 16), or
+/// `None` when whole values never reach it.
+#[inline(always)]
+fn stream_head<T>(y: &[T]) -> Option<usize> {
+    let (align, size) = (stream_align::<T>(), std::mem::size_of::<T>());
+    let off = y.as_ptr() as usize % align;
+    (off % size == 0).then(|| ((align - off) % align) / size)
+}
+
+// ---------------------------------------------------------------- drivers
+
+/// An elementwise computation: the output vector for 16 values at a time.
+/// [`write_lanewise`] asks for the values in order (`i` increasing, each
+/// value once), so an implementation may track where it is, such as the
+/// channel of value `i`.
+pub(crate) trait Lanewise<S: Isa> {
+    /// Output for values `i..i + 16`.
+    fn at(&mut self, s: S, i: usize) -> S::V;
+    /// Output for values `i..i + n`, `n < 16`, in the first lanes.
+    fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V;
+}
+
+/// Writes `f`'s output for every value of `y`. With `stream_out`, full
+/// vectors go past the cache once `y` is aligned for it; the caller issues
+/// [`Isa::fence`] before another thread reads the output.
+#[inline(always)]
+pub(crate) fn write_lanewise<S: Isa, T: Elem, F: Lanewise<S>>(
+    s: S,
+    y: &mut [T],
+    f: &mut F,
+    stream_out: bool,
+) {
+    let n = y.len();
+    let mut i = 0;
+    if let Some(head) = stream_head(y).filter(|&h| stream_out && h + L <= n) {
+        if head > 0 {
+            store_part(s, y, 0, head, f.at_part(s, 0, head));
+            i = head;
+        }
+        while i + L <= n {
+            stream(s, y, i, f.at(s, i));
+            i += L;
+        }
+    }
+    while i + L <= n {
+        store(s, y, i, f.at(s, i));
+        i += L;
+    }
+    if i < n {
+        store_part(s, y, i, n - i, f.at_part(s, i, n - i));
+    }
+}
+
+/// `K` sums over `n` values: [`reduce`] calls `add` for each full vector
+/// and `add_part` for the tail, whose missing lanes must add nothing.
+/// `add` may also write an elementwise output at the same values.
+pub(crate) trait Sums<S: Isa, const K: usize> {
+    fn add(&mut self, s: S, i: usize, acc: &mut [S::V; K]);
+    fn add_part(&mut self, s: S, i: usize, n: usize, acc: &mut [S::V; K]);
+}
+
+/// The `K` sums of `f` over `0..n` in the fixed order described above.
+#[inline(always)]
+pub(crate) fn reduce<S: Isa, const K: usize, F: Sums<S, K>>(s: S, n: usize, f: &mut F) -> [f64; K] {
+    let mut out = [0.0f64; K];
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let mut a = [s.splat(0.0); K];
+        let mut b = [s.splat(0.0); K];
+        let mut i = start;
+        while i + 2 * L <= end {
+            f.add(s, i, &mut a);
+            f.add(s, i + L, &mut b);
+            i += 2 * L;
+        }
+        if i + L <= end {
+            f.add(s, i, &mut a);
+            i += L;
+        }
+        if i < end {
+            f.add_part(s, i, end - i, &mut b);
+        }
+        for k in 0..K {
+            out[k] += s.sum_f64(a[k]) + s.sum_f64(b[k]);
+        }
+        start = end;
+    }
+    out
+}
+
+// ------------------------------------------------------------- statistics
+
+/// `[Σd, Σd²]` with `d = x - shift`: the one sweep of the statistics (see
+/// [`crate::moments`]).
+#[inline(always)]
+pub(crate) fn shifted_sums<S: Isa, T: Elem>(s: S, x: &[T], shift: f32) -> [f64; 2] {
+    struct F<'a, S: Isa, T> {
+        x: &'a [T],
+        k: S::V,
+    }
+    impl<S: Isa, T: Elem> Sums<S, 2> for F<'_, S, T> {
+        #[inline(always)]
+        fn add(&mut self, s: S, i: usize, acc: &mut [S::V; 2]) {
+            let d = s.sub(load(s, self.x, i), self.k);
+            acc[0] = s.add(acc[0], d);
+            acc[1] = s.fma(d, d, acc[1]);
+        }
+        #[inline(always)]
+        fn add_part(&mut self, s: S, i: usize, n: usize, acc: &mut [S::V; 2]) {
+            let d = s.keep_first(s.sub(load_part(s, self.x, i, n), self.k), n);
+            acc[0] = s.add(acc[0], d);
+            acc[1] = s.fma(d, d, acc[1]);
+        }
+    }
+    reduce(s, x.len(), &mut F { x, k: s.splat(shift) })
+}
+
+/// `max|x|`, NaN skipped (the fallback's scale).
+#[inline(always)]
+pub(crate) fn max_abs<S: Isa, T: Elem>(s: S, x: &[T]) -> f32 {
+    let (mut a, mut b) = (s.splat(0.0), s.splat(0.0));
+    let n = x.len();
+    let mut i = 0;
+    while i + 2 * L <= n {
+        a = s.max(s.abs(load(s, x, i)), a);
+        b = s.max(s.abs(load(s, x, i + L)), b);
+        i += 2 * L;
+    }
+    while i < n {
+        let m = (n - i).min(L);
+        a = s.max(s.abs(load_part(s, x, i, m)), a);
+        i += m;
+    }
+    s.max_lane(s.max(a, b))
+}
+
+/// The mean of the first `min(16, x.len())` values, in `f64`.
+#[inline(always)]
+pub(crate) fn head_mean<S: Isa, T: Elem>(s: S, x: &[T]) -> f64 {
+    let n = x.len().min(L);
+    let v = if n == L { load(s, x, 0) } else { load_part(s, x, 0, n) };
+    s.sum_f64(v) / n.max(1) as f64
+}
+
+/// `[Σd, Σd²]` with `d = x · scale - shift` (the two-pass fallback's
+/// second sweep, on data in cache).
+#[inline(always)]
+pub(crate) fn dev_sums<S: Isa, T: Elem>(s: S, x: &[T], scale: f32, shift: f32) -> [f64; 2] {
+    struct F<'a, S: Isa, T> {
+        x: &'a [T],
+        scale: S::V,
+        shift: S::V,
+    }
+    impl<S: Isa, T: Elem> F<'_, S, T> {
+        #[inline(always)]
+        fn acc(&self, s: S, d: S::V, acc: &mut [S::V; 2]) {
+            acc[0] = s.add(acc[0], d);
+            acc[1] = s.fma(d, d, acc[1]);
+        }
+    }
+    impl<S: Isa, T: Elem> Sums<S, 2> for F<'_, S, T> {
+        #[inline(always)]
+        fn add(&mut self, s: S, i: usize, acc: &mut [S::V; 2]) {
+            let v = load(s, self.x, i);
+            let d = s.sub(s.mul(v, self.scale), self.shift);
+            self.acc(s, d, acc);
+        }
+        #[inline(always)]
+        fn add_part(&mut self, s: S, i: usize, n: usize, acc: &mut [S::V; 2]) {
+            let v = load_part(s, self.x, i, n);
+            let d = s.keep_first(s.sub(s.mul(v, self.scale), self.shift), n);
+            self.acc(s, d, acc);
+        }
+    }
+    let mut f = F {
+        x,
+        scale: s.splat(scale),
+        shift: s.splat(shift),
+    };
+    reduce(s, x.len(), &mut f)
+}
+
+// ------------------------------------------------------------ forward apply
+
+/// `y = ((x - mean_hi) - mean_lo) · a + b` with scalar coefficients (a run
+/// of one channel).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn apply_scalar<S: Isa, T: Elem>(
+    s: S,
+    y: &mut [T],
+    x: &[T],
+    mean_hi: f32,
+    mean_lo: f32,
+    a: f32,
+    b: f32,
+    ahead: Ahead<T>,
+    stream_out: bool,
+) {
+    struct F<'a, S: Isa, T> {
+        x: &'a [T],
+        ahead: Ahead<T>,
+        mh: S::V,
+        ml: S::V,
+        a: S::V,
+        b: S::V,
+    }
+    impl<S: Isa, T: Elem> F<'_, S, T> {
+        #[inline(always)]
+        fn f(&self, s: S, v: S::V) -> S::V {
+            s.fma(s.sub(s.sub(v, self.mh), self.ml), self.a, self.b)
+        }
+    }
+    impl<S: Isa, T: Elem> Lanewise<S> for F<'_, S, T> {
+        #[inline(always)]
+        fn at(&mut self, s: S, i: usize) -> S::V {
+            self.ahead.at(i);
+            self.f(s, load(s, self.x, i))
+        }
+        #[inline(always)]
+        fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V {
+            self.f(s, load_part(s, self.x, i, n))
+        }
+    }
+    let mut f = F {
+        x,
+        ahead,
+        mh: s.splat(mean_hi),
+        ml: s.splat(mean_lo),
+        a: s.splat(a),
+        b: s.splat(b),
+    };
+    write_lanewise(s, y, &mut f, stream_out);
+}
+
+/// `y = ((x - mean_hi) - mean_lo) · rstd · w + b` with per-element `w`, `b`
+/// (a row whose channels advance with each value).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn apply_vec<S: Isa, T: Elem>(
+    s: S,
+    y: &mut [T],
+    x: &[T],
     mean_hi: f32,
     mean_lo: f32,
     rstd: f32,
     w: &[f32],
     b: &[f32],
+    ahead: Ahead<T>,
+    stream_out: bool,
 ) {
-    for (((yv, &xv), &wv), &bv) in y.iter_mut().zip(x).zip(w).zip(b) {
-        *yv = (((xv - mean_hi) - mean_lo) * rstd).mul_add(wv, bv);
+    struct F<'a, S: Isa, T> {
+        x: &'a [T],
+        ahead: Ahead<T>,
+        w: &'a [f32],
+        b: &'a [f32],
+        mh: S::V,
+        ml: S::V,
+        r: S::V,
+    }
+    impl<S: Isa, T: Elem> F<'_, S, T> {
+        #[inline(always)]
+        fn f(&self, s: S, v: S::V, w: S::V, b: S::V) -> S::V {
+            s.fma(s.mul(s.sub(s.sub(v, self.mh), self.ml), self.r), w, b)
+        }
+    }
+    impl<S: Isa, T: Elem> Lanewise<S> for F<'_, S, T> {
+        #[inline(always)]
+        fn at(&mut self, s: S, i: usize) -> S::V {
+            self.ahead.at(i);
+            let (w, b) = (load(s, self.w, i), load(s, self.b, i));
+            self.f(s, load(s, self.x, i), w, b)
+        }
+        #[inline(always)]
+        fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V {
+            let (w, b) = (load_part(s, self.w, i, n), load_part(s, self.b, i, n));
+            self.f(s, load_part(s, self.x, i, n), w, b)
+        }
+    }
+    let mut f = F {
+        x,
+        ahead,
+        w,
+        b,
+        mh: s.splat(mean_hi),
+        ml: s.splat(mean_lo),
+        r: s.splat(rstd),
+    };
+    write_lanewise(s, y, &mut f, stream_out);
+}
+
+/// Per-channel coefficients of channels-last data laid out for flat
+/// elementwise loops: value `i` of a `[rows, c]` block has channel
+/// `i mod c`, and its coefficient is `ext[i mod c]`, where `ext` repeats
+/// the `c` coefficients for 16 more entries so that any 16 consecutive
+/// values read one contiguous window.
+pub(crate) struct Periodic {
+    pub c: usize,
+    /// `16 mod c`: how far the channel advances per vector.
+    step: usize,
+}
+
+impl Periodic {
+    pub fn new(c: usize) -> Self {
+        Periodic { c, step: L % c }
+    }
+
+    /// `v` (length `c`) extended periodically to `c + 16` entries.
+    pub fn extend(&self, v: &[f32]) -> Vec<f32> {
+        (0..self.c + L).map(|j| v[j % self.c]).collect()
+    }
+
+    /// The channel of the value 16 after one of channel `ch`.
+    #[inline(always)]
+    pub fn next(&self, ch: usize) -> usize {
+        let n = ch + self.step;
+        if n >= self.c {
+            n - self.c
+        } else {
+            n
+        }
     }
 }
 
-/// `y = ((x - mean_hi[i]) - mean_lo[i]) · a[i] + b[i]`: per-channel
-/// coefficients on channels-last data.
+/// `y = ((x - mh[c]) - ml[c]) · a[c] + b[c]` over a `[rows, c]` block of
+/// channels-last data, as one flat loop; the coefficients are
+/// [`Periodic::extend`]ed.
 #[inline(always)]
-pub(crate) fn apply_channels(
-    y: &mut [f32],
-    x: &[f32],
-    mean_hi: &[f32],
-    mean_lo: &[f32],
-    a: &[f32],
-    b: &[f32],
+pub(crate) fn apply_channels<S: Isa, T: Elem>(
+    s: S,
+    y: &mut [T],
+    x: &[T],
+    per: &Periodic,
+    k: &[Vec<f32>; 4],
+    stream_out: bool,
 ) {
-    let it = y.iter_mut().zip(x).zip(mean_hi).zip(mean_lo).zip(a).zip(b);
-    for (((((yv, &xv), &mh), &ml), &av), &bv) in it {
-        *yv = ((xv - mh) - ml).mul_add(av, bv);
+    struct F<'a, T> {
+        x: &'a [T],
+        per: &'a Periodic,
+        k: &'a [Vec<f32>; 4],
+        ch: usize,
     }
+    impl<T: Elem> F<'_, T> {
+        #[inline(always)]
+        fn f<S: Isa>(&self, s: S, v: S::V) -> S::V {
+            let ([mh, ml, a, b], ch) = (self.k, self.ch);
+            let t = s.sub(s.sub(v, load(s, mh, ch)), load(s, ml, ch));
+            s.fma(t, load(s, a, ch), load(s, b, ch))
+        }
+    }
+    impl<S: Isa, T: Elem> Lanewise<S> for F<'_, T> {
+        #[inline(always)]
+        fn at(&mut self, s: S, i: usize) -> S::V {
+            let out = self.f(s, load(s, self.x, i));
+            self.ch = self.per.next(self.ch);
+            out
+        }
+        #[inline(always)]
+        fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V {
+            let out = self.f(s, load_part(s, self.x, i, n));
+            self.ch = (self.ch + n) % self.per.c;
+            out
+        }
+    }
+    write_lanewise(s, y, &mut F { x, per, k, ch: 0 }, stream_out);
 }
+
+// ---------------------------------------------------------------- backward
 
 /// Backward pass 1 on a run of one channel: `[Σdy, Σdy·x̂, Σx̂]` where
 /// `x̂ = (x - mean) · rstd` (the caller scales by the channel's weight).
 #[inline(always)]
-pub(crate) fn bwd_sums_scalar(dy: &[f32], x: &[f32], mean: f32, rstd: f32) -> [f64; 3] {
-    let mut out = [0.0f64; 3];
-    for (bd, bx) in dy.chunks(BLOCK).zip(x.chunks(BLOCK)) {
-        let mut acc = [[[0.0f32; LANES]; 2]; 3];
-        let (cd, cx) = (bd.chunks_exact(STEP), bx.chunks_exact(STEP));
-        let (td, tx) = (cd.remainder(), cx.remainder());
-        for (d, xs) in cd.zip(cx) {
-            let (d, xs) = (step(d), step(xs));
-            for h in 0..2 {
-                for l in 0..LANES {
-                    let i = h * LANES + l;
-                    let xh = (xs[i] - mean) * rstd;
-                    acc[0][h][l] += d[i];
-                    acc[1][h][l] = d[i].mul_add(xh, acc[1][h][l]);
-                    acc[2][h][l] += xh;
-                }
-            }
-        }
-        for (l, (&d, &xv)) in td.iter().zip(tx).enumerate() {
-            let xh = (xv - mean) * rstd;
-            acc[0][l / LANES][l % LANES] += d;
-            acc[1][l / LANES][l % LANES] += d * xh;
-            acc[2][l / LANES][l % LANES] += xh;
-        }
-        for k in 0..3 {
-            out[k] += total(&acc[k]);
+pub(crate) fn bwd_sums_scalar<S: Isa, T: Elem>(
+    s: S,
+    dy: &[T],
+    x: &[T],
+    mean: f32,
+    rstd: f32,
+) -> [f64; 3] {
+    struct F<'a, S: Isa, T> {
+        dy: &'a [T],
+        x: &'a [T],
+        m: S::V,
+        r: S::V,
+    }
+    impl<S: Isa, T: Elem> F<'_, S, T> {
+        #[inline(always)]
+        fn acc(&self, s: S, d: S::V, xh: S::V, acc: &mut [S::V; 3]) {
+            acc[0] = s.add(acc[0], d);
+            acc[1] = s.fma(d, xh, acc[1]);
+            acc[2] = s.add(acc[2], xh);
         }
     }
-    out
+    impl<S: Isa, T: Elem> Sums<S, 3> for F<'_, S, T> {
+        #[inline(always)]
+        fn add(&mut self, s: S, i: usize, acc: &mut [S::V; 3]) {
+            let xh = s.mul(s.sub(load(s, self.x, i), self.m), self.r);
+            self.acc(s, load(s, self.dy, i), xh, acc);
+        }
+        #[inline(always)]
+        fn add_part(&mut self, s: S, i: usize, n: usize, acc: &mut [S::V; 3]) {
+            let xh = s.mul(s.sub(load_part(s, self.x, i, n), self.m), self.r);
+            self.acc(s, load_part(s, self.dy, i, n), s.keep_first(xh, n), acc);
+        }
+    }
+    let mut f = F {
+        dy,
+        x,
+        m: s.splat(mean),
+        r: s.splat(rstd),
+    };
+    reduce(s, x.len(), &mut f)
 }
 
-/// Backward pass 1 with per-element weight `w` (LayerNorm rows).
+/// Backward pass 1 with per-element weight `w` (LayerNorm rows):
+/// `[Σg, Σg·x̂, Σx̂]` with `g = dy · w`.
 #[inline(always)]
-pub(crate) fn bwd_sums_vec(dy: &[f32], x: &[f32], mean: f32, rstd: f32, w: &[f32]) -> [f64; 3] {
-    let mut out = [0.0f64; 3];
-    for ((bd, bx), bw) in dy.chunks(BLOCK).zip(x.chunks(BLOCK)).zip(w.chunks(BLOCK)) {
-        let mut acc = [[[0.0f32; LANES]; 2]; 3];
-        let (cd, cx, cw) = (
-            bd.chunks_exact(STEP),
-            bx.chunks_exact(STEP),
-            bw.chunks_exact(STEP),
-        );
-        let (td, tx, tw) = (cd.remainder(), cx.remainder(), cw.remainder());
-        for ((d, xs), ws) in cd.zip(cx).zip(cw) {
-            let (d, xs, ws) = (step(d), step(xs), step(ws));
-            for h in 0..2 {
-                for l in 0..LANES {
-                    let i = h * LANES + l;
-                    let xh = (xs[i] - mean) * rstd;
-                    let g = d[i] * ws[i];
-                    acc[0][h][l] += g;
-                    acc[1][h][l] = g.mul_add(xh, acc[1][h][l]);
-                    acc[2][h][l] += xh;
-                }
-            }
-        }
-        for (l, ((&d, &xv), &wv)) in td.iter().zip(tx).zip(tw).enumerate() {
-            let xh = (xv - mean) * rstd;
-            let g = d * wv;
-            acc[0][l / LANES][l % LANES] += g;
-            acc[1][l / LANES][l % LANES] += g * xh;
-            acc[2][l / LANES][l % LANES] += xh;
-        }
-        for k in 0..3 {
-            out[k] += total(&acc[k]);
+pub(crate) fn bwd_sums_vec<S: Isa, T: Elem>(
+    s: S,
+    dy: &[T],
+    x: &[T],
+    mean: f32,
+    rstd: f32,
+    w: &[f32],
+) -> [f64; 3] {
+    struct F<'a, S: Isa, T> {
+        dy: &'a [T],
+        x: &'a [T],
+        w: &'a [f32],
+        m: S::V,
+        r: S::V,
+    }
+    impl<S: Isa, T: Elem> F<'_, S, T> {
+        #[inline(always)]
+        fn acc(&self, s: S, g: S::V, xh: S::V, acc: &mut [S::V; 3]) {
+            acc[0] = s.add(acc[0], g);
+            acc[1] = s.fma(g, xh, acc[1]);
+            acc[2] = s.add(acc[2], xh);
         }
     }
-    out
+    impl<S: Isa, T: Elem> Sums<S, 3> for F<'_, S, T> {
+        #[inline(always)]
+        fn add(&mut self, s: S, i: usize, acc: &mut [S::V; 3]) {
+            let xh = s.mul(s.sub(load(s, self.x, i), self.m), self.r);
+            let g = s.mul(load(s, self.dy, i), load(s, self.w, i));
+            self.acc(s, g, xh, acc);
+        }
+        #[inline(always)]
+        fn add_part(&mut self, s: S, i: usize, n: usize, acc: &mut [S::V; 3]) {
+            let xh = s.mul(s.sub(load_part(s, self.x, i, n), self.m), self.r);
+            let g = s.mul(load_part(s, self.dy, i, n), load_part(s, self.w, i, n));
+            self.acc(s, g, s.keep_first(xh, n), acc);
+        }
+    }
+    let mut f = F {
+        dy,
+        x,
+        w,
+        m: s.splat(mean),
+        r: s.splat(rstd),
+    };
+    reduce(s, x.len(), &mut f)
+}
+
+/// The next group's inputs at the same offsets as the current one's,
+/// fetched into cache while a sweep over the current group runs from
+/// cache: one line per vector keeps memory busy without flooding it.
+#[derive(Clone, Copy)]
+pub(crate) struct Ahead<T> {
+    ptrs: [*const T; 2],
+    len: usize,
+}
+
+impl<T> Ahead<T> {
+    pub const NONE: Ahead<T> = Ahead {
+        ptrs: [std::ptr::null(); 2],
+        len: 0,
+    };
+
+    /// `a` and `b` at the offsets of the sweep that fetches them.
+    pub fn two(a: &[T], b: &[T]) -> Self {
+        Ahead {
+            ptrs: [a.as_ptr(), b.as_ptr()],
+            len: a.len().min(b.len()),
+        }
+    }
+
+    /// `a` alone.
+    pub fn one(a: &[T]) -> Self {
+        Ahead {
+            ptrs: [a.as_ptr(), std::ptr::null()],
+            len: a.len(),
+        }
+    }
+
+    /// Fetches the lines at offset `i` (once per 16 values: a line of
+    /// `f32`, half a line of 2-byte values).
+    #[inline(always)]
+    pub fn at(&self, i: usize) {
+        if i < self.len {
+            crate::simd::prefetch(self.ptrs[0].wrapping_add(i));
+            if !self.ptrs[1].is_null() {
+                crate::simd::prefetch(self.ptrs[1].wrapping_add(i));
+            }
+        }
+    }
 }
 
 /// Coefficients of backward pass 2 for one group.
@@ -232,139 +627,396 @@ pub(crate) struct DxCoef {
 /// Backward pass 2 on a run of one channel:
 /// `dx = rstd · (dy · w - mean_g - x̂ · mean_gx)`.
 #[inline(always)]
-pub(crate) fn bwd_dx_scalar(dx: &mut [f32], dy: &[f32], x: &[f32], k: DxCoef, w: f32) {
-    let wr = w * k.rstd;
-    let (mg, mgx) = (k.mean_g * k.rstd, k.mean_gx * k.rstd);
-    for ((o, &d), &xv) in dx.iter_mut().zip(dy).zip(x) {
-        let xh = ((xv - k.mean_hi) - k.mean_lo) * k.rstd;
-        *o = d.mul_add(wr, -xh.mul_add(mgx, mg));
+pub(crate) fn bwd_dx_scalar<S: Isa, T: Elem>(
+    s: S,
+    dx: &mut [T],
+    dy: &[T],
+    x: &[T],
+    k: DxCoef,
+    w: f32,
+    ahead: Ahead<T>,
+    stream_out: bool,
+) {
+    struct F<'a, S: Isa, T> {
+        dy: &'a [T],
+        x: &'a [T],
+        ahead: Ahead<T>,
+        mh: S::V,
+        ml: S::V,
+        r: S::V,
+        wr: S::V,
+        mg: S::V,
+        mgx: S::V,
     }
+    impl<S: Isa, T: Elem> F<'_, S, T> {
+        #[inline(always)]
+        fn f(&self, s: S, d: S::V, v: S::V) -> S::V {
+            let xh = s.mul(s.sub(s.sub(v, self.mh), self.ml), self.r);
+            s.sub(s.mul(d, self.wr), s.fma(xh, self.mgx, self.mg))
+        }
+    }
+    impl<S: Isa, T: Elem> Lanewise<S> for F<'_, S, T> {
+        #[inline(always)]
+        fn at(&mut self, s: S, i: usize) -> S::V {
+            self.ahead.at(i);
+            self.f(s, load(s, self.dy, i), load(s, self.x, i))
+        }
+        #[inline(always)]
+        fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V {
+            self.f(s, load_part(s, self.dy, i, n), load_part(s, self.x, i, n))
+        }
+    }
+    let mut f = F {
+        dy,
+        x,
+        ahead,
+        mh: s.splat(k.mean_hi),
+        ml: s.splat(k.mean_lo),
+        r: s.splat(k.rstd),
+        wr: s.splat(w * k.rstd),
+        mg: s.splat(k.mean_g * k.rstd),
+        mgx: s.splat(k.mean_gx * k.rstd),
+    };
+    write_lanewise(s, dx, &mut f, stream_out);
 }
 
 /// Backward pass 2 with per-element weight (LayerNorm rows): writes dx and
-/// adds `dy · x̂` and `dy` into the per-element partial sums.
+/// adds `dy · x̂` and `dy` into the per-element sums `dweight`, `dbias`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn bwd_dx_vec(
-    dx: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
+pub(crate) fn bwd_dx_vec<S: Isa, T: Elem>(
+    s: S,
+    dx: &mut [T],
+    dy: &[T],
+    x: &[T],
     k: DxCoef,
     w: &[f32],
     dweight: &mut [f32],
     dbias: &mut [f32],
+    ahead: Ahead<T>,
+    stream_out: bool,
 ) {
-    let (mg, mgx) = (k.mean_g * k.rstd, k.mean_gx * k.rstd);
-    let it = dx
-        .iter_mut()
-        .zip(dy)
-        .zip(x)
-        .zip(w)
-        .zip(dweight.iter_mut())
-        .zip(dbias.iter_mut());
-    for (((((o, &d), &xv), &wv), dw), db) in it {
-        let xh = ((xv - k.mean_hi) - k.mean_lo) * k.rstd;
-        *o = (d * wv).mul_add(k.rstd, -xh.mul_add(mgx, mg));
-        *dw = d.mul_add(xh, *dw);
-        *db += d;
+    struct F<'a, S: Isa, T> {
+        dy: &'a [T],
+        x: &'a [T],
+        w: &'a [f32],
+        dw: &'a mut [f32],
+        db: &'a mut [f32],
+        ahead: Ahead<T>,
+        /// mean_hi, mean_lo, rstd, rstd · mean(g), rstd · mean(g · x̂).
+        c: [S::V; 5],
     }
+    impl<S: Isa, T: Elem> F<'_, S, T> {
+        /// `(dx, dweight + dy·x̂, dbias + dy)` for one vector.
+        #[inline(always)]
+        fn one(&self, s: S, [d, v, w, dw, db]: [S::V; 5]) -> [S::V; 3] {
+            let [mh, ml, r, mg, mgx] = self.c;
+            let xh = s.mul(s.sub(s.sub(v, mh), ml), r);
+            let o = s.sub(s.mul(s.mul(d, w), r), s.fma(xh, mgx, mg));
+            [o, s.fma(d, xh, dw), s.add(db, d)]
+        }
+    }
+    impl<S: Isa, T: Elem> Lanewise<S> for F<'_, S, T> {
+        #[inline(always)]
+        fn at(&mut self, s: S, i: usize) -> S::V {
+            self.ahead.at(i);
+            let ins = [
+                load(s, self.dy, i),
+                load(s, self.x, i),
+                load(s, self.w, i),
+                load(s, self.dw, i),
+                load(s, self.db, i),
+            ];
+            let [o, dw, db] = self.one(s, ins);
+            store(s, self.dw, i, dw);
+            store(s, self.db, i, db);
+            o
+        }
+        #[inline(always)]
+        fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V {
+            let ins = [
+                load_part(s, self.dy, i, n),
+                load_part(s, self.x, i, n),
+                load_part(s, self.w, i, n),
+                load_part(s, self.dw, i, n),
+                load_part(s, self.db, i, n),
+            ];
+            let [o, dw, db] = self.one(s, ins);
+            store_part(s, self.dw, i, n, dw);
+            store_part(s, self.db, i, n, db);
+            o
+        }
+    }
+    let c = [
+        s.splat(k.mean_hi),
+        s.splat(k.mean_lo),
+        s.splat(k.rstd),
+        s.splat(k.mean_g * k.rstd),
+        s.splat(k.mean_gx * k.rstd),
+    ];
+    let mut f = F { dy, x, w, dw: dweight, db: dbias, ahead, c };
+    write_lanewise(s, dx, &mut f, stream_out);
 }
 
+// --------------------------------------------------------- channels last
+
 // Channels-last rows: one value per channel, accumulators per channel.
-// Callers flush the `f32` accumulators into `f64` every [`ROWS_PER_FLUSH`]
+// The `f32` accumulators are flushed into `f64` every [`ROWS_PER_FLUSH`]
 // rows, the column counterpart of [`BLOCK`].
 
 /// Rows accumulated in `f32` before a flush into `f64`.
 pub(crate) const ROWS_PER_FLUSH: usize = 32;
 
-/// `sum[c] += x[c]`, `maxabs[c] = max(maxabs[c], |x[c]|)`.
-#[inline(always)]
-pub(crate) fn col_sum_maxabs(x: &[f32], sum: &mut [f32], maxabs: &mut [f32]) {
-    for ((&v, s), m) in x.iter().zip(sum.iter_mut()).zip(maxabs.iter_mut()) {
-        *s += v;
-        *m = max_abs(*m, v);
-    }
+/// Per-channel sums over the rows of a `[rows, c]` block: `add` adds one
+/// row's contribution for a window of channels to `K` accumulators.
+pub(crate) trait ColumnSums<S: Isa, const K: usize> {
+    /// The last accumulator is a running maximum rather than a sum.
+    const LAST_IS_MAX: bool = false;
+    /// Adds values `i..i + 16` of row `row` (channels `i..i + 16`).
+    fn add(&self, s: S, row: usize, i: usize, acc: [S::V; K]) -> [S::V; K];
+    /// As `add` for channels `i..i + n`, `n < 16`; other lanes add nothing.
+    fn add_part(&self, s: S, row: usize, i: usize, n: usize, acc: [S::V; K]) -> [S::V; K];
 }
 
-/// `d = x · scale[c] - shift[c]`; `s1[c] += d`, `s2[c] += d²`.
+/// The `K` per-channel sums of `f` over `rows` rows of `c` channels, each
+/// `[f64; c]`: `f32` accumulators for a window of 16 channels stay in
+/// registers through [`ROWS_PER_FLUSH`] rows, then flush into `f64`.
 #[inline(always)]
-pub(crate) fn col_dev_sums(
-    x: &[f32],
+pub(crate) fn column_reduce<S: Isa, const K: usize, F: ColumnSums<S, K>>(
+    s: S,
+    rows: usize,
+    c: usize,
+    f: &F,
+) -> [Vec<f64>; K] {
+    let mut out: [Vec<f64>; K] = std::array::from_fn(|_| vec![0.0; c]);
+    // Blocks of rows in memory order; within a block (in cache after the
+    // first window), one window of 16 channels at a time.
+    let mut r0 = 0;
+    while r0 < rows {
+        let r1 = (r0 + ROWS_PER_FLUSH).min(rows);
+        let mut i = 0;
+        while i < c {
+            let n = (c - i).min(L);
+            let mut a = [s.splat(0.0); K];
+            if n == L {
+                for row in r0..r1 {
+                    a = f.add(s, row, i, a);
+                }
+            } else {
+                for row in r0..r1 {
+                    a = f.add_part(s, row, i, n, a);
+                }
+            }
+            for k in 0..K {
+                let lanes = s.to_array(a[k]);
+                let o = &mut out[k][i..i + n];
+                if F::LAST_IS_MAX && k == K - 1 {
+                    for (o, &v) in o.iter_mut().zip(&lanes) {
+                        *o = o.max(v as f64);
+                    }
+                } else {
+                    for (o, &v) in o.iter_mut().zip(&lanes) {
+                        *o += v as f64;
+                    }
+                }
+            }
+            i += L;
+        }
+        r0 = r1;
+    }
+    out
+}
+
+/// Per-channel `[Σd, Σd²]` over a `[rows, c]` block with
+/// `d = x - shift[c]`.
+#[inline(always)]
+pub(crate) fn col_shifted_sums<S: Isa, T: Elem>(
+    s: S,
+    x: &[T],
+    c: usize,
+    shift: &[f32],
+) -> [Vec<f64>; 2] {
+    struct F<'a, T> {
+        x: &'a [T],
+        c: usize,
+        shift: &'a [f32],
+    }
+    impl<S: Isa, T: Elem> ColumnSums<S, 2> for F<'_, T> {
+        #[inline(always)]
+        fn add(&self, s: S, row: usize, i: usize, [a, b]: [S::V; 2]) -> [S::V; 2] {
+            let d = s.sub(load(s, self.x, row * self.c + i), load(s, self.shift, i));
+            [s.add(a, d), s.fma(d, d, b)]
+        }
+        #[inline(always)]
+        fn add_part(&self, s: S, row: usize, i: usize, n: usize, [a, b]: [S::V; 2]) -> [S::V; 2] {
+            let v = load_part(s, self.x, row * self.c + i, n);
+            let d = s.keep_first(s.sub(v, load_part(s, self.shift, i, n)), n);
+            [s.add(a, d), s.fma(d, d, b)]
+        }
+    }
+    let rows = x.len() / c.max(1);
+    column_reduce(s, rows, c, &F { x, c, shift })
+}
+
+/// Per-channel `max|x|` over a `[rows, c]` block (the fallback's scale).
+#[inline(always)]
+pub(crate) fn col_max_abs<S: Isa, T: Elem>(s: S, x: &[T], c: usize) -> Vec<f32> {
+    struct F<'a, T> {
+        x: &'a [T],
+        c: usize,
+    }
+    impl<S: Isa, T: Elem> ColumnSums<S, 1> for F<'_, T> {
+        const LAST_IS_MAX: bool = true;
+        #[inline(always)]
+        fn add(&self, s: S, row: usize, i: usize, [m]: [S::V; 1]) -> [S::V; 1] {
+            [s.max(s.abs(load(s, self.x, row * self.c + i)), m)]
+        }
+        #[inline(always)]
+        fn add_part(&self, s: S, row: usize, i: usize, n: usize, [m]: [S::V; 1]) -> [S::V; 1] {
+            [s.max(s.abs(load_part(s, self.x, row * self.c + i, n)), m)]
+        }
+    }
+    let rows = x.len() / c.max(1);
+    let [m] = column_reduce(s, rows, c, &F { x, c });
+    m.into_iter().map(|v| v as f32).collect()
+}
+
+/// Per-channel `[Σd, Σd²]` with `d = x · scale[c] - shift[c]` (the
+/// fallback's second sweep).
+#[inline(always)]
+pub(crate) fn col_dev_sums<S: Isa, T: Elem>(
+    s: S,
+    x: &[T],
+    c: usize,
     scale: &[f32],
     shift: &[f32],
-    s1: &mut [f32],
-    s2: &mut [f32],
-) {
-    let it = x
-        .iter()
-        .zip(scale)
-        .zip(shift)
-        .zip(s1.iter_mut())
-        .zip(s2.iter_mut());
-    for ((((&v, &sc), &sh), a), b) in it {
-        let d = v.mul_add(sc, -sh);
-        *a += d;
-        *b = d.mul_add(d, *b);
+) -> [Vec<f64>; 2] {
+    struct F<'a, T> {
+        x: &'a [T],
+        c: usize,
+        scale: &'a [f32],
+        shift: &'a [f32],
     }
+    impl<S: Isa, T: Elem> ColumnSums<S, 2> for F<'_, T> {
+        #[inline(always)]
+        fn add(&self, s: S, row: usize, i: usize, [a, b]: [S::V; 2]) -> [S::V; 2] {
+            let v = load(s, self.x, row * self.c + i);
+            let d = s.sub(s.mul(v, load(s, self.scale, i)), load(s, self.shift, i));
+            [s.add(a, d), s.fma(d, d, b)]
+        }
+        #[inline(always)]
+        fn add_part(&self, s: S, row: usize, i: usize, n: usize, [a, b]: [S::V; 2]) -> [S::V; 2] {
+            let v = load_part(s, self.x, row * self.c + i, n);
+            let (sc, sh) = (load_part(s, self.scale, i, n), load_part(s, self.shift, i, n));
+            let d = s.keep_first(s.sub(s.mul(v, sc), sh), n);
+            [s.add(a, d), s.fma(d, d, b)]
+        }
+    }
+    let rows = x.len() / c.max(1);
+    column_reduce(s, rows, c, &F { x, c, scale, shift })
 }
 
-/// Backward pass 1 on a channels-last row, `x̂ = (x - mean[c]) · rstd[c]`:
-/// `s0[c] += dy`, `s1[c] += dy · x̂`, `s2[c] += x̂`.
-#[allow(clippy::too_many_arguments)]
+/// Backward pass 1 on a `[rows, c]` block, `x̂ = (x - mean[c]) · rstd[c]`:
+/// per channel `[Σdy, Σdy·x̂, Σx̂]`.
 #[inline(always)]
-pub(crate) fn col_bwd_sums(
-    dy: &[f32],
-    x: &[f32],
+pub(crate) fn col_bwd_sums<S: Isa, T: Elem>(
+    s: S,
+    dy: &[T],
+    x: &[T],
+    c: usize,
     mean: &[f32],
     rstd: &[f32],
-    s0: &mut [f32],
-    s1: &mut [f32],
-    s2: &mut [f32],
-) {
-    let it = dy
-        .iter()
-        .zip(x)
-        .zip(mean)
-        .zip(rstd)
-        .zip(s0.iter_mut())
-        .zip(s1.iter_mut())
-        .zip(s2.iter_mut());
-    for ((((((&d, &xv), &m), &r), a), b), c) in it {
-        let xh = (xv - m) * r;
-        *a += d;
-        *b = d.mul_add(xh, *b);
-        *c += xh;
+) -> [Vec<f64>; 3] {
+    struct F<'a, T> {
+        dy: &'a [T],
+        x: &'a [T],
+        c: usize,
+        mean: &'a [f32],
+        rstd: &'a [f32],
     }
+    impl<S: Isa, T: Elem> ColumnSums<S, 3> for F<'_, T> {
+        #[inline(always)]
+        fn add(&self, s: S, row: usize, i: usize, [a, b, e]: [S::V; 3]) -> [S::V; 3] {
+            let j = row * self.c + i;
+            let xh = s.mul(
+                s.sub(load(s, self.x, j), load(s, self.mean, i)),
+                load(s, self.rstd, i),
+            );
+            let d = load(s, self.dy, j);
+            [s.add(a, d), s.fma(d, xh, b), s.add(e, xh)]
+        }
+        #[inline(always)]
+        fn add_part(&self, s: S, row: usize, i: usize, n: usize, [a, b, e]: [S::V; 3]) -> [S::V; 3] {
+            let j = row * self.c + i;
+            let xh = s.mul(
+                s.sub(load_part(s, self.x, j, n), load_part(s, self.mean, i, n)),
+                load_part(s, self.rstd, i, n),
+            );
+            let xh = s.keep_first(xh, n);
+            let d = load_part(s, self.dy, j, n);
+            [s.add(a, d), s.fma(d, xh, b), s.add(e, xh)]
+        }
+    }
+    let rows = x.len() / c.max(1);
+    column_reduce(s, rows, c, &F { dy, x, c, mean, rstd })
 }
 
-/// Per-channel coefficients of backward pass 2 on channels-last rows.
-pub(crate) struct DxChannels<'a> {
-    pub mean_hi: &'a [f32],
-    pub mean_lo: &'a [f32],
-    pub rstd: &'a [f32],
+/// Per-channel coefficients of backward pass 2 on channels-last data,
+/// each [`Periodic::extend`]ed.
+pub(crate) struct DxChannels {
+    pub mean_hi: Vec<f32>,
+    pub mean_lo: Vec<f32>,
+    pub rstd: Vec<f32>,
     /// `weight · rstd`.
-    pub wr: &'a [f32],
+    pub wr: Vec<f32>,
     /// `rstd · mean(g)` of the channel's group.
-    pub cg: &'a [f32],
+    pub cg: Vec<f32>,
     /// `rstd · mean(g · x̂)` of the channel's group.
-    pub cgx: &'a [f32],
+    pub cgx: Vec<f32>,
 }
 
-/// `dx = dy · wr[c] - (x̂ · cgx[c] + cg[c])`.
+/// `dx = dy · wr[c] - (x̂ · cgx[c] + cg[c])` over a `[rows, c]` block, as
+/// one flat loop.
 #[inline(always)]
-pub(crate) fn bwd_dx_channels(dx: &mut [f32], dy: &[f32], x: &[f32], k: &DxChannels<'_>) {
-    let it = dx
-        .iter_mut()
-        .zip(dy)
-        .zip(x)
-        .zip(k.mean_hi)
-        .zip(k.mean_lo)
-        .zip(k.rstd)
-        .zip(k.wr)
-        .zip(k.cg)
-        .zip(k.cgx);
-    for ((((((((o, &d), &xv), &mh), &ml), &r), &wr), &cg), &cgx) in it {
-        let xh = ((xv - mh) - ml) * r;
-        *o = d.mul_add(wr, -xh.mul_add(cgx, cg));
+pub(crate) fn bwd_dx_channels<S: Isa, T: Elem>(
+    s: S,
+    dx: &mut [T],
+    dy: &[T],
+    x: &[T],
+    per: &Periodic,
+    k: &DxChannels,
+) {
+    struct F<'a, T> {
+        dy: &'a [T],
+        x: &'a [T],
+        per: &'a Periodic,
+        k: &'a DxChannels,
+        ch: usize,
     }
+    impl<T: Elem> F<'_, T> {
+        #[inline(always)]
+        fn f<S: Isa>(&self, s: S, d: S::V, v: S::V) -> S::V {
+            let (k, ch) = (self.k, self.ch);
+            let t = s.sub(s.sub(v, load(s, &k.mean_hi, ch)), load(s, &k.mean_lo, ch));
+            let xh = s.mul(t, load(s, &k.rstd, ch));
+            let corr = s.fma(xh, load(s, &k.cgx, ch), load(s, &k.cg, ch));
+            s.sub(s.mul(d, load(s, &k.wr, ch)), corr)
+        }
+    }
+    impl<S: Isa, T: Elem> Lanewise<S> for F<'_, T> {
+        #[inline(always)]
+        fn at(&mut self, s: S, i: usize) -> S::V {
+            let out = self.f(s, load(s, self.dy, i), load(s, self.x, i));
+            self.ch = self.per.next(self.ch);
+            out
+        }
+        #[inline(always)]
+        fn at_part(&mut self, s: S, i: usize, n: usize) -> S::V {
+            let (d, v) = (load_part(s, self.dy, i, n), load_part(s, self.x, i, n));
+            let out = self.f(s, d, v);
+            self.ch = (self.ch + n) % self.per.c;
+            out
+        }
+    }
+    write_lanewise(s, dx, &mut F { dy, x, per, k, ch: 0 }, false);
 }

@@ -1,27 +1,48 @@
 //! The statistics every op uses: mean and variance of a group of values,
 //! exact in the sense that matters for normalization.
 //!
-//! Two passes over data that is in cache: pass 1 finds a provisional mean
-//! `m0` and the largest magnitude; pass 2 sums the deviations
-//! `d = (x - m0) · scale` and their squares and corrects the mean and the
-//! variance with them (the corrected two-pass algorithm of Chan, Golub &
-//! LeVeque, 1983):
+//! **One sweep** over the data, as it streams in from memory: with a shift
+//! `k` (the mean of the group's first 16 values, rounded to `f32`), sum
+//! `d = x - k` and `d²`:
+//!
+//! ```text
+//! mean = k + Σd / n
+//! var  = Σd² / n - (Σd / n)²
+//! ```
+//!
+//! This is `E[x²] - E[x]²` only in form: measured from `k`, which lies
+//! within a fraction of a standard deviation of the mean, the two terms do
+//! not cancel. The sweep's result is kept when `(Σd / n)² ≤ Σd² / (4n)`
+//! (the subtraction then loses at most a factor `(1 + 1/4) / (1 - 1/4)` of
+//! the sums' relative precision, well under one bit) and the sums show
+//! that no square left `f32`'s range: both are finite (an overflow makes
+//! them infinite) and `Σd² / n` is at least `2⁻¹⁰⁰` (squares far below
+//! that lose digits to underflow).
+//!
+//! **Otherwise, more sweeps** over the group, which is still in cache: the
+//! corrected two-pass algorithm (Chan, Golub & LeVeque, 1983) on values
+//! scaled by a power of two chosen from the largest magnitude. Pass 1 finds
+//! a provisional mean `m0`; pass 2 sums `d = x · scale - m0 · scale` and
+//! `d²` and corrects:
 //!
 //! ```text
 //! mean = m0 + Σd / (n · scale)
 //! var  = (Σd² / n - (Σd / n)²) / scale²
 //! ```
 //!
-//! Never `E[x²] - E[x]²`, which cancels catastrophically when the mean is
-//! large next to the spread. `scale` is a power of two chosen from the
-//! largest magnitude so that the squares neither overflow (|x| near 1e30)
-//! nor underflow (|x| near 1e-30) in `f32`; multiplying by a power of two is
-//! exact. Sums run in `f32` lanes within blocks and in `f64` across blocks
-//! ([`crate::lanes`]). Groups computed in pieces — channels-last columns,
-//! chunks of a batch — are combined with Chan's pairwise update, in a fixed
-//! order.
+//! Multiplying by a power of two is exact, so values near 1e30 (whose
+//! squares overflow `f32`) and near 1e-30 (whose squares underflow) keep
+//! their variance. A group whose first values are far from its mean (sorted
+//! data, a ramp) takes this path; so does a NaN, which then propagates.
+//!
+//! Either way the sums run in `f32` lanes within blocks and in `f64` across
+//! blocks ([`crate::lanes`]). Groups computed in pieces — channels-last
+//! columns, chunks of a batch — are combined with Chan's pairwise update,
+//! in a fixed order.
 
+use crate::elem::Elem;
 use crate::lanes;
+use crate::simd::Isa;
 
 /// Mean and biased variance of one group (or piece of one).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,6 +72,40 @@ impl Moments {
             mean: m0 + shift / s,
             var: ((sdd / n - shift * shift) / (s * s)).max(0.0),
         }
+    }
+
+    /// The one-sweep result from `sd = Σd`, `sdd = Σd²` with `d = x - shift`
+    /// over `count` values, or `None` when it must be recomputed (see the
+    /// module documentation).
+    pub fn from_shifted(count: usize, shift: f32, [sd, sdd]: [f64; 2], centered: bool) -> Option<Self> {
+        // 2⁻¹⁰⁰: squares this small keep about 26 bits above f32's
+        // smallest normal, 2⁻¹²⁶.
+        const TINY: f64 = 7.888_609_052_210_118e-31;
+        let n = count as f64;
+        let (mean_d, msq) = (sd / n, sdd / n);
+        // Written so that NaN fails every test.
+        // A zero mean square is refused too: squares that all underflowed
+        // look the same as a constant group (which the fallback computes
+        // as well).
+        let in_range = msq.is_finite() && sd.is_finite() && msq >= TINY;
+        if !in_range {
+            return None;
+        }
+        if !centered {
+            return Some(Moments {
+                count,
+                mean: 0.0,
+                var: msq,
+            });
+        }
+        if !(mean_d * mean_d <= 0.25 * msq) {
+            return None;
+        }
+        Some(Moments {
+            count,
+            mean: shift as f64 + mean_d,
+            var: (msq - mean_d * mean_d).max(0.0),
+        })
     }
 
     /// Chan's update: the moments of the union of two disjoint pieces.
@@ -87,12 +142,35 @@ pub(crate) fn scale_for(maxabs: f32) -> f32 {
     f32::from_bits(((127 - exp.clamp(-126, 126)) as u32) << 23)
 }
 
-/// Moments of the values in `runs`, contiguous `f32` slices in cache.
-/// Uncentered moments (`!centered`) are the mean square.
+/// The one-sweep shift of a group: the mean of its first (up to) 16
+/// values, rounded to `f32`.
 #[inline(always)]
-pub(crate) fn row_moments<'a, I>(runs: I, centered: bool) -> Moments
+pub(crate) fn shift_of<'a, S: Isa, T: Elem, I>(s: S, mut runs: I) -> f32
 where
-    I: Iterator<Item = &'a [f32]> + Clone,
+    I: Iterator<Item = &'a [T]>,
+{
+    match runs.next() {
+        // The common case: a first run of at least 16 values.
+        Some(r) if r.len() >= 16 => lanes::head_mean(s, r) as f32,
+        Some(r) => {
+            let (mut sum, mut n) = (0.0f64, 0usize);
+            for v in std::iter::once(r).chain(runs).flatten().take(16) {
+                sum += v.to_f64();
+                n += 1;
+            }
+            (sum / n.max(1) as f64) as f32
+        }
+        None => 0.0,
+    }
+}
+
+/// Moments of the values in `runs`, the contiguous slices of one group (see
+/// the module documentation). Uncentered moments (`!centered`) are the
+/// mean square.
+#[inline(always)]
+pub(crate) fn group_moments<'a, S: Isa, T: Elem, I>(s: S, runs: I, centered: bool) -> Moments
+where
+    I: Iterator<Item = &'a [T]> + Clone,
 {
     let count: usize = runs.clone().map(|r| r.len()).sum();
     if count == 0 {
@@ -102,30 +180,48 @@ where
             var: f64::NAN,
         };
     }
-    let (mut sum, mut maxabs) = (0.0f64, 0.0f32);
+    let shift = if centered { shift_of(s, runs.clone()) } else { 0.0 };
+    let mut sums = [0.0f64; 2];
     for r in runs.clone() {
-        let (s, m) = lanes::sum_maxabs(r);
-        sum += s;
-        maxabs = maxabs.max(m);
+        let [a, b] = lanes::shifted_sums(s, r, shift);
+        sums = [sums[0] + a, sums[1] + b];
     }
+    if let Some(m) = Moments::from_shifted(count, shift, sums, centered) {
+        return m;
+    }
+    two_pass(s, runs, count, centered)
+}
+
+/// The fallback: the corrected two-pass algorithm on scaled values.
+#[inline(never)]
+fn two_pass<'a, S: Isa, T: Elem, I>(s: S, runs: I, count: usize, centered: bool) -> Moments
+where
+    I: Iterator<Item = &'a [T]> + Clone,
+{
+    let maxabs = runs.clone().map(|r| lanes::max_abs(s, r)).fold(0.0f32, f32::max);
     let scale = scale_for(maxabs);
-    let m0 = if centered { sum / count as f64 } else { 0.0 };
-    let shift = (m0 * scale as f64) as f32;
+    let n = count as f64;
+    let m0 = if centered {
+        let sum: f64 = runs.clone().map(|r| lanes::dev_sums(s, r, scale, 0.0)[0]).sum();
+        // The mean of the scaled values, as the f32 pass 2 subtracts.
+        (sum / n) as f32
+    } else {
+        0.0
+    };
     let (mut sd, mut sdd) = (0.0f64, 0.0f64);
     for r in runs {
-        let (a, b) = lanes::dev_sums(r, scale, shift);
+        let [a, b] = lanes::dev_sums(s, r, scale, m0);
         sd += a;
         sdd += b;
     }
+    let sc = scale as f64;
     if centered {
-        // m0 was rounded to f32 in `shift`; Σd measures from that value.
-        Moments::from_deviations(count, shift as f64 / scale as f64, scale, sd, sdd)
+        Moments::from_deviations(count, m0 as f64 / sc, scale, sd, sdd)
     } else {
-        let s = scale as f64;
         Moments {
             count,
             mean: 0.0,
-            var: sdd / count as f64 / (s * s),
+            var: sdd / n / (sc * sc),
         }
     }
 }
@@ -154,6 +250,11 @@ pub(crate) fn rstd(var: f64, eps: f32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::Scalar;
+
+    fn row_moments<'a>(runs: impl Iterator<Item = &'a [f32]> + Clone, centered: bool) -> Moments {
+        group_moments(Scalar, runs, centered)
+    }
 
     fn exact(x: &[f32]) -> (f64, f64) {
         let n = x.len() as f64;
@@ -221,6 +322,47 @@ mod tests {
         let v = 10000.123456789f64;
         let (hi, lo) = split(v);
         assert!(((hi as f64 + lo as f64) - v).abs() < 1e-10);
+    }
+
+    #[test]
+    fn one_sweep_and_fallback_agree() {
+        // The same values in a shuffled order (the first values are typical:
+        // one sweep) and sorted (the first values are the smallest: the
+        // fallback). Both must match the exact moments to f32 precision.
+        let mut x: Vec<f32> = (0..3001)
+            .map(|i| 250.0 + ((i * 7919) % 1013) as f32 * 0.01)
+            .collect();
+        let (mean, var) = exact(&x);
+        let n = x.len();
+        let mixed = row_moments([&x[..]].into_iter(), true);
+        let k = shift_of(Scalar, [&x[..]].into_iter());
+        let sweep = lanes::shifted_sums(Scalar, &x, k);
+        assert!(Moments::from_shifted(n, k, sweep, true).is_some());
+        x.sort_by(f32::total_cmp);
+        let k = shift_of(Scalar, [&x[..]].into_iter());
+        let sweep = lanes::shifted_sums(Scalar, &x, k);
+        assert!(Moments::from_shifted(n, k, sweep, true).is_none());
+        let sorted = row_moments([&x[..]].into_iter(), true);
+        for m in [mixed, sorted] {
+            assert!((m.mean - mean).abs() < 1e-9 * mean, "{} vs {mean}", m.mean);
+            assert!((m.var - var).abs() / var < 1e-6, "{} vs {var}", m.var);
+        }
+    }
+
+    #[test]
+    fn shift_far_from_mean_is_refused() {
+        // mean(d)² against mean(d²) / 4: exactly at the limit is kept.
+        assert!(Moments::from_shifted(4, 0.0, [4.0, 16.0], true).is_some());
+        assert!(Moments::from_shifted(4, 0.0, [4.0, 15.9], true).is_none());
+        assert!(Moments::from_shifted(4, 0.0, [2.0, 4.0], true).is_some());
+        assert!(Moments::from_shifted(4, 0.0, [f64::NAN, 4.0], true).is_none());
+        // Squares that overflowed or nearly underflowed need the scaled
+        // fallback.
+        assert!(Moments::from_shifted(4, 0.0, [0.0, f64::INFINITY], false).is_none());
+        assert!(Moments::from_shifted(4, 0.0, [0.0, 4e-31], false).is_none());
+        assert!(Moments::from_shifted(4, 0.0, [0.0, 4e-30], false).is_some());
+        // All squares zero: constant, or all underflowed; the fallback tells.
+        assert!(Moments::from_shifted(4, 0.0, [0.0, 0.0], true).is_none());
     }
 
     #[test]

@@ -29,15 +29,15 @@
 
 use crate::elem::Elem;
 use crate::error::Result;
-use crate::lanes::{self, DxChannels, DxCoef, ROWS_PER_FLUSH};
+use crate::lanes::{self, Ahead, DxChannels, DxCoef, Periodic, ROWS_PER_FLUSH};
 use crate::layout::{
     check_affine, check_grads, check_len, Affine, ChannelAxis, Geometry, Grads, RunningStats, Stats,
 };
-use crate::moments::{row_moments, rstd, scale_for, split, Moments};
+use crate::moments::{group_moments, rstd, scale_for, split, Moments};
 use crate::parallel::{
-    as_f32, chunk_items, f32_target, items_per_chunk, map_chunks, store_f32, Buffer, SharedMut,
+    chunk_items, items_per_chunk, map_chunks, stream_output, Scratch, SharedMut,
 };
-use crate::simd::{multiversion, prefetch};
+use crate::simd::multiversion;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -149,17 +149,17 @@ impl<'a> Coefs<'a> {
 }
 
 /// Per-channel parameter-gradient partial sums of one chunk.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Partials {
-    pub dweight: Vec<f64>,
-    pub dbias: Vec<f64>,
+    pub dweight: Scratch<f64>,
+    pub dbias: Scratch<f64>,
 }
 
 impl Partials {
     pub fn new(c: usize) -> Self {
         Partials {
-            dweight: vec![0.0; c],
-            dbias: vec![0.0; c],
+            dweight: Scratch::zeroed(c),
+            dbias: Scratch::zeroed(c),
         }
     }
 
@@ -173,17 +173,17 @@ impl Partials {
     pub fn finish<T>(parts: Vec<Partials>, c: usize, grads: Grads<'_, T>) {
         let mut total = Partials::new(c);
         for p in parts {
-            for (t, v) in total.dweight.iter_mut().zip(&p.dweight) {
+            for (t, v) in total.dweight.iter_mut().zip(p.dweight.iter()) {
                 *t += v;
             }
-            for (t, v) in total.dbias.iter_mut().zip(&p.dbias) {
+            for (t, v) in total.dbias.iter_mut().zip(p.dbias.iter()) {
                 *t += v;
             }
         }
-        for (out, acc) in [(grads.dweight, total.dweight), (grads.dbias, total.dbias)] {
+        for (out, acc) in [(grads.dweight, &total.dweight), (grads.dbias, &total.dbias)] {
             if let Some(out) = out {
-                for (o, a) in out.iter_mut().zip(acc) {
-                    *o = a as f32;
+                for (o, a) in out.iter_mut().zip(acc.iter()) {
+                    *o = *a as f32;
                 }
             }
         }
@@ -478,9 +478,6 @@ impl Plan {
     }
 }
 
-/// Largest group whose values are prefetched one group ahead.
-const PREFETCH_MAX_BYTES: usize = 32 << 10;
-
 /// Where a forward pass gets its statistics.
 #[derive(Clone, Copy)]
 enum Norm<'a> {
@@ -511,9 +508,11 @@ impl Plan {
         let size = self.group_size();
         let per_chunk = items_per_chunk(groups, size, 0);
         let chunks = groups.div_ceil(per_chunk);
+        let stream = stream_output::<T>(y.len());
         let y = SharedMut::new(y);
         map_chunks(chunks, groups * size, |i| {
-            row_forward_chunk(self, chunk_items(i, per_chunk, groups), &y, x, coefs, norm)
+            let groups = chunk_items(i, per_chunk, groups);
+            row_forward_chunk(self, groups, &y, x, coefs, norm, stream)
         })
         .concat()
     }
@@ -531,122 +530,86 @@ impl Plan {
         let c = self.geo.c;
         let per_chunk = items_per_chunk(groups, size, c * 24);
         let chunks = groups.div_ceil(per_chunk);
+        let stream = stream_output::<T>(x.len());
         map_chunks(chunks, groups * size, |i| {
-            row_backward_chunk(
-                self,
-                chunk_items(i, per_chunk, groups),
-                dx,
-                dy,
-                x,
-                coefs,
-                mode,
-            )
+            let groups = chunk_items(i, per_chunk, groups);
+            row_backward_chunk(self, groups, dx, dy, x, coefs, mode, stream)
         })
     }
 }
 
-/// Group `k`'s values as `f32`: `x` itself when it is `f32` (the spans are
-/// the runs' ranges in it), else the runs widened one after another into
-/// `buf` (the spans are their places there).
-#[inline(always)]
-fn group_data<'a, T: Elem>(
-    plan: &Plan,
-    k: usize,
-    x: &'a [T],
-    buf: &'a mut [f32],
-    runs: &mut Vec<Run>,
-    spans: &mut Vec<Range<usize>>,
-) -> &'a [f32] {
-    runs.clear();
-    runs.extend(plan.runs(k));
-    spans.clear();
-    if let Some(x) = T::as_f32(x) {
-        spans.extend(runs.iter().map(Run::range));
-        return x;
-    }
-    let mut at = 0;
-    for r in runs.iter() {
-        T::load(&x[r.range()], &mut buf[at..at + r.len]);
-        spans.push(at..at + r.len);
-        at += r.len;
-    }
-    &buf[..at]
-}
-
 multiversion! {
-    fn row_forward_chunk<T: Elem>(
+    fn row_forward_chunk<T: Elem>[s](
         plan: &Plan,
         groups: Range<usize>,
         y: &SharedMut<'_, T>,
         x: &[T],
         coefs: &Coefs<'_>,
         norm: Norm<'_>,
+        stream: bool,
     ) -> Vec<Moments> {
-        let size = plan.group_size();
-        let widen = T::as_f32(x).is_none();
-        let (mut runs, mut spans) = (Vec::new(), Vec::new());
+        let (mut runs, mut next): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
         let mut out = Vec::with_capacity(groups.len());
-        let mut xbuf = Buffer::take(if widen { size } else { 0 });
-        let mut ybuf = Buffer::take(if widen { size } else { 0 });
-                let end = groups.end;
-                // Long groups stream well on their own; short ones (a page
-                // or a few) are fetched one group ahead.
-                let ahead = size * std::mem::size_of::<T>() <= PREFETCH_MAX_BYTES;
-                for k in groups {
-                    if ahead && k + 1 < end {
-                        for run in plan.runs(k + 1) {
-                            prefetch(&x[run.range()], false);
-                            // SAFETY: a prefetch hint; nothing is read or
-                            // written through this slice.
-                            prefetch(unsafe { y.range(run.range()) }, true);
-                        }
-                    }
-                    let data = group_data(plan, k, x, &mut xbuf, &mut runs, &mut spans);
-                    let (m, g) = match norm {
-                        Norm::Batch(eps) => {
-                            let m = row_moments(spans.iter().map(|r| &data[r.clone()]), plan.centered);
-                            (m, GroupStats::from_moments(&m, eps))
-                        }
-                        Norm::Given(groups) => (Moments::EMPTY, groups[k]),
-                    };
-                    out.push(m);
-                    for (run, span) in runs.iter().zip(&spans) {
-                        let xr = &data[span.clone()];
-                        // SAFETY: each value belongs to exactly one group's
-                        // runs, and each group to exactly one chunk.
-                        let yr = unsafe { y.range(run.range()) };
-                        let o = f32_target(yr, &mut ybuf);
-                        if run.per_element {
-                            let cs = run.channel..run.channel + run.len;
-                            let (w, b) = (&coefs.weight[cs.clone()], &coefs.bias[cs]);
-                            lanes::apply_vec(o, xr, g.mean_hi, g.mean_lo, g.rstd, w, b);
-                        } else {
-                            let a = g.rstd * coefs.weight[run.channel];
-                            lanes::apply_scalar(o, xr, g.mean_hi, g.mean_lo, a, coefs.bias[run.channel]);
-                        }
-                        store_f32(yr, &ybuf);
-                    }
+        let end = groups.end;
+        for k in groups {
+            runs.clear();
+            runs.extend(plan.runs(k));
+            // While the output sweep runs from cache, the next group's
+            // input streams in for its statistics (training only: with
+            // given statistics the next sweep reads memory anyway).
+            next.clear();
+            if k + 1 < end && matches!(norm, Norm::Batch(_)) {
+                next.extend(plan.runs(k + 1));
+            }
+            // Statistics in one sweep from memory; the group is then in
+            // cache for the output sweep.
+            let (m, g) = match norm {
+                Norm::Batch(eps) => {
+                    let m = group_moments(s, runs.iter().map(|r| &x[r.range()]), plan.centered);
+                    (m, GroupStats::from_moments(&m, eps))
                 }
+                Norm::Given(groups) => (Moments::EMPTY, groups[k]),
+            };
+            out.push(m);
+            for (j, run) in runs.iter().enumerate() {
+                let xr = &x[run.range()];
+                let ahead = next.get(j).map_or(Ahead::NONE, |r| Ahead::one(&x[r.range()]));
+                // SAFETY: each value belongs to exactly one group's runs,
+                // and each group to exactly one chunk.
+                let yr = unsafe { y.range(run.range()) };
+                if run.per_element {
+                    let cs = run.channel..run.channel + run.len;
+                    let (w, b) = (&coefs.weight[cs.clone()], &coefs.bias[cs]);
+                    lanes::apply_vec(s, yr, xr, g.mean_hi, g.mean_lo, g.rstd, w, b, ahead, stream);
+                } else {
+                    let a = g.rstd * coefs.weight[run.channel];
+                    let b = coefs.bias[run.channel];
+                    lanes::apply_scalar(s, yr, xr, g.mean_hi, g.mean_lo, a, b, ahead, stream);
+                }
+            }
+        }
+        if stream {
+            s.fence();
+        }
         out
     }
 }
 
 multiversion! {
-    fn row_moments_chunk<T: Elem>(plan: &Plan, groups: Range<usize>, x: &[T]) -> Vec<Moments> {
-        let widen = T::as_f32(x).is_some();
-        let (mut runs, mut spans) = (Vec::new(), Vec::new());
-        let mut xbuf = Buffer::take(if widen { 0 } else { plan.group_size() });
+    fn row_moments_chunk<T: Elem>[s](plan: &Plan, groups: Range<usize>, x: &[T]) -> Vec<Moments> {
+        let mut runs: Vec<Run> = Vec::new();
         groups
             .map(|k| {
-                let data = group_data(plan, k, x, &mut xbuf, &mut runs, &mut spans);
-                row_moments(spans.iter().map(|r| &data[r.clone()]), plan.centered)
+                runs.clear();
+                runs.extend(plan.runs(k));
+                group_moments(s, runs.iter().map(|r| &x[r.range()]), plan.centered)
             })
             .collect()
     }
 }
 
 multiversion! {
-    fn row_backward_chunk<T: Elem>(
+    fn row_backward_chunk<T: Elem>[s](
         plan: &Plan,
         groups: Range<usize>,
         dx: &SharedMut<'_, T>,
@@ -654,91 +617,84 @@ multiversion! {
         x: &[T],
         coefs: &Coefs<'_>,
         mode: Backward<'_>,
+        stream: bool,
     ) -> Partials {
         let c = plan.geo.c;
-        let size = plan.group_size();
-        let n = size as f64;
-        let widen = T::as_f32(x).is_none();
-        let wsize = if widen { size } else { 0 };
+        let n = plan.group_size() as f64;
         let mut parts = Partials::new(c);
         // Per-element (LayerNorm) parameter sums go through f32 rows first.
         let per_element = plan.geo.axis == ChannelAxis::Last;
-        let (mut dw32, mut db32) = if per_element { (vec![0.0f32; c], vec![0.0f32; c]) } else { (Vec::new(), Vec::new()) };
-        let (mut runs, mut spans, mut dyspans, mut run_sums) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut dyruns = Vec::new();
-        let (mut xbuf, mut dybuf, mut dxbuf) = (Buffer::take(wsize), Buffer::take(wsize), Buffer::take(wsize));
-            let end = groups.end;
-            let ahead = size * std::mem::size_of::<T>() <= PREFETCH_MAX_BYTES;
-            for (done, k) in groups.enumerate() {
-                if ahead && k + 1 < end {
-                    for run in plan.runs(k + 1) {
-                        prefetch(&x[run.range()], false);
-                        prefetch(&dy[run.range()], false);
-                        // SAFETY: a prefetch hint; nothing is read or
-                        // written through this slice.
-                        prefetch(unsafe { dx.range(run.range()) }, true);
-                    }
-                }
-                let xdata = group_data(plan, k, x, &mut xbuf, &mut runs, &mut spans);
-                let dydata = group_data(plan, k, dy, &mut dybuf, &mut dyruns, &mut dyspans);
-                let g = GroupStats::given(mode.stats, k);
-                let mean = if plan.centered { g.mean_hi } else { 0.0 };
-                // Pass 1: Σg, Σg·x̂, Σx̂ (and per-run sums for the parameters).
-                let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
-                run_sums.clear();
-                for (j, run) in runs.iter().enumerate() {
-                    let (xr, dyr) = (&xdata[spans[j].clone()], &dydata[dyspans[j].clone()]);
-                    if run.per_element {
-                        let w = &coefs.weight[run.channel..run.channel + run.len];
-                        let [a, b, s] = lanes::bwd_sums_vec(dyr, xr, mean, g.rstd, w);
-                        sg += a;
-                        sgx += b;
-                        sx += s;
-                    } else {
-                        let sums = lanes::bwd_sums_scalar(dyr, xr, mean, g.rstd);
-                        let w = coefs.weight[run.channel] as f64;
-                        sg += w * sums[0];
-                        sgx += w * sums[1];
-                        sx += sums[2];
-                        run_sums.push(sums);
-                    }
-                }
-                let (delta, mean_g, mean_gx) = correction(mode.train, plan.centered, n, [sg, sgx, sx]);
-                let coef = DxCoef {
-                    mean_hi: mean,
-                    mean_lo: if g.rstd != 0.0 { (delta / g.rstd as f64) as f32 } else { 0.0 },
-                    rstd: g.rstd,
-                    mean_g: mean_g as f32,
-                    mean_gx: mean_gx as f32,
-                };
-                // Pass 2: dx and the parameter sums.
-                let mut scalar_runs = run_sums.iter();
-                for (j, run) in runs.iter().enumerate() {
-                    let (xr, dyr) = (&xdata[spans[j].clone()], &dydata[dyspans[j].clone()]);
-                    // SAFETY: each value belongs to exactly one group's runs,
-                    // and each group to exactly one chunk.
-                    let out = unsafe { dx.range(run.range()) };
-                    let o = f32_target(out, &mut dxbuf);
-                    if run.per_element {
-                        let cs = run.channel..run.channel + run.len;
-                        let w = &coefs.weight[cs.clone()];
-                        lanes::bwd_dx_vec(o, dyr, xr, coef, w, &mut dw32[cs.clone()], &mut db32[cs]);
-                    } else {
-                        lanes::bwd_dx_scalar(o, dyr, xr, coef, coefs.weight[run.channel]);
-                    }
-                    store_f32(out, &dxbuf);
-                    if !run.per_element {
-                        let s = scalar_runs.next().unwrap();
-                        parts.dweight[run.channel] += s[1] - delta * s[0];
-                        parts.dbias[run.channel] += s[0];
-                    }
-                }
-                if per_element && (done + 1) % ROWS_PER_FLUSH == 0 {
-                    parts.add_f32(&mut dw32, &mut db32);
+        let scratch = if per_element { c } else { 0 };
+        let (mut dw32, mut db32) = (Scratch::<f32>::zeroed(scratch), Scratch::<f32>::zeroed(scratch));
+        let (mut runs, mut next, mut run_sums): (Vec<Run>, Vec<Run>, Vec<[f64; 3]>) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let end = groups.end;
+        for (done, k) in groups.enumerate() {
+            runs.clear();
+            runs.extend(plan.runs(k));
+            let g = GroupStats::given(mode.stats, k);
+            let mean = if plan.centered { g.mean_hi } else { 0.0 };
+            // Pass 1, from memory: Σg, Σg·x̂, Σx̂ (and per-run sums for the
+            // parameters).
+            let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
+            run_sums.clear();
+            for run in &runs {
+                let (xr, dyr) = (&x[run.range()], &dy[run.range()]);
+                if run.per_element {
+                    let w = &coefs.weight[run.channel..run.channel + run.len];
+                    let [a, b, e] = lanes::bwd_sums_vec(s, dyr, xr, mean, g.rstd, w);
+                    sg += a;
+                    sgx += b;
+                    sx += e;
+                } else {
+                    let sums = lanes::bwd_sums_scalar(s, dyr, xr, mean, g.rstd);
+                    let w = coefs.weight[run.channel] as f64;
+                    sg += w * sums[0];
+                    sgx += w * sums[1];
+                    sx += sums[2];
+                    run_sums.push(sums);
                 }
             }
+            let (delta, mean_g, mean_gx) = correction(mode.train, plan.centered, n, [sg, sgx, sx]);
+            let coef = DxCoef {
+                mean_hi: mean,
+                mean_lo: if g.rstd != 0.0 { (delta / g.rstd as f64) as f32 } else { 0.0 },
+                rstd: g.rstd,
+                mean_g: mean_g as f32,
+                mean_gx: mean_gx as f32,
+            };
+            // Pass 2, from cache: dx and the parameter sums.
+            let mut scalar_runs = run_sums.iter();
+            next.clear();
+            if k + 1 < end {
+                next.extend(plan.runs(k + 1));
+            }
+            for (j, run) in runs.iter().enumerate() {
+                let ahead = next.get(j).map_or(Ahead::NONE, |r| Ahead::two(&x[r.range()], &dy[r.range()]));
+                let (xr, dyr) = (&x[run.range()], &dy[run.range()]);
+                // SAFETY: each value belongs to exactly one group's runs,
+                // and each group to exactly one chunk.
+                let out = unsafe { dx.range(run.range()) };
+                if run.per_element {
+                    let cs = run.channel..run.channel + run.len;
+                    let w = &coefs.weight[cs.clone()];
+                    lanes::bwd_dx_vec(s, out, dyr, xr, coef, w, &mut dw32[cs.clone()], &mut db32[cs], ahead, stream);
+                } else {
+                    lanes::bwd_dx_scalar(s, out, dyr, xr, coef, coefs.weight[run.channel], ahead, stream);
+                    let sums = scalar_runs.next().unwrap();
+                    parts.dweight[run.channel] += sums[1] - delta * sums[0];
+                    parts.dbias[run.channel] += sums[0];
+                }
+            }
+            if per_element && (done + 1) % ROWS_PER_FLUSH == 0 {
+                parts.add_f32(&mut dw32, &mut db32);
+            }
+        }
         if per_element {
             parts.add_f32(&mut dw32, &mut db32);
+        }
+        if stream {
+            s.fence();
         }
         parts
     }
@@ -779,8 +735,9 @@ impl Plan {
             .collect()
     }
 
-    /// Per-channel forward coefficients: `y = ((x - mh) - ml) · a + b`.
-    fn channel_coefs(&self, groups: &[GroupStats], coefs: &Coefs) -> [Vec<f32>; 4] {
+    /// Per-channel forward coefficients `y = ((x - mh) - ml) · a + b`,
+    /// [`Periodic::extend`]ed for the flat column loops.
+    fn channel_coefs(&self, groups: &[GroupStats], coefs: &Coefs, per: &Periodic) -> [Vec<f32>; 4] {
         let cg = self.channels_per_group();
         let c = self.geo.c;
         let (mut mh, mut ml, mut a) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
@@ -790,7 +747,7 @@ impl Plan {
             ml[ch] = g.mean_lo;
             a[ch] = g.rstd * coefs.weight[ch];
         }
-        [mh, ml, a, coefs.bias.to_vec()]
+        [per.extend(&mh), per.extend(&ml), per.extend(&a), per.extend(&coefs.bias)]
     }
 
     fn column_forward<T: Elem>(
@@ -801,8 +758,10 @@ impl Plan {
         norm: Norm<'_>,
     ) -> Vec<Moments> {
         let c = self.geo.c;
+        let per = Periodic::new(c);
         let units = self.units();
         let per_piece = self.rows_per_piece(units.rows);
+        let stream = stream_output::<T>(y.len());
         let y = SharedMut::new(y);
         let total = x.len();
         if units.count == 1 {
@@ -827,12 +786,14 @@ impl Plan {
                 }
                 Norm::Given(groups) => (Vec::new(), groups.to_vec()),
             };
-            let cc = self.channel_coefs(&groups, coefs);
+            let cc = self.channel_coefs(&groups, coefs, &per);
+            // The second sweep runs backwards: the pieces the first sweep
+            // read last are the likeliest still in cache.
             map_chunks(pieces, total, |i| {
-                let r = chunk_items(i, per_piece, units.rows);
+                let r = chunk_items(pieces - 1 - i, per_piece, units.rows);
                 // SAFETY: pieces cover disjoint row ranges.
                 let out = unsafe { y.range(r.start * c..r.end * c) };
-                column_apply(out, &x[r.start * c..r.end * c], c, &cc);
+                column_apply(out, &x[r.start * c..r.end * c], &per, &cc, stream);
             });
             moments
         } else {
@@ -845,10 +806,9 @@ impl Plan {
                     Norm::Batch(eps) => {
                         let mut per_channel = vec![Moments::EMPTY; c];
                         for xp in xs.chunks(per_piece * c) {
-                            for (acc, m) in
-                                per_channel
-                                    .iter_mut()
-                                    .zip(column_moments(xp, c, self.centered))
+                            for (acc, m) in per_channel
+                                .iter_mut()
+                                .zip(column_moments(xp, c, self.centered))
                             {
                                 *acc = acc.merge(m);
                             }
@@ -866,10 +826,10 @@ impl Plan {
                         )
                     }
                 };
-                let cc = self.channel_coefs(&groups, coefs);
+                let cc = self.channel_coefs(&groups, coefs, &per);
                 // SAFETY: samples cover disjoint ranges.
                 let out = unsafe { y.range(u * unit_len..(u + 1) * unit_len) };
-                column_apply(out, xs, c, &cc);
+                column_apply(out, xs, &per, &cc, stream);
                 m
             })
             .concat()
@@ -885,6 +845,7 @@ impl Plan {
         mode: Backward<'_>,
     ) -> Vec<Partials> {
         let c = self.geo.c;
+        let per = Periodic::new(c);
         let units = self.units();
         let per_piece = self.rows_per_piece(units.rows);
         let total = x.len();
@@ -897,7 +858,7 @@ impl Plan {
         if units.count == 1 {
             let pieces = units.rows.div_ceil(per_piece).max(1);
             let groups = unit_stats(0);
-            let [mean, _, _, _] = self.channel_coefs(&groups, coefs);
+            let mean = self.expand(&groups, |g| g.mean_hi);
             let rstd = self.expand(&groups, |g| g.rstd);
             let parts = map_chunks(pieces, total, |i| {
                 let r = chunk_items(i, per_piece, units.rows);
@@ -912,14 +873,15 @@ impl Plan {
                     }
                 }
             }
-            let (part, k) = self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows);
-            let kref = k.as_ref();
+            let (part, k) =
+                self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows, &per);
+            // Backwards, as in the forward: the last pieces are in cache.
             map_chunks(pieces, total, |i| {
-                let r = chunk_items(i, per_piece, units.rows);
+                let r = chunk_items(pieces - 1 - i, per_piece, units.rows);
                 let span = r.start * c..r.end * c;
                 // SAFETY: pieces cover disjoint row ranges.
                 let out = unsafe { dx.range(span.clone()) };
-                column_dx(out, &dy[span.clone()], &x[span], c, &kref);
+                column_dx(out, &dy[span.clone()], &x[span], &per, &k);
             });
             vec![part]
         } else {
@@ -928,7 +890,7 @@ impl Plan {
                 let span = u * unit_len..(u + 1) * unit_len;
                 let (xs, dys) = (&x[span.clone()], &dy[span.clone()]);
                 let groups = unit_stats(u);
-                let [mean, _, _, _] = self.channel_coefs(&groups, coefs);
+                let mean = self.expand(&groups, |g| g.mean_hi);
                 let rstd = self.expand(&groups, |g| g.rstd);
                 let mut sums = [vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]];
                 for (xp, dyp) in xs.chunks(per_piece * c).zip(dys.chunks(per_piece * c)) {
@@ -941,10 +903,11 @@ impl Plan {
                         }
                     }
                 }
-                let (part, k) = self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows);
+                let (part, k) =
+                    self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows, &per);
                 // SAFETY: samples cover disjoint ranges.
                 let out = unsafe { dx.range(span) };
-                column_dx(out, dys, xs, c, &k.as_ref());
+                column_dx(out, dys, xs, &per, &k);
                 part
             })
         }
@@ -965,12 +928,14 @@ impl Plan {
         coefs: &Coefs<'_>,
         train: bool,
         rows: usize,
-    ) -> (Partials, ChannelDx) {
+        per: &Periodic,
+    ) -> (Partials, DxChannels) {
         let c = self.geo.c;
         let cg = self.channels_per_group();
         let n = (rows * cg) as f64;
         let mut part = Partials::new(c);
-        let mut k = ChannelDx::new(c);
+        let z = || vec![0.0f32; c];
+        let mut k = [z(), z(), z(), z(), z(), z()];
         for (gi, g) in groups.iter().enumerate() {
             let chans = gi * cg..(gi + 1) * cg;
             let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
@@ -985,15 +950,24 @@ impl Plan {
             for ch in chans {
                 part.dweight[ch] = sums[1][ch] - delta * sums[0][ch];
                 part.dbias[ch] = sums[0][ch];
-                k.mean_hi[ch] = if self.centered { g.mean_hi } else { 0.0 };
-                k.mean_lo[ch] = if r != 0.0 { (delta / r) as f32 } else { 0.0 };
-                k.rstd[ch] = g.rstd;
-                k.wr[ch] = coefs.weight[ch] * g.rstd;
-                k.cg[ch] = (r * mean_g) as f32;
-                k.cgx[ch] = (r * mean_gx) as f32;
+                k[0][ch] = if self.centered { g.mean_hi } else { 0.0 };
+                k[1][ch] = if r != 0.0 { (delta / r) as f32 } else { 0.0 };
+                k[2][ch] = g.rstd;
+                k[3][ch] = coefs.weight[ch] * g.rstd;
+                k[4][ch] = (r * mean_g) as f32;
+                k[5][ch] = (r * mean_gx) as f32;
             }
         }
-        (part, k)
+        let [mean_hi, mean_lo, rstd, wr, cg, cgx] = k.map(|v| per.extend(&v));
+        let dx = DxChannels {
+            mean_hi,
+            mean_lo,
+            rstd,
+            wr,
+            cg,
+            cgx,
+        };
+        (part, dx)
     }
 }
 
@@ -1012,41 +986,6 @@ fn correction(train: bool, centered: bool, n: f64, [sg, sgx, sx]: [f64; 3]) -> (
     }
 }
 
-/// Owned per-channel coefficients of backward pass 2.
-struct ChannelDx {
-    mean_hi: Vec<f32>,
-    mean_lo: Vec<f32>,
-    rstd: Vec<f32>,
-    wr: Vec<f32>,
-    cg: Vec<f32>,
-    cgx: Vec<f32>,
-}
-
-impl ChannelDx {
-    fn new(c: usize) -> Self {
-        let z = || vec![0.0f32; c];
-        ChannelDx {
-            mean_hi: z(),
-            mean_lo: z(),
-            rstd: z(),
-            wr: z(),
-            cg: z(),
-            cgx: z(),
-        }
-    }
-
-    fn as_ref(&self) -> DxChannels<'_> {
-        DxChannels {
-            mean_hi: &self.mean_hi,
-            mean_lo: &self.mean_lo,
-            rstd: &self.rstd,
-            wr: &self.wr,
-            cg: &self.cg,
-            cgx: &self.cgx,
-        }
-    }
-}
-
 /// Adds `f32` accumulators into `f64` ones and zeroes them.
 #[inline(always)]
 fn flush_into(acc: &mut [f64], part: &mut [f32]) {
@@ -1055,102 +994,79 @@ fn flush_into(acc: &mut [f64], part: &mut [f32]) {
     }
 }
 
-multiversion! {
-    /// Per-channel moments of a `[rows, c]` piece, two passes in cache.
-    fn column_moments<T: Elem>(x: &[T], c: usize, centered: bool) -> Vec<Moments> {
-        let rows = x.len() / c.max(1);
-        let mut buf = Buffer::take(if T::as_f32(x).is_some() { 0 } else { c });
-        let buf = &mut buf;
-        {
-            let (mut sum, mut maxabs) = (vec![0.0f32; c], vec![0.0f32; c]);
-            let mut sum64 = vec![0.0f64; c];
-            for (i, row) in x.chunks_exact(c).enumerate() {
-                lanes::col_sum_maxabs(as_f32(row, buf), &mut sum, &mut maxabs);
-                if (i + 1) % ROWS_PER_FLUSH == 0 {
-                    flush_into(&mut sum64, &mut sum);
-                }
-            }
-            flush_into(&mut sum64, &mut sum);
-            let scale: Vec<f32> = maxabs.iter().map(|&m| scale_for(m)).collect();
-            let shift: Vec<f32> = sum64
-                .iter()
-                .zip(&scale)
-                .map(|(&s, &sc)| if centered { (s / rows as f64 * sc as f64) as f32 } else { 0.0 })
-                .collect();
-            let (mut s1, mut s2) = (vec![0.0f32; c], vec![0.0f32; c]);
-            let (mut d1, mut d2) = (vec![0.0f64; c], vec![0.0f64; c]);
-            for (i, row) in x.chunks_exact(c).enumerate() {
-                lanes::col_dev_sums(as_f32(row, buf), &scale, &shift, &mut s1, &mut s2);
-                if (i + 1) % ROWS_PER_FLUSH == 0 {
-                    flush_into(&mut d1, &mut s1);
-                    flush_into(&mut d2, &mut s2);
-                }
-            }
-            flush_into(&mut d1, &mut s1);
-            flush_into(&mut d2, &mut s2);
-            (0..c)
-                .map(|ch| {
-                    if rows == 0 {
-                        Moments::EMPTY
-                    } else if centered {
-                        let m0 = shift[ch] as f64 / scale[ch] as f64;
-                        Moments::from_deviations(rows, m0, scale[ch], d1[ch], d2[ch])
-                    } else {
-                        let s = scale[ch] as f64;
-                        Moments { count: rows, mean: 0.0, var: d2[ch] / rows as f64 / (s * s) }
-                    }
-                })
-                .collect()
+/// The one-sweep shift of each channel of a `[rows, c]` piece: the mean of
+/// its first (up to) 16 rows, rounded to `f32`.
+fn column_shift<T: Elem>(x: &[T], c: usize) -> Vec<f32> {
+    let rows = (x.len() / c.max(1)).min(16);
+    let mut sum = vec![0.0f64; c];
+    for row in x.chunks_exact(c).take(rows) {
+        for (s, v) in sum.iter_mut().zip(row) {
+            *s += v.to_f64();
         }
+    }
+    sum.iter().map(|&s| (s / rows.max(1) as f64) as f32).collect()
+}
+
+multiversion! {
+    /// Per-channel moments of a `[rows, c]` piece: one sweep, and two more
+    /// over the piece (in cache) when any channel's sweep is refused (see
+    /// [`crate::moments`]).
+    fn column_moments<T: Elem>[s](x: &[T], c: usize, centered: bool) -> Vec<Moments> {
+        let rows = x.len() / c.max(1);
+        if rows == 0 {
+            return vec![Moments::EMPTY; c];
+        }
+        let shift = if centered { column_shift(x, c) } else { vec![0.0; c] };
+        let [s1, s2] = lanes::col_shifted_sums(s, x, c, &shift);
+        let swept: Option<Vec<Moments>> = (0..c)
+            .map(|ch| Moments::from_shifted(rows, shift[ch], [s1[ch], s2[ch]], centered))
+            .collect();
+        if let Some(m) = swept {
+            return m;
+        }
+        let scale: Vec<f32> = lanes::col_max_abs(s, x, c).into_iter().map(scale_for).collect();
+        let zero = vec![0.0f32; c];
+        let m0: Vec<f32> = if centered {
+            let [sum, _] = lanes::col_dev_sums(s, x, c, &scale, &zero);
+            sum.iter().map(|&v| (v / rows as f64) as f32).collect()
+        } else {
+            zero
+        };
+        let [d1, d2] = lanes::col_dev_sums(s, x, c, &scale, &m0);
+        (0..c)
+            .map(|ch| {
+                let sc = scale[ch] as f64;
+                if centered {
+                    Moments::from_deviations(rows, m0[ch] as f64 / sc, scale[ch], d1[ch], d2[ch])
+                } else {
+                    Moments { count: rows, mean: 0.0, var: d2[ch] / rows as f64 / (sc * sc) }
+                }
+            })
+            .collect()
     }
 }
 
 multiversion! {
     /// `y = ((x - mh[c]) - ml[c]) · a[c] + b[c]` over `[rows, c]`.
-    fn column_apply<T: Elem>(y: &mut [T], x: &[T], c: usize, k: &[Vec<f32>; 4]) {
-        let widen = if T::as_f32(x).is_some() { 0 } else { c };
-        let (mut xbuf, mut ybuf) = (Buffer::take(widen), Buffer::take(widen));
-        for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-            let xr = as_f32(xr, &mut xbuf);
-            lanes::apply_channels(f32_target(yr, &mut ybuf), xr, &k[0], &k[1], &k[2], &k[3]);
-            store_f32(yr, &ybuf);
+    fn column_apply<T: Elem>[s](y: &mut [T], x: &[T], per: &Periodic, k: &[Vec<f32>; 4], stream: bool) {
+        lanes::apply_channels(s, y, x, per, k, stream);
+        if stream {
+            s.fence();
         }
     }
 }
 
 multiversion! {
     /// Per-channel `[Σdy, Σdy·x̂, Σx̂]` over `[rows, c]`.
-    fn column_bwd_sums<T: Elem>(dy: &[T], x: &[T], c: usize, mean: &[f32], rstd: &[f32]) -> [Vec<f64>; 3] {
-        let widen = if T::as_f32(x).is_some() { 0 } else { c };
-        let mut acc = [vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]];
-        let mut out = [vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]];
-        let (mut xbuf, mut dbuf) = (Buffer::take(widen), Buffer::take(widen));
-        for (i, (dr, xr)) in dy.chunks_exact(c).zip(x.chunks_exact(c)).enumerate() {
-            let [a0, a1, a2] = &mut acc;
-            lanes::col_bwd_sums(as_f32(dr, &mut dbuf), as_f32(xr, &mut xbuf), mean, rstd, a0, a1, a2);
-            if (i + 1) % ROWS_PER_FLUSH == 0 {
-                for (o, a) in out.iter_mut().zip(acc.iter_mut()) {
-                    flush_into(o, a);
-                }
-            }
-        }
-        for (o, a) in out.iter_mut().zip(acc.iter_mut()) {
-            flush_into(o, a);
-        }
-        out
+    fn column_bwd_sums<T: Elem>[s](dy: &[T], x: &[T], c: usize, mean: &[f32], rstd: &[f32]) -> [Vec<f64>; 3] {
+        lanes::col_bwd_sums(s, dy, x, c, mean, rstd)
     }
 }
 
 multiversion! {
     /// Backward pass 2 over `[rows, c]`.
-    fn column_dx<T: Elem>(dx: &mut [T], dy: &[T], x: &[T], c: usize, k: &DxChannels<'_>) {
-        let widen = if T::as_f32(x).is_some() { 0 } else { c };
-        let (mut xbuf, mut dbuf, mut obuf) = (Buffer::take(widen), Buffer::take(widen), Buffer::take(widen));
-        for ((o, dr), xr) in dx.chunks_exact_mut(c).zip(dy.chunks_exact(c)).zip(x.chunks_exact(c)) {
-            let (dr, xr) = (as_f32(dr, &mut dbuf), as_f32(xr, &mut xbuf));
-            lanes::bwd_dx_channels(f32_target(o, &mut obuf), dr, xr, k);
-            store_f32(o, &obuf);
-        }
+    fn column_dx<T: Elem>[s](dx: &mut [T], dy: &[T], x: &[T], per: &Periodic, k: &DxChannels) {
+        lanes::bwd_dx_channels(s, dx, dy, x, per, k);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Threads, chunks and scratch buffers.
+//! Threads, chunks, and when outputs bypass the cache.
 //!
 //! Work is cut into chunks whose boundaries depend only on the problem's
 //! shape, never on the number of threads; per-chunk partial sums are merged
@@ -7,8 +7,8 @@
 //! calling thread, with the same chunks.
 
 use rayon::prelude::*;
-use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::sync::Mutex;
 use std::ops::Range;
 
 /// Below this many values a kernel stays on the calling thread: spreading
@@ -87,82 +87,111 @@ impl<'a, T> SharedMut<'a, T> {
     }
 }
 
-thread_local! {
-    static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+/// Outputs at least this large are written with streaming stores, past
+/// the cache: they cannot stay in it anyway, and streaming saves reading
+/// each output line before overwriting it and evicting the input to make
+/// room for it. Smaller outputs stay in cache for whatever reads them next.
+pub(crate) const STREAM_MIN_BYTES: usize = 16 << 20;
+
+/// Whether an output of `len` values of `T` is streamed.
+pub(crate) fn stream_output<T>(len: usize) -> bool {
+    let min = std::env::var("NORMKIT_STREAM_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(STREAM_MIN_BYTES);
+    len.saturating_mul(std::mem::size_of::<T>()) >= min
 }
 
-/// An `f32` scratch buffer from a per-thread pool (contents unspecified),
-/// returned to the pool when dropped, so widening bf16/f16 data allocates
-/// once per thread. No closure is involved: kernels use it inside their
-/// `multiversion!` body, where a closure would be compiled separately,
-/// without the body's instruction set.
-pub(crate) struct Buffer {
-    buf: Vec<f32>,
-    len: usize,
+/// A zeroed vector of `f32` or `f64` lent from a process-wide pool and
+/// given back when dropped. Per-chunk partial sums of a backward pass are
+/// as long as the channel count; allocating them afresh for every call
+/// would fault in new pages each time, which costs more than the pass
+/// itself on long rows. The pool keeps at most [`POOL_MAX_BYTES`].
+pub(crate) struct Scratch<E: Pooled> {
+    v: Vec<E>,
 }
 
-impl Buffer {
-    pub fn take(len: usize) -> Self {
-        let mut buf = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
-        if buf.len() < len {
-            buf.resize(len, 0.0);
+/// Bytes of scratch vectors the pool keeps between calls.
+const POOL_MAX_BYTES: usize = 64 << 20;
+
+pub(crate) trait Pooled: Copy + Default + Send + 'static {
+    fn pool() -> &'static Mutex<Pool<Self>>;
+}
+
+pub(crate) struct Pool<E> {
+    free: Vec<Vec<E>>,
+    bytes: usize,
+}
+
+impl<E> Pool<E> {
+    const fn new() -> Self {
+        Pool {
+            free: Vec::new(),
+            bytes: 0,
         }
-        Buffer { buf, len }
     }
 }
 
-impl std::ops::Deref for Buffer {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        &self.buf[..self.len]
+impl Pooled for f32 {
+    fn pool() -> &'static Mutex<Pool<f32>> {
+        static POOL: Mutex<Pool<f32>> = Mutex::new(Pool::new());
+        &POOL
     }
 }
 
-impl std::ops::DerefMut for Buffer {
-    fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.buf[..self.len]
+impl Pooled for f64 {
+    fn pool() -> &'static Mutex<Pool<f64>> {
+        static POOL: Mutex<Pool<f64>> = Mutex::new(Pool::new());
+        &POOL
     }
 }
 
-impl Drop for Buffer {
+impl<E: Pooled> Scratch<E> {
+    /// `len` zeros.
+    pub fn zeroed(len: usize) -> Self {
+        let reused = {
+            let mut pool = E::pool().lock().unwrap_or_else(|e| e.into_inner());
+            let found = pool.free.iter().rposition(|v| v.capacity() >= len);
+            found.map(|i| {
+                let v = pool.free.swap_remove(i);
+                pool.bytes -= v.capacity() * std::mem::size_of::<E>();
+                v
+            })
+        };
+        let mut v = reused.unwrap_or_default();
+        v.clear();
+        v.resize(len, E::default());
+        Scratch { v }
+    }
+}
+
+impl<E: Pooled> std::ops::Deref for Scratch<E> {
+    type Target = [E];
+    fn deref(&self) -> &[E] {
+        &self.v
+    }
+}
+
+impl<E: Pooled> std::ops::DerefMut for Scratch<E> {
+    fn deref_mut(&mut self) -> &mut [E] {
+        &mut self.v
+    }
+}
+
+impl<E: Pooled> Drop for Scratch<E> {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
-        POOL.with(|p| p.borrow_mut().push(buf));
-    }
-}
-
-/// `src` as `f32`: itself when it is `f32`, else widened into `buf`.
-#[inline(always)]
-pub(crate) fn as_f32<'a, T: crate::Elem>(src: &'a [T], buf: &'a mut [f32]) -> &'a [f32] {
-    match T::as_f32(src) {
-        Some(s) => s,
-        None => {
-            let buf = &mut buf[..src.len()];
-            T::load(src, buf);
-            buf
+        let v = std::mem::take(&mut self.v);
+        let size = v.capacity() * std::mem::size_of::<E>();
+        if size == 0 {
+            return;
+        }
+        let mut pool = E::pool().lock().unwrap_or_else(|e| e.into_inner());
+        if pool.bytes + size <= POOL_MAX_BYTES {
+            pool.bytes += size;
+            pool.free.push(v);
         }
     }
 }
 
-/// Where to compute an output as `f32`: `out` itself when it is `f32`,
-/// else `buf`, to be rounded into `out` by [`store_f32`] afterwards.
-#[inline(always)]
-pub(crate) fn f32_target<'a, T: crate::Elem>(
-    out: &'a mut [T],
-    buf: &'a mut [f32],
-) -> &'a mut [f32] {
-    let n = out.len();
-    match T::as_f32_mut(out) {
-        Some(o) => o,
-        None => &mut buf[..n],
-    }
-}
-
-/// Completes [`f32_target`]: rounds `buf` into `out` unless `out` was
-/// written in place.
-#[inline(always)]
-pub(crate) fn store_f32<T: crate::Elem>(out: &mut [T], buf: &[f32]) {
-    if T::as_f32(out).is_none() {
-        T::store(&buf[..out.len()], out);
+impl<E: Pooled + std::fmt::Debug> std::fmt::Debug for Scratch<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.v.fmt(f)
     }
 }

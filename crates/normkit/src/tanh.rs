@@ -1,6 +1,5 @@
-//! A tanh that vectorizes: branch-free `f32` arithmetic, so a loop over it
-//! compiles to vector code inside a [`crate::simd::multiversion!`] kernel
-//! (the C library's `tanhf` is a scalar call).
+//! A vectorized tanh: branch-free `f32` arithmetic on [`Isa`] vectors, 16
+//! values at a time (the C library's `tanhf` is a scalar call).
 //!
 //! ```text
 //! tanh(x) = sign(x) · e / (e + 2),   e = expm1(2|x|)
@@ -22,7 +21,10 @@
 //!
 //! Accuracy: within 3 ulp of the exact value on every `f32` input (2.4 ulp
 //! is the worst the test below finds against `f64` tanh, walking every
-//! binade of the range); NaN stays NaN.
+//! binade of the range); NaN stays NaN. Every instruction set computes the
+//! same bits.
+
+use crate::simd::Isa;
 
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 // ln 2 split so that k · LN2_HI is exact for the k that occur (k ≤ 116).
@@ -30,61 +32,128 @@ const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
 // 1.5 · 2²³: adding and subtracting it rounds to an integer.
 const ROUND: f32 = 12_582_912.0;
+/// Taylor coefficients of `(expm1(r) - r) / r²`: 1/2!, 1/3!, …, 1/8!.
+const C: [f32; 7] = [
+    1.0 / 2.0,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+    1.0 / 5040.0,
+    1.0 / 40320.0,
+];
 
 /// `expm1(u)` for `0 ≤ u ≤ 80`.
 #[inline(always)]
-fn expm1(u: f32) -> f32 {
+fn expm1<S: Isa>(s: S, u: S::V) -> S::V {
     // k = round(u / ln 2): adding ROUND leaves k in the low mantissa bits,
-    // read back with integer arithmetic (a float-to-int cast would not
-    // vectorize: Rust's `as` saturates).
-    let shifted = u * LOG2_E + ROUND;
-    let k_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    let k = shifted - ROUND;
-    let r = (-k).mul_add(LN2_LO, (-k).mul_add(LN2_HI, u));
-    const C: [f32; 7] = [
-        1.0 / 2.0,
-        1.0 / 6.0,
-        1.0 / 24.0,
-        1.0 / 120.0,
-        1.0 / 720.0,
-        1.0 / 5040.0,
-        1.0 / 40320.0,
-    ];
-    let mut q = C[6];
+    // where exp2_int reads it with integer arithmetic.
+    let shifted = s.add(s.mul(u, s.splat(LOG2_E)), s.splat(ROUND));
+    let nk = s.sub(s.splat(ROUND), shifted);
+    let r = s.fma(nk, s.splat(LN2_LO), s.fma(nk, s.splat(LN2_HI), u));
+    let mut q = s.splat(C[6]);
     for &c in C[..6].iter().rev() {
-        q = q.mul_add(r, c);
+        q = s.fma(q, r, s.splat(c));
     }
-    let p = (r * r).mul_add(q, r);
-    let two_k = f32::from_bits(k_bits.wrapping_add(127) << 23);
-    two_k.mul_add(p, two_k - 1.0)
+    let p = s.fma(s.mul(r, r), q, r);
+    let two_k = s.exp2_int(shifted);
+    s.fma(two_k, p, s.sub(two_k, s.splat(1.0)))
 }
 
 const CLAMP: f32 = 40.0;
 
-/// `tanh(x)` in `f32`, within 3 ulp, branch-free.
+/// `e = expm1(2|x|)` with `|x|` clamped, the common part of both functions.
 #[inline(always)]
-pub(crate) fn tanh(x: f32) -> f32 {
-    tanh_sech2(x).0
+fn expm1_2abs<S: Isa>(s: S, x: S::V) -> S::V {
+    // min returns the clamp where x is NaN; the callers put the NaN back.
+    let a = s.min(s.abs(x), s.splat(CLAMP));
+    expm1(s, s.add(a, a))
+}
+
+/// `tanh(x)` within 3 ulp.
+#[inline(always)]
+pub(crate) fn tanh<S: Isa>(s: S, x: S::V) -> S::V {
+    let e = expm1_2abs(s, x);
+    let t = s.copysign(s.div(e, s.add(e, s.splat(2.0))), x);
+    s.where_nan(x, x, t)
 }
 
 /// `(tanh(x), 1 - tanh²(x))`, both to a few ulp relative.
 #[inline(always)]
-pub(crate) fn tanh_sech2(x: f32) -> (f32, f32) {
-    let a = x.abs().min(CLAMP);
-    let e = expm1(a + a);
-    let d = e + 2.0;
-    let t = (e / d).copysign(x);
-    let s = (4.0 * (e + 1.0) / d) / d;
-    if x.is_nan() {
-        (x, x)
-    } else {
-        (t, s)
-    }
+pub(crate) fn tanh_sech2<S: Isa>(s: S, x: S::V) -> (S::V, S::V) {
+    let e = expm1_2abs(s, x);
+    let d = s.add(e, s.splat(2.0));
+    let t = s.copysign(s.div(e, d), x);
+    let four_e1 = s.mul(s.splat(4.0), s.add(e, s.splat(1.0)));
+    let sech2 = s.div(s.div(four_e1, d), d);
+    (s.where_nan(x, x, t), s.where_nan(x, x, sech2))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tanh;
+    use crate::simd::{simd_level, Isa, Scalar, SimdLevel, LANES};
+
+    /// `f` over `xs`, 16 at a time, at the scalar level and at every
+    /// vector level this CPU has; the levels must agree bit for bit.
+    fn on_every_level(xs: &[f32], f: impl Fn(&mut [f32], &[f32], SimdLevel)) -> Vec<f32> {
+        let mut base = vec![0.0f32; xs.len()];
+        f(&mut base, xs, SimdLevel::Scalar);
+        for level in [SimdLevel::Avx2, SimdLevel::Avx512] {
+            if simd_level() >= level {
+                let mut other = vec![0.0f32; xs.len()];
+                f(&mut other, xs, level);
+                for (i, (a, b)) in base.iter().zip(&other).enumerate() {
+                    assert!(a.to_bits() == b.to_bits(), "{level:?} at {:e}: {a:e} vs {b:e}", xs[i]);
+                }
+            }
+        }
+        base
+    }
+
+    fn run<S: Isa>(s: S, out: &mut [f32], xs: &[f32], sech2: bool) {
+        for (o, x) in out.chunks_exact_mut(LANES).zip(xs.chunks_exact(LANES)) {
+            // SAFETY: 16 values each.
+            unsafe {
+                let v = s.load(x.as_ptr());
+                let r = if sech2 { super::tanh_sech2(s, v).1 } else { super::tanh(s, v) };
+                s.store(o.as_mut_ptr(), r);
+            }
+        }
+    }
+
+    fn at_level(out: &mut [f32], xs: &[f32], level: SimdLevel, sech2: bool) {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx512 => {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+                unsafe fn go(out: &mut [f32], xs: &[f32], sech2: bool) {
+                    run(crate::simd::Avx512, out, xs, sech2)
+                }
+                // SAFETY: only called when the CPU has AVX-512.
+                unsafe { go(out, xs, sech2) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            SimdLevel::Avx2 => {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn go(out: &mut [f32], xs: &[f32], sech2: bool) {
+                    run(crate::simd::Avx2, out, xs, sech2)
+                }
+                // SAFETY: only called when the CPU has AVX2 and FMA.
+                unsafe { go(out, xs, sech2) }
+            }
+            _ => run(Scalar, out, xs, sech2),
+        }
+    }
+
+    fn tanh_all(xs: &[f32]) -> Vec<f32> {
+        on_every_level(xs, |o, x, l| at_level(o, x, l, false))
+    }
+
+    fn tanh(x: f32) -> f32 {
+        let mut xs = [0.0f32; LANES];
+        xs[0] = x;
+        tanh_all(&xs)[0]
+    }
 
     /// Distance in units in the last place between `got` and the exact
     /// value, measured at the exact value's binade.
@@ -106,17 +175,21 @@ mod tests {
     fn within_three_ulp_over_the_whole_range() {
         // Every 61st bit pattern of the non-negative floats (about 35
         // million inputs, every binade), and their negatives.
-        let mut worst = (0.0f64, 0.0f32);
+        let mut xs = Vec::new();
         let mut bits = 0u32;
         while bits < 0x7f80_0000 {
             let x = f32::from_bits(bits);
-            for x in [x, -x] {
-                let e = ulps(tanh(x), (x as f64).tanh());
-                if e > worst.0 {
-                    worst = (e, x);
-                }
-            }
+            xs.extend([x, -x]);
             bits += 61;
+        }
+        xs.resize(xs.len().next_multiple_of(LANES), 0.0);
+        let got = tanh_all(&xs);
+        let mut worst = (0.0f64, 0.0f32);
+        for (&x, &t) in xs.iter().zip(&got) {
+            let e = ulps(t, (x as f64).tanh());
+            if e > worst.0 {
+                worst = (e, x);
+            }
         }
         assert!(
             worst.0 <= 3.0,
@@ -128,12 +201,12 @@ mod tests {
 
     #[test]
     fn sech2_is_accurate_near_saturation() {
+        let xs: Vec<f32> = (0..200_000).map(|i| i as f32 * 1e-4 - 10.0).collect();
+        let got = on_every_level(&xs, |o, x, l| at_level(o, x, l, true));
         let mut worst = 0.0f64;
-        for i in 0..200_000 {
-            let x = i as f32 * 1e-4 - 10.0;
+        for (&x, &s) in xs.iter().zip(&got) {
             let exact = 1.0 / (x as f64).cosh().powi(2);
-            let got = super::tanh_sech2(x).1 as f64;
-            worst = worst.max((got - exact).abs() / exact);
+            worst = worst.max((s as f64 - exact).abs() / exact);
         }
         // A few ulp relative (2^-23 ≈ 1.2e-7), even where 1 - t² would
         // keep no correct digit.

@@ -3,7 +3,6 @@
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
 use crate::layout::{check_len, numel, Affine, ChannelAxis, Geometry, Stats};
-use crate::moments::row_moments;
 use crate::normalize::{Plan, Scope};
 
 const OP: &str = "weight_norm";
@@ -80,13 +79,11 @@ pub fn weight_norm_forward<T: Elem>(
     check_len(OP, "v", v.len(), p.geo.len(), shape)?;
     check_len(OP, "w", w.len(), p.geo.len(), shape)?;
     check_len(OP, "g", g.len(), p.geo.c, shape)?;
-    // Weights are small: widen once and reduce each slice's runs.
-    let vf: Vec<f32> = v.iter().map(|e| e.to_f32()).collect();
-    let norms: Vec<f64> = (0..p.num_groups())
-        .map(|k| {
-            let m = row_moments(p.runs(k).map(|r| &vf[r.range()]), false);
-            (m.var * m.count as f64).sqrt()
-        })
+    // The norms are the engine's uncentered statistics (mean squares).
+    let norms: Vec<f64> = p
+        .moments(v)
+        .iter()
+        .map(|m| (m.var * m.count as f64).sqrt())
         .collect();
     // w = v · (1 / ‖v‖) · g: normalization with an uncentered statistic.
     let stats = Stats {

@@ -600,16 +600,222 @@ impl<T> Ahead<T> {
     }
 
     /// Fetches the lines at offset `i` (once per 16 values: a line of
-    /// `f32`, half a line of 2-byte values).
+    /// `f32`, half a line of 2-byte values): one stream into the first
+    /// level, two (the backward's `x` and `dy`) into the second.
     #[inline(always)]
     pub fn at(&self, i: usize) {
         if i < self.len {
-            crate::simd::prefetch(self.ptrs[0].wrapping_add(i));
-            if !self.ptrs[1].is_null() {
-                crate::simd::prefetch(self.ptrs[1].wrapping_add(i));
+            if self.ptrs[1].is_null() {
+                crate::simd::prefetch::<true, T>(self.ptrs[0].wrapping_add(i));
+            } else {
+                crate::simd::prefetch::<false, T>(self.ptrs[0].wrapping_add(i));
+                crate::simd::prefetch::<false, T>(self.ptrs[1].wrapping_add(i));
             }
         }
     }
+}
+
+/// The sweeps of the row backward, skewed: pass 1 of one group (from
+/// memory) and pass 2 of the group before it (from cache) in one loop, so
+/// that memory sees two input streams and one output stream at a steady
+/// rate, as in a plain 2-read-1-write loop. Each half computes exactly what
+/// it computes alone ([`bwd_sums_scalar`] / [`bwd_sums_vec`],
+/// [`bwd_dx_scalar`] / [`bwd_dx_vec`]), in the same order.
+pub(crate) struct Skewed<'a, T> {
+    /// Pass 1 inputs: `dy`, `x` of the next group's run, and its saved mean
+    /// and rstd.
+    pub dy1: &'a [T],
+    pub x1: &'a [T],
+    pub mean1: f32,
+    pub rstd1: f32,
+    /// Pass 2 of the earlier group's run: output, inputs, coefficients.
+    pub dx0: &'a mut [T],
+    pub dy0: &'a [T],
+    pub x0: &'a [T],
+    pub k0: DxCoef,
+    /// Prefetched while the loop runs: the group after the next.
+    pub ahead: Ahead<T>,
+}
+
+/// [`Skewed`] on runs of one channel each: pass 1 returns
+/// `[Σdy, Σdy·x̂, Σx̂]` of the next run; pass 2 uses the earlier run's
+/// channel weight `w0`. One explicit loop over locals, in the order of
+/// [`reduce`] (see [`bwd_skewed_vec`]).
+#[inline(always)]
+pub(crate) fn bwd_skewed_scalar<S: Isa, T: Elem>(s: S, k: Skewed<'_, T>, w0: f32) -> [f64; 3] {
+    let Skewed { dy1, x1, mean1, rstd1, dx0, dy0, x0, k0, ahead } = k;
+    let n = x1.len();
+    let (dy1, dx0, dy0, x0) = (&dy1[..n], &mut dx0[..n], &dy0[..n], &x0[..n]);
+    let c = [
+        s.splat(mean1),
+        s.splat(rstd1),
+        s.splat(k0.mean_hi),
+        s.splat(k0.mean_lo),
+        s.splat(k0.rstd),
+        s.splat(w0 * k0.rstd),
+        s.splat(k0.mean_g * k0.rstd),
+        s.splat(k0.mean_gx * k0.rstd),
+    ];
+    /// Values `i..i + m` (`m ≤ 16`) of both halves; pass 1 adds into `acc`.
+    #[inline(always)]
+    fn step<S: Isa, T: Elem>(
+        s: S,
+        i: usize,
+        m: usize,
+        [m1, r1, mh, ml, r, wr, mg, mgx]: [S::V; 8],
+        acc: &mut [S::V; 3],
+        (dy1, x1): (&[T], &[T]),
+        (dx0, dy0, x0): (&mut [T], &[T], &[T]),
+    ) {
+        let full = m == L;
+        let ld = |v: &[T]| if full { load(s, v, i) } else { load_part(s, v, i, m) };
+        // Pass 1 of the next run; missing lanes add nothing.
+        let xh = s.mul(s.sub(ld(x1), m1), r1);
+        let xh = if full { xh } else { s.keep_first(xh, m) };
+        let d = ld(dy1);
+        acc[0] = s.add(acc[0], d);
+        acc[1] = s.fma(d, xh, acc[1]);
+        acc[2] = s.add(acc[2], xh);
+        // Pass 2 of the earlier run.
+        let xh0 = s.mul(s.sub(s.sub(ld(x0), mh), ml), r);
+        let o = s.sub(s.mul(ld(dy0), wr), s.fma(xh0, mgx, mg));
+        if full {
+            store(s, dx0, i, o);
+        } else {
+            store_part(s, dx0, i, m, o);
+        }
+    }
+    let mut out = [0.0f64; 3];
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let (mut a, mut b) = ([s.splat(0.0); 3], [s.splat(0.0); 3]);
+        let mut i = start;
+        while i + 2 * L <= end {
+            ahead.at(i);
+            ahead.at(i + L);
+            step(s, i, L, c, &mut a, (dy1, x1), (dx0, dy0, x0));
+            step(s, i + L, L, c, &mut b, (dy1, x1), (dx0, dy0, x0));
+            i += 2 * L;
+        }
+        if i + L <= end {
+            ahead.at(i);
+            step(s, i, L, c, &mut a, (dy1, x1), (dx0, dy0, x0));
+            i += L;
+        }
+        if i < end {
+            step(s, i, end - i, c, &mut b, (dy1, x1), (dx0, dy0, x0));
+        }
+        for q in 0..3 {
+            out[q] += s.sum_f64(a[q]) + s.sum_f64(b[q]);
+        }
+        start = end;
+    }
+    out
+}
+
+/// [`Skewed`] on rows whose channels advance with each value (LayerNorm):
+/// pass 1 returns `[Σg, Σg·x̂, Σx̂]` with `g = dy · w1`; pass 2 adds the
+/// earlier row's `dy · x̂` and `dy` into `dweight`, `dbias`, the sums of
+/// its channels, whose weight is `w0` (the same channels as the next row's
+/// in LayerNorm, others in channels-last GroupNorm).
+///
+/// Written as one explicit loop over locals (the order of [`reduce`]):
+/// with three output streams, a driver holding them in a struct left the
+/// compiler reloading every coefficient from the stack on each iteration.
+#[inline(always)]
+pub(crate) fn bwd_skewed_vec<S: Isa, T: Elem>(
+    s: S,
+    k: Skewed<'_, T>,
+    w1: &[f32],
+    w0: &[f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+) -> [f64; 3] {
+    let Skewed { dy1, x1, mean1, rstd1, dx0, dy0, x0, k0, ahead } = k;
+    let n = x1.len();
+    // Every slice cut to n: the loop's own bounds then cover every access,
+    // and the compiler drops the per-slice checks.
+    let (dy1, w1, w0) = (&dy1[..n], &w1[..n], &w0[..n]);
+    let (dx0, dy0, x0) = (&mut dx0[..n], &dy0[..n], &x0[..n]);
+    let (dweight, dbias) = (&mut dweight[..n], &mut dbias[..n]);
+    let c = [
+        s.splat(mean1),
+        s.splat(rstd1),
+        s.splat(k0.mean_hi),
+        s.splat(k0.mean_lo),
+        s.splat(k0.rstd),
+        s.splat(k0.mean_g * k0.rstd),
+        s.splat(k0.mean_gx * k0.rstd),
+    ];
+    /// Values `i..i + m` (`m ≤ 16`) of both halves; pass 1 adds into `acc`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn step<S: Isa, T: Elem>(
+        s: S,
+        i: usize,
+        m: usize,
+        [m1, r1, mh, ml, r, mg, mgx]: [S::V; 7],
+        acc: &mut [S::V; 3],
+        (dy1, x1, w1): (&[T], &[T], &[f32]),
+        (dx0, dy0, x0, w0): (&mut [T], &[T], &[T], &[f32]),
+        (dweight, dbias): (&mut [f32], &mut [f32]),
+    ) {
+        let full = m == L;
+        let ld = |v: &[T]| if full { load(s, v, i) } else { load_part(s, v, i, m) };
+        let ldf = |v: &[f32]| if full { load(s, v, i) } else { load_part(s, v, i, m) };
+        // Pass 1 of the next row; missing lanes add nothing.
+        let xh = s.mul(s.sub(ld(x1), m1), r1);
+        let xh = if full { xh } else { s.keep_first(xh, m) };
+        let g = s.mul(ld(dy1), ldf(w1));
+        acc[0] = s.add(acc[0], g);
+        acc[1] = s.fma(g, xh, acc[1]);
+        acc[2] = s.add(acc[2], xh);
+        // Pass 2 of the earlier row.
+        let d = ld(dy0);
+        let xh0 = s.mul(s.sub(s.sub(ld(x0), mh), ml), r);
+        let o = s.sub(s.mul(s.mul(d, ldf(w0)), r), s.fma(xh0, mgx, mg));
+        let dw = s.fma(d, xh0, ldf(dweight));
+        let db = s.add(ldf(dbias), d);
+        if full {
+            store(s, dx0, i, o);
+            store(s, dweight, i, dw);
+            store(s, dbias, i, db);
+        } else {
+            store_part(s, dx0, i, m, o);
+            store_part(s, dweight, i, m, dw);
+            store_part(s, dbias, i, m, db);
+        }
+    }
+    let mut out = [0.0f64; 3];
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let (mut a, mut b) = ([s.splat(0.0); 3], [s.splat(0.0); 3]);
+        let mut i = start;
+        // The order of `reduce`: full vectors alternate a, b; a tail goes
+        // to b.
+        while i + 2 * L <= end {
+            ahead.at(i);
+            ahead.at(i + L);
+            step(s, i, L, c, &mut a, (dy1, x1, w1), (dx0, dy0, x0, w0), (dweight, dbias));
+            step(s, i + L, L, c, &mut b, (dy1, x1, w1), (dx0, dy0, x0, w0), (dweight, dbias));
+            i += 2 * L;
+        }
+        if i + L <= end {
+            ahead.at(i);
+            step(s, i, L, c, &mut a, (dy1, x1, w1), (dx0, dy0, x0, w0), (dweight, dbias));
+            i += L;
+        }
+        if i < end {
+            step(s, i, end - i, c, &mut b, (dy1, x1, w1), (dx0, dy0, x0, w0), (dweight, dbias));
+        }
+        for q in 0..3 {
+            out[q] += s.sum_f64(a[q]) + s.sum_f64(b[q]);
+        }
+        start = end;
+    }
+    out
 }
 
 /// Coefficients of backward pass 2 for one group.

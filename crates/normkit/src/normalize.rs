@@ -37,7 +37,7 @@ use crate::moments::{group_moments, rstd, scale_for, split, Moments};
 use crate::parallel::{
     chunk_items, items_per_chunk, map_chunks, stream_output, Scratch, SharedMut,
 };
-use crate::simd::multiversion;
+use crate::simd::{multiversion, Isa};
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -76,11 +76,16 @@ impl Run {
     }
 }
 
-/// The runs of one group, computed on the fly.
+/// The runs of one group, computed on the fly: run `i` starts at
+/// `first + i · stride` with channel `channel + i · channel_step`.
 #[derive(Debug, Clone)]
 pub(crate) struct Runs {
-    plan: Plan,
-    group: usize,
+    first: usize,
+    stride: usize,
+    len: usize,
+    channel: usize,
+    channel_step: usize,
+    per_element: bool,
     next: usize,
     count: usize,
 }
@@ -88,46 +93,18 @@ pub(crate) struct Runs {
 impl Iterator for Runs {
     type Item = Run;
 
+    #[inline]
     fn next(&mut self) -> Option<Run> {
         if self.next == self.count {
             return None;
         }
         let i = self.next;
         self.next += 1;
-        let Geometry { c, s, axis, .. } = self.plan.geo;
-        let k = self.group;
-        Some(match (self.plan.scope, axis) {
-            (Scope::AcrossBatch, ChannelAxis::First) => Run {
-                start: (i * c + k) * s,
-                len: s,
-                channel: k,
-                per_element: false,
-            },
-            (Scope::AcrossBatch, ChannelAxis::Last) => Run {
-                start: i * c + k,
-                len: 1,
-                channel: k,
-                per_element: false,
-            },
-            (Scope::PerSample { groups }, ChannelAxis::First) => {
-                let (n, g, cg) = (k / groups, k % groups, c / groups);
-                let ch = g * cg + i;
-                Run {
-                    start: (n * c + ch) * s,
-                    len: s,
-                    channel: ch,
-                    per_element: false,
-                }
-            }
-            (Scope::PerSample { groups }, ChannelAxis::Last) => {
-                let (n, g, cg) = (k / groups, k % groups, c / groups);
-                Run {
-                    start: (n * s + i) * c + g * cg,
-                    len: cg,
-                    channel: g * cg,
-                    per_element: true,
-                }
-            }
+        Some(Run {
+            start: self.first + i * self.stride,
+            len: self.len,
+            channel: self.channel + i * self.channel_step,
+            per_element: self.per_element,
         })
     }
 }
@@ -140,6 +117,14 @@ struct Coefs<'a> {
 }
 
 impl<'a> Coefs<'a> {
+    /// For the backward passes, which never read the bias.
+    fn weight_only(c: usize, weight: Option<&'a [f32]>) -> Self {
+        Coefs {
+            weight: weight.map_or_else(|| Cow::Owned(vec![1.0; c]), Cow::Borrowed),
+            bias: Cow::Borrowed(&[]),
+        }
+    }
+
     fn new(c: usize, weight: Option<&'a [f32]>, bias: Option<&'a [f32]>) -> Self {
         Coefs {
             weight: weight.map_or_else(|| Cow::Owned(vec![1.0; c]), Cow::Borrowed),
@@ -164,6 +149,7 @@ impl Partials {
     }
 
     /// Adds `f32` row sums into the partials and zeroes them.
+    #[inline(always)]
     pub fn add_f32(&mut self, dweight: &mut [f32], dbias: &mut [f32]) {
         flush_into(&mut self.dweight, dweight);
         flush_into(&mut self.dbias, dbias);
@@ -171,7 +157,8 @@ impl Partials {
 
     /// Adds chunks' partials in order and writes the requested gradients.
     pub fn finish<T>(parts: Vec<Partials>, c: usize, grads: Grads<'_, T>) {
-        let mut total = Partials::new(c);
+        let mut parts = parts.into_iter();
+        let mut total = parts.next().unwrap_or_else(|| Partials::new(c));
         for p in parts {
             for (t, v) in total.dweight.iter_mut().zip(p.dweight.iter()) {
                 *t += v;
@@ -237,17 +224,34 @@ impl Plan {
 
     pub fn runs(&self, group: usize) -> Runs {
         let Geometry { n, c, s, axis } = self.geo;
-        let count = match (self.scope, axis) {
-            (Scope::AcrossBatch, ChannelAxis::First) => n,
-            (Scope::AcrossBatch, ChannelAxis::Last) => n * s,
-            (Scope::PerSample { groups }, ChannelAxis::First) => c / groups,
-            (Scope::PerSample { .. }, ChannelAxis::Last) => s,
-        };
-        Runs {
-            plan: *self,
-            group,
+        let k = group;
+        let runs = |first, stride, count, len, channel, channel_step, per_element| Runs {
+            first,
+            stride,
+            len,
+            channel,
+            channel_step,
+            per_element,
             next: 0,
             count,
+        };
+        match (self.scope, axis) {
+            // Channel k of every sample.
+            (Scope::AcrossBatch, ChannelAxis::First) => runs(k * s, c * s, n, s, k, 0, false),
+            // Value k of every row of channels.
+            (Scope::AcrossBatch, ChannelAxis::Last) => runs(k, c, n * s, 1, k, 0, false),
+            // The group's channels of sample k / groups, one run each.
+            (Scope::PerSample { groups }, ChannelAxis::First) => {
+                let (sample, cg) = (k / groups, c / groups);
+                let ch = k % groups * cg;
+                runs((sample * c + ch) * s, s, cg, s, ch, 1, false)
+            }
+            // The group's channels at every position of the sample.
+            (Scope::PerSample { groups }, ChannelAxis::Last) => {
+                let (sample, cg) = (k / groups, c / groups);
+                let ch = k % groups * cg;
+                runs(sample * s * c + ch, c, s, cg, ch, 0, true)
+            }
         }
     }
 
@@ -465,7 +469,7 @@ impl Plan {
             }
             return;
         }
-        let coefs = Coefs::new(p.geo.c, weight, None);
+        let coefs = Coefs::weight_only(p.geo.c, weight);
         let mode = Backward { stats, train };
         let dx = SharedMut::new(grads.dx);
         let parts = if p.columnar() {
@@ -538,6 +542,45 @@ impl Plan {
     }
 }
 
+/// Groups up to this size are software-pipelined in the row forward: the
+/// statistics of group `k + 1` are computed before group `k` is written,
+/// so that the statistics' scalar tail (divisions, a square root) and the
+/// next group's memory reads overlap the output sweep. Two groups are then
+/// in cache at once, hence the limit.
+const PIPELINE_MAX_BYTES: usize = 64 << 10;
+
+/// The output sweep of one group with statistics `g`, prefetching the
+/// runs of `next` (the group whose statistics come next).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn write_group<S: Isa, T: Elem>(
+    s: S,
+    runs: &[Run],
+    next: &[Run],
+    g: GroupStats,
+    y: &SharedMut<'_, T>,
+    x: &[T],
+    coefs: &Coefs<'_>,
+    stream: bool,
+) {
+    for (j, run) in runs.iter().enumerate() {
+        let xr = &x[run.range()];
+        let ahead = next.get(j).map_or(Ahead::NONE, |r| Ahead::one(&x[r.range()]));
+        // SAFETY: each value belongs to exactly one group's runs, and each
+        // group to exactly one chunk.
+        let yr = unsafe { y.range(run.range()) };
+        if run.per_element {
+            let cs = run.channel..run.channel + run.len;
+            let (w, b) = (&coefs.weight[cs.clone()], &coefs.bias[cs]);
+            lanes::apply_vec(s, yr, xr, g.mean_hi, g.mean_lo, g.rstd, w, b, ahead, stream);
+        } else {
+            let a = g.rstd * coefs.weight[run.channel];
+            let b = coefs.bias[run.channel];
+            lanes::apply_scalar(s, yr, xr, g.mean_hi, g.mean_lo, a, b, ahead, stream);
+        }
+    }
+}
+
 multiversion! {
     fn row_forward_chunk<T: Elem>[s](
         plan: &Plan,
@@ -548,45 +591,60 @@ multiversion! {
         norm: Norm<'_>,
         stream: bool,
     ) -> Vec<Moments> {
-        let (mut runs, mut next): (Vec<Run>, Vec<Run>) = (Vec::new(), Vec::new());
         let mut out = Vec::with_capacity(groups.len());
         let end = groups.end;
+        let bytes = plan.group_size() * std::mem::size_of::<T>();
+        let eps = match norm {
+            Norm::Batch(eps) => eps,
+            Norm::Given(given) => {
+                // Statistics given: one sweep per group, nothing to overlap.
+                let mut runs: Vec<Run> = Vec::new();
+                for k in groups {
+                    runs.clear();
+                    runs.extend(plan.runs(k));
+                    write_group(s, &runs, &[], given[k], y, x, coefs, stream);
+                    out.push(Moments::EMPTY);
+                }
+                if stream {
+                    s.fence();
+                }
+                return out;
+            }
+        };
+        let stats = |runs: &[Run]| {
+            let m = group_moments(s, runs.iter().map(|r| &x[r.range()]), plan.centered);
+            (m, GroupStats::from_moments(&m, eps))
+        };
+        // `runs`: the group being read; `held`: the group read before it,
+        // whose output is written next (pipelined), with its statistics.
+        let (mut runs, mut held, mut next): (Vec<Run>, Vec<Run>, Vec<Run>) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let mut held_stats: Option<GroupStats> = None;
+        let pipelined = bytes <= PIPELINE_MAX_BYTES;
         for k in groups {
             runs.clear();
             runs.extend(plan.runs(k));
-            // While the output sweep runs from cache, the next group's
-            // input streams in for its statistics (training only: with
-            // given statistics the next sweep reads memory anyway).
+            // Statistics in one sweep from memory; the group is then in
+            // cache for its output sweep.
+            let (m, g) = stats(&runs);
+            out.push(m);
+            // While an output sweep runs from cache, the input of the group
+            // whose statistics come next streams in.
             next.clear();
-            if k + 1 < end && matches!(norm, Norm::Batch(_)) {
+            if k + 1 < end {
                 next.extend(plan.runs(k + 1));
             }
-            // Statistics in one sweep from memory; the group is then in
-            // cache for the output sweep.
-            let (m, g) = match norm {
-                Norm::Batch(eps) => {
-                    let m = group_moments(s, runs.iter().map(|r| &x[r.range()]), plan.centered);
-                    (m, GroupStats::from_moments(&m, eps))
+            if pipelined {
+                if let Some(gh) = held_stats.replace(g) {
+                    write_group(s, &held, &next, gh, y, x, coefs, stream);
                 }
-                Norm::Given(groups) => (Moments::EMPTY, groups[k]),
-            };
-            out.push(m);
-            for (j, run) in runs.iter().enumerate() {
-                let xr = &x[run.range()];
-                let ahead = next.get(j).map_or(Ahead::NONE, |r| Ahead::one(&x[r.range()]));
-                // SAFETY: each value belongs to exactly one group's runs,
-                // and each group to exactly one chunk.
-                let yr = unsafe { y.range(run.range()) };
-                if run.per_element {
-                    let cs = run.channel..run.channel + run.len;
-                    let (w, b) = (&coefs.weight[cs.clone()], &coefs.bias[cs]);
-                    lanes::apply_vec(s, yr, xr, g.mean_hi, g.mean_lo, g.rstd, w, b, ahead, stream);
-                } else {
-                    let a = g.rstd * coefs.weight[run.channel];
-                    let b = coefs.bias[run.channel];
-                    lanes::apply_scalar(s, yr, xr, g.mean_hi, g.mean_lo, a, b, ahead, stream);
-                }
+                std::mem::swap(&mut runs, &mut held);
+            } else {
+                write_group(s, &runs, &next, g, y, x, coefs, stream);
             }
+        }
+        if let Some(gh) = held_stats {
+            write_group(s, &held, &[], gh, y, x, coefs, stream);
         }
         if stream {
             s.fence();
@@ -608,7 +666,21 @@ multiversion! {
     }
 }
 
+/// A group of the row backward whose pass 1 is done and whose pass 2 is
+/// pending.
+struct Held {
+    runs: Vec<Run>,
+    coef: DxCoef,
+    /// Per-run `[Σdy, Σdy·x̂, Σx̂]` (runs of one channel).
+    run_sums: Vec<[f64; 3]>,
+    delta: f64,
+}
+
 multiversion! {
+    /// The row backward over a chunk of groups. Pass 1 of each group (sums,
+    /// from memory) runs in one loop with pass 2 of the group before it
+    /// (dx, from cache; see [`lanes::Skewed`]); the first group's pass 1
+    /// and the last group's pass 2 run alone.
     fn row_backward_chunk<T: Elem>[s](
         plan: &Plan,
         groups: Range<usize>,
@@ -626,69 +698,107 @@ multiversion! {
         let per_element = plan.geo.axis == ChannelAxis::Last;
         let scratch = if per_element { c } else { 0 };
         let (mut dw32, mut db32) = (Scratch::<f32>::zeroed(scratch), Scratch::<f32>::zeroed(scratch));
-        let (mut runs, mut next, mut run_sums): (Vec<Run>, Vec<Run>, Vec<[f64; 3]>) =
-            (Vec::new(), Vec::new(), Vec::new());
         let end = groups.end;
-        for (done, k) in groups.enumerate() {
-            runs.clear();
-            runs.extend(plan.runs(k));
+        let mut held: Option<Held> = None;
+        let mut spare = Held { runs: Vec::new(), coef: DX_NONE, run_sums: Vec::new(), delta: 0.0 };
+        let mut done = 0usize;
+        let mut after: Vec<Run> = Vec::new();
+        // Pass 2 bookkeeping once a held group's dx is written.
+        let mut finish = |h: &Held, parts: &mut Partials, dw32: &mut [f32], db32: &mut [f32]| {
+            for (run, sums) in h.runs.iter().zip(&h.run_sums) {
+                parts.dweight[run.channel] += sums[1] - h.delta * sums[0];
+                parts.dbias[run.channel] += sums[0];
+            }
+            done += 1;
+            if per_element && done % ROWS_PER_FLUSH == 0 {
+                parts.add_f32(dw32, db32);
+            }
+        };
+        for k in groups {
+            let mut cur = std::mem::replace(&mut spare, Held { runs: Vec::new(), coef: DX_NONE, run_sums: Vec::new(), delta: 0.0 });
+            cur.runs.clear();
+            cur.runs.extend(plan.runs(k));
+            cur.run_sums.clear();
             let g = GroupStats::given(mode.stats, k);
             let mean = if plan.centered { g.mean_hi } else { 0.0 };
-            // Pass 1, from memory: Σg, Σg·x̂, Σx̂ (and per-run sums for the
-            // parameters).
+            // Runs of the group after this one, fetched while this loop runs.
+            after.clear();
+            if k + 1 < end {
+                after.extend(plan.runs(k + 1));
+            }
             let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
-            run_sums.clear();
-            for run in &runs {
-                let (xr, dyr) = (&x[run.range()], &dy[run.range()]);
+            for (j, run) in cur.runs.iter().enumerate() {
+                let (x1, dy1) = (&x[run.range()], &dy[run.range()]);
+                let ahead = after.get(j).map_or(Ahead::NONE, |r| Ahead::two(&x[r.range()], &dy[r.range()]));
+                let sums = match &held {
+                    Some(h) => {
+                        let r0 = h.runs[j];
+                        // SAFETY: each value belongs to exactly one group's
+                        // runs, and each group to exactly one chunk.
+                        let dx0 = unsafe { dx.range(r0.range()) };
+                        let k = lanes::Skewed {
+                            dy1, x1, mean1: mean, rstd1: g.rstd,
+                            dx0, dy0: &dy[r0.range()], x0: &x[r0.range()], k0: h.coef, ahead,
+                        };
+                        if run.per_element {
+                            let c1 = run.channel..run.channel + run.len;
+                            let c0 = r0.channel..r0.channel + r0.len;
+                            let (w1, w0) = (&coefs.weight[c1], &coefs.weight[c0.clone()]);
+                            let (dw, db) = (&mut dw32[c0.clone()], &mut db32[c0]);
+                            s.outlined(|| lanes::bwd_skewed_vec(s, k, w1, w0, dw, db))
+                        } else {
+                            let w0 = coefs.weight[r0.channel];
+                            s.outlined(|| lanes::bwd_skewed_scalar(s, k, w0))
+                        }
+                    }
+                    None if run.per_element => {
+                        let w = &coefs.weight[run.channel..run.channel + run.len];
+                        lanes::bwd_sums_vec(s, dy1, x1, mean, g.rstd, w)
+                    }
+                    None => lanes::bwd_sums_scalar(s, dy1, x1, mean, g.rstd),
+                };
                 if run.per_element {
-                    let w = &coefs.weight[run.channel..run.channel + run.len];
-                    let [a, b, e] = lanes::bwd_sums_vec(s, dyr, xr, mean, g.rstd, w);
-                    sg += a;
-                    sgx += b;
-                    sx += e;
+                    sg += sums[0];
+                    sgx += sums[1];
+                    sx += sums[2];
                 } else {
-                    let sums = lanes::bwd_sums_scalar(s, dyr, xr, mean, g.rstd);
                     let w = coefs.weight[run.channel] as f64;
                     sg += w * sums[0];
                     sgx += w * sums[1];
                     sx += sums[2];
-                    run_sums.push(sums);
+                    cur.run_sums.push(sums);
                 }
             }
+            if let Some(h) = held.take() {
+                finish(&h, &mut parts, &mut dw32, &mut db32);
+                spare = h;
+            }
             let (delta, mean_g, mean_gx) = correction(mode.train, plan.centered, n, [sg, sgx, sx]);
-            let coef = DxCoef {
+            cur.delta = delta;
+            cur.coef = DxCoef {
                 mean_hi: mean,
                 mean_lo: if g.rstd != 0.0 { (delta / g.rstd as f64) as f32 } else { 0.0 },
                 rstd: g.rstd,
                 mean_g: mean_g as f32,
                 mean_gx: mean_gx as f32,
             };
-            // Pass 2, from cache: dx and the parameter sums.
-            let mut scalar_runs = run_sums.iter();
-            next.clear();
-            if k + 1 < end {
-                next.extend(plan.runs(k + 1));
-            }
-            for (j, run) in runs.iter().enumerate() {
-                let ahead = next.get(j).map_or(Ahead::NONE, |r| Ahead::two(&x[r.range()], &dy[r.range()]));
+            held = Some(cur);
+        }
+        // The last group's pass 2 alone.
+        if let Some(h) = held.take() {
+            for run in &h.runs {
                 let (xr, dyr) = (&x[run.range()], &dy[run.range()]);
-                // SAFETY: each value belongs to exactly one group's runs,
-                // and each group to exactly one chunk.
+                // SAFETY: as above.
                 let out = unsafe { dx.range(run.range()) };
                 if run.per_element {
                     let cs = run.channel..run.channel + run.len;
                     let w = &coefs.weight[cs.clone()];
-                    lanes::bwd_dx_vec(s, out, dyr, xr, coef, w, &mut dw32[cs.clone()], &mut db32[cs], ahead, stream);
+                    lanes::bwd_dx_vec(s, out, dyr, xr, h.coef, w, &mut dw32[cs.clone()], &mut db32[cs], Ahead::NONE, stream);
                 } else {
-                    lanes::bwd_dx_scalar(s, out, dyr, xr, coef, coefs.weight[run.channel], ahead, stream);
-                    let sums = scalar_runs.next().unwrap();
-                    parts.dweight[run.channel] += sums[1] - delta * sums[0];
-                    parts.dbias[run.channel] += sums[0];
+                    lanes::bwd_dx_scalar(s, out, dyr, xr, h.coef, coefs.weight[run.channel], Ahead::NONE, stream);
                 }
             }
-            if per_element && (done + 1) % ROWS_PER_FLUSH == 0 {
-                parts.add_f32(&mut dw32, &mut db32);
-            }
+            finish(&h, &mut parts, &mut dw32, &mut db32);
         }
         if per_element {
             parts.add_f32(&mut dw32, &mut db32);
@@ -699,6 +809,15 @@ multiversion! {
         parts
     }
 }
+
+/// Placeholder coefficients of a [`Held`] not yet filled.
+const DX_NONE: DxCoef = DxCoef {
+    mean_hi: 0.0,
+    mean_lo: 0.0,
+    rstd: 0.0,
+    mean_g: 0.0,
+    mean_gx: 0.0,
+};
 
 // ---------------------------------------------------------------- columns
 

@@ -153,6 +153,11 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// Orders earlier streaming stores before later stores: called once
     /// a chunk of work is done, before other threads may read its output.
     fn fence(self);
+
+    /// Runs `f` in a function of its own, compiled for this level. A hot
+    /// loop with many streams gets every register that way, where inlined
+    /// into a large kernel it would share them and spill.
+    fn outlined<R>(self, f: impl FnOnce() -> R) -> R;
 }
 
 /// `bf16` bits of `v`, rounded to nearest even; a NaN becomes a quiet
@@ -314,6 +319,14 @@ impl Isa for Scalar {
     }
     #[inline(always)]
     fn fence(self) {}
+    #[inline(always)]
+    fn outlined<R>(self, f: impl FnOnce() -> R) -> R {
+        #[inline(never)]
+        fn go<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        go(f)
+    }
 }
 
 /// Bits of `1.5 · 2²³`, the constant [`Isa::exp2_int`] expects added.
@@ -470,6 +483,15 @@ mod x86 {
         #[inline(always)]
         fn fence(self) {
             unsafe { _mm_sfence() }
+        }
+        #[inline(always)]
+        fn outlined<R>(self, f: impl FnOnce() -> R) -> R {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+            #[inline(never)]
+            unsafe fn go<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            unsafe { go(f) }
         }
     }
 
@@ -689,6 +711,15 @@ mod x86 {
         fn fence(self) {
             unsafe { _mm_sfence() }
         }
+        #[inline(always)]
+        fn outlined<R>(self, f: impl FnOnce() -> R) -> R {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            #[inline(never)]
+            unsafe fn go<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            unsafe { go(f) }
+        }
     }
 }
 
@@ -816,14 +847,21 @@ mod tests {
     }
 }
 
-/// Asks the CPU to start loading the cache line holding `p` (a hint that
-/// never faults, whatever `p` is).
+/// Asks the CPU to start loading the cache line holding `p` into every
+/// cache level (`L1`) or into the second level and beyond (`!L1`), where
+/// several input streams of a group that is read later would crowd the
+/// first level out. A hint: it never faults, whatever `p` is.
 #[inline(always)]
-pub(crate) fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<const L1: bool, T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: prefetch is a hint; it reads nothing and cannot fault.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        if L1 {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        } else {
+            _mm_prefetch::<_MM_HINT_T1>(p.cast());
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;

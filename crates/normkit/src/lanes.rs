@@ -55,6 +55,26 @@ pub(crate) fn load_part<S: Isa, T: Elem>(s: S, x: &[T], i: usize, n: usize) -> S
     load(s, &buf, 0)
 }
 
+/// Values `i..i + m` of `x`, `m ≤ 16` (a full vector when `m` is 16).
+#[inline(always)]
+pub(crate) fn load_m<S: Isa, T: Elem>(s: S, x: &[T], i: usize, m: usize) -> S::V {
+    if m == L {
+        load(s, x, i)
+    } else {
+        load_part(s, x, i, m)
+    }
+}
+
+/// Stores the first `m ≤ 16` lanes at `y[i..i + m]`.
+#[inline(always)]
+pub(crate) fn store_m<S: Isa, T: Elem>(s: S, y: &mut [T], i: usize, m: usize, v: S::V) {
+    if m == L {
+        store(s, y, i, v)
+    } else {
+        store_part(s, y, i, m, v)
+    }
+}
+
 /// Stores 16 lanes at `y[i..i + 16]`.
 #[inline(always)]
 pub(crate) fn store<S: Isa, T: Elem>(s: S, y: &mut [T], i: usize, v: S::V) {
@@ -395,6 +415,185 @@ pub(crate) fn apply_vec<S: Isa, T: Elem>(
     write_lanewise(s, y, &mut f, stream_out);
 }
 
+/// The sweeps of the row forward, skewed: the statistics sweep of one
+/// group (from memory) and the output sweep of the group before it (from
+/// cache) in one loop, so that memory sees one input and one output stream
+/// at a steady rate, as in a copy. Each half computes exactly what it
+/// computes alone ([`shifted_sums`], [`apply_scalar`] / [`apply_vec`]), in
+/// the same order. Output vectors follow the input's index; they are
+/// streamed only when that lands on the streaming alignment.
+pub(crate) struct SkewedFwd<'a, T> {
+    /// The next group's run and its shift.
+    pub x1: &'a [T],
+    pub shift1: f32,
+    /// The earlier group's run: output, input, statistics.
+    pub y0: &'a mut [T],
+    pub x0: &'a [T],
+    pub mean_hi: f32,
+    pub mean_lo: f32,
+    /// Prefetched while the loop runs: the group after the next.
+    pub ahead: Ahead<T>,
+    pub stream: bool,
+}
+
+/// [`SkewedFwd`] where the earlier run has one channel:
+/// `y = ((x - mean_hi) - mean_lo) · a + b`. Returns `[Σd, Σd²]` of the next
+/// run.
+#[inline(always)]
+pub(crate) fn fwd_skewed_scalar<S: Isa, T: Elem>(s: S, k: SkewedFwd<'_, T>, a: f32, b: f32) -> [f64; 2] {
+    struct F<'a, S: Isa, T> {
+        x0: &'a [T],
+        /// mean_hi, mean_lo, a, b.
+        c: [S::V; 4],
+    }
+    impl<S: Isa, T: Elem> Lanewise<S> for F<'_, S, T> {
+        #[inline(always)]
+        fn at(&mut self, s: S, i: usize) -> S::V {
+            self.at_part(s, i, L)
+        }
+        #[inline(always)]
+        fn at_part(&mut self, s: S, i: usize, m: usize) -> S::V {
+            let [mh, ml, a, b] = self.c;
+            s.fma(s.sub(s.sub(load_m(s, self.x0, i, m), mh), ml), a, b)
+        }
+    }
+    let n = k.x1.len();
+    let c = [s.splat(k.mean_hi), s.splat(k.mean_lo), s.splat(a), s.splat(b)];
+    let out = Cursor::new(s, &mut k.y0[..n], F { x0: &k.x0[..n], c }, k.stream);
+    skewed_fwd_loop(s, k.x1, s.splat(k.shift1), k.ahead, out)
+}
+
+/// [`SkewedFwd`] where the earlier run's channels advance with each value:
+/// `y = ((x - mean_hi) - mean_lo) · rstd · w + b`.
+#[inline(always)]
+pub(crate) fn fwd_skewed_vec<S: Isa, T: Elem>(
+    s: S,
+    k: SkewedFwd<'_, T>,
+    rstd: f32,
+    w: &[f32],
+    b: &[f32],
+) -> [f64; 2] {
+    struct F<'a, S: Isa, T> {
+        x0: &'a [T],
+        w: &'a [f32],
+        b: &'a [f32],
+        /// mean_hi, mean_lo, rstd.
+        c: [S::V; 3],
+    }
+    impl<S: Isa, T: Elem> Lanewise<S> for F<'_, S, T> {
+        #[inline(always)]
+        fn at(&mut self, s: S, i: usize) -> S::V {
+            self.at_part(s, i, L)
+        }
+        #[inline(always)]
+        fn at_part(&mut self, s: S, i: usize, m: usize) -> S::V {
+            let [mh, ml, r] = self.c;
+            let t = s.mul(s.sub(s.sub(load_m(s, self.x0, i, m), mh), ml), r);
+            s.fma(t, load_m(s, self.w, i, m), load_m(s, self.b, i, m))
+        }
+    }
+    let n = k.x1.len();
+    let c = [s.splat(k.mean_hi), s.splat(k.mean_lo), s.splat(rstd)];
+    let f = F { x0: &k.x0[..n], w: &w[..n], b: &b[..n], c };
+    let out = Cursor::new(s, &mut k.y0[..n], f, k.stream);
+    skewed_fwd_loop(s, k.x1, s.splat(k.shift1), k.ahead, out)
+}
+
+/// The output half of a skewed loop: writes an elementwise output at its
+/// own pace and alignment. [`Cursor::advance`] writes the full vectors
+/// that end by a given value, streamed once aligned (after a partial head)
+/// when asked; [`Cursor::finish`] writes the rest.
+struct Cursor<'a, S: Isa, T, F> {
+    y: &'a mut [T],
+    f: F,
+    pos: usize,
+    stream: bool,
+    _s: std::marker::PhantomData<S>,
+}
+
+impl<'a, S: Isa, T: Elem, F: Lanewise<S>> Cursor<'a, S, T, F> {
+    #[inline(always)]
+    fn new(s: S, y: &'a mut [T], mut f: F, stream_out: bool) -> Self {
+        let mut pos = 0;
+        let head = stream_head(y).filter(|&h| stream_out && h + L <= y.len());
+        if let Some(h) = head.filter(|&h| h > 0) {
+            store_part(s, y, 0, h, f.at_part(s, 0, h));
+            pos = h;
+        }
+        Cursor { y, f, pos, stream: head.is_some(), _s: std::marker::PhantomData }
+    }
+
+    #[inline(always)]
+    fn advance(&mut self, s: S, upto: usize) {
+        while self.pos + L <= upto {
+            let v = self.f.at(s, self.pos);
+            if self.stream {
+                stream(s, self.y, self.pos, v);
+            } else {
+                store(s, self.y, self.pos, v);
+            }
+            self.pos += L;
+        }
+    }
+
+    #[inline(always)]
+    fn finish(&mut self, s: S) {
+        let n = self.y.len();
+        self.advance(s, n);
+        if self.pos < n {
+            let m = n - self.pos;
+            store_part(s, self.y, self.pos, m, self.f.at_part(s, self.pos, m));
+        }
+    }
+}
+
+/// The loop of [`SkewedFwd`]: [`shifted_sums`] of `x1` (shift `k1`) in the
+/// order of [`reduce`], with the output half keeping pace.
+#[inline(always)]
+fn skewed_fwd_loop<S: Isa, T: Elem, F: Lanewise<S>>(
+    s: S,
+    x1: &[T],
+    k1: S::V,
+    ahead: Ahead<T>,
+    mut out: Cursor<'_, S, T, F>,
+) -> [f64; 2] {
+    let n = x1.len();
+    let mut sums = [0.0f64; 2];
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        let (mut a, mut b) = ([s.splat(0.0); 2], [s.splat(0.0); 2]);
+        let mut i = start;
+        while i + 2 * L <= end {
+            ahead.at(i);
+            ahead.at(i + L);
+            let d = s.sub(load(s, x1, i), k1);
+            a = [s.add(a[0], d), s.fma(d, d, a[1])];
+            let d = s.sub(load(s, x1, i + L), k1);
+            b = [s.add(b[0], d), s.fma(d, d, b[1])];
+            out.advance(s, i + 2 * L);
+            i += 2 * L;
+        }
+        if i + L <= end {
+            ahead.at(i);
+            let d = s.sub(load(s, x1, i), k1);
+            a = [s.add(a[0], d), s.fma(d, d, a[1])];
+            i += L;
+        }
+        if i < end {
+            let m = end - i;
+            let d = s.keep_first(s.sub(load_part(s, x1, i, m), k1), m);
+            b = [s.add(b[0], d), s.fma(d, d, b[1])];
+        }
+        for q in 0..2 {
+            sums[q] += s.sum_f64(a[q]) + s.sum_f64(b[q]);
+        }
+        start = end;
+    }
+    out.finish(s);
+    sums
+}
+
 /// Per-channel coefficients of channels-last data laid out for flat
 /// elementwise loops: value `i` of a `[rows, c]` block has channel
 /// `i mod c`, and its coefficient is `ext[i mod c]`, where `ext` repeats
@@ -413,7 +612,7 @@ impl Periodic {
 
     /// `v` (length `c`) extended periodically to `c + 16` entries.
     pub fn extend(&self, v: &[f32]) -> Vec<f32> {
-        (0..self.c + L).map(|j| v[j % self.c]).collect()
+        v.iter().copied().cycle().take(self.c + L).collect()
     }
 
     /// The channel of the value 16 after one of channel `ch`.
@@ -667,23 +866,17 @@ pub(crate) fn bwd_skewed_scalar<S: Isa, T: Elem>(s: S, k: Skewed<'_, T>, w0: f32
         (dy1, x1): (&[T], &[T]),
         (dx0, dy0, x0): (&mut [T], &[T], &[T]),
     ) {
-        let full = m == L;
-        let ld = |v: &[T]| if full { load(s, v, i) } else { load_part(s, v, i, m) };
         // Pass 1 of the next run; missing lanes add nothing.
-        let xh = s.mul(s.sub(ld(x1), m1), r1);
-        let xh = if full { xh } else { s.keep_first(xh, m) };
-        let d = ld(dy1);
+        let xh = s.mul(s.sub(load_m(s, x1, i, m), m1), r1);
+        let xh = if m == L { xh } else { s.keep_first(xh, m) };
+        let d = load_m(s, dy1, i, m);
         acc[0] = s.add(acc[0], d);
         acc[1] = s.fma(d, xh, acc[1]);
         acc[2] = s.add(acc[2], xh);
         // Pass 2 of the earlier run.
-        let xh0 = s.mul(s.sub(s.sub(ld(x0), mh), ml), r);
-        let o = s.sub(s.mul(ld(dy0), wr), s.fma(xh0, mgx, mg));
-        if full {
-            store(s, dx0, i, o);
-        } else {
-            store_part(s, dx0, i, m, o);
-        }
+        let xh0 = s.mul(s.sub(s.sub(load_m(s, x0, i, m), mh), ml), r);
+        let o = s.sub(s.mul(load_m(s, dy0, i, m), wr), s.fma(xh0, mgx, mg));
+        store_m(s, dx0, i, m, o);
     }
     let mut out = [0.0f64; 3];
     let mut start = 0;
@@ -761,31 +954,22 @@ pub(crate) fn bwd_skewed_vec<S: Isa, T: Elem>(
         (dx0, dy0, x0, w0): (&mut [T], &[T], &[T], &[f32]),
         (dweight, dbias): (&mut [f32], &mut [f32]),
     ) {
-        let full = m == L;
-        let ld = |v: &[T]| if full { load(s, v, i) } else { load_part(s, v, i, m) };
-        let ldf = |v: &[f32]| if full { load(s, v, i) } else { load_part(s, v, i, m) };
         // Pass 1 of the next row; missing lanes add nothing.
-        let xh = s.mul(s.sub(ld(x1), m1), r1);
-        let xh = if full { xh } else { s.keep_first(xh, m) };
-        let g = s.mul(ld(dy1), ldf(w1));
+        let xh = s.mul(s.sub(load_m(s, x1, i, m), m1), r1);
+        let xh = if m == L { xh } else { s.keep_first(xh, m) };
+        let g = s.mul(load_m(s, dy1, i, m), load_m(s, w1, i, m));
         acc[0] = s.add(acc[0], g);
         acc[1] = s.fma(g, xh, acc[1]);
         acc[2] = s.add(acc[2], xh);
         // Pass 2 of the earlier row.
-        let d = ld(dy0);
-        let xh0 = s.mul(s.sub(s.sub(ld(x0), mh), ml), r);
-        let o = s.sub(s.mul(s.mul(d, ldf(w0)), r), s.fma(xh0, mgx, mg));
-        let dw = s.fma(d, xh0, ldf(dweight));
-        let db = s.add(ldf(dbias), d);
-        if full {
-            store(s, dx0, i, o);
-            store(s, dweight, i, dw);
-            store(s, dbias, i, db);
-        } else {
-            store_part(s, dx0, i, m, o);
-            store_part(s, dweight, i, m, dw);
-            store_part(s, dbias, i, m, db);
-        }
+        let d = load_m(s, dy0, i, m);
+        let xh0 = s.mul(s.sub(s.sub(load_m(s, x0, i, m), mh), ml), r);
+        let o = s.sub(s.mul(s.mul(d, load_m(s, w0, i, m)), r), s.fma(xh0, mgx, mg));
+        let dw = s.fma(d, xh0, load_m(s, dweight, i, m));
+        let db = s.add(load_m(s, dbias, i, m), d);
+        store_m(s, dx0, i, m, o);
+        store_m(s, dweight, i, m, dw);
+        store_m(s, dbias, i, m, db);
     }
     let mut out = [0.0f64; 3];
     let mut start = 0;

@@ -186,6 +186,30 @@ where
         let [a, b] = lanes::shifted_sums(s, r, shift);
         sums = [sums[0] + a, sums[1] + b];
     }
+    finish_moments(s, runs, shift, sums, centered)
+}
+
+/// The moments of a group from its one-sweep sums (taken with `shift`, run
+/// by run in order), or from the fallback when they are refused.
+#[inline(always)]
+pub(crate) fn finish_moments<'a, S: Isa, T: Elem, I>(
+    s: S,
+    runs: I,
+    shift: f32,
+    sums: [f64; 2],
+    centered: bool,
+) -> Moments
+where
+    I: Iterator<Item = &'a [T]> + Clone,
+{
+    let count: usize = runs.clone().map(|r| r.len()).sum();
+    if count == 0 {
+        return Moments {
+            count,
+            mean: f64::NAN,
+            var: f64::NAN,
+        };
+    }
     if let Some(m) = Moments::from_shifted(count, shift, sums, centered) {
         return m;
     }

@@ -33,7 +33,7 @@ use crate::lanes::{self, Ahead, DxChannels, DxCoef, Periodic, ROWS_PER_FLUSH};
 use crate::layout::{
     check_affine, check_grads, check_len, Affine, ChannelAxis, Geometry, Grads, RunningStats, Stats,
 };
-use crate::moments::{group_moments, rstd, scale_for, split, Moments};
+use crate::moments::{finish_moments, group_moments, rstd, scale_for, shift_of, split, Moments};
 use crate::parallel::{
     chunk_items, items_per_chunk, map_chunks, stream_output, Scratch, SharedMut,
 };
@@ -542,12 +542,11 @@ impl Plan {
     }
 }
 
-/// Groups up to this size are software-pipelined in the row forward: the
-/// statistics of group `k + 1` are computed before group `k` is written,
-/// so that the statistics' scalar tail (divisions, a square root) and the
-/// next group's memory reads overlap the output sweep. Two groups are then
-/// in cache at once, hence the limit.
-const PIPELINE_MAX_BYTES: usize = 64 << 10;
+/// Groups up to this size are skewed in the row forward: the statistics
+/// sweep of group `k + 1` and the output sweep of group `k` run in one loop
+/// ([`lanes::SkewedFwd`]). Both groups are then in cache at once, hence
+/// the limit.
+const SKEW_MAX_BYTES: usize = 256 << 10;
 
 /// The output sweep of one group with statistics `g`, prefetching the
 /// runs of `next` (the group whose statistics come next).
@@ -582,6 +581,10 @@ fn write_group<S: Isa, T: Elem>(
 }
 
 multiversion! {
+    /// The row forward over a chunk of groups. With statistics from the
+    /// data, the statistics sweep of each group runs in one loop with the
+    /// output sweep of the group before it (see [`lanes::SkewedFwd`]); the
+    /// first group's statistics and the last group's output run alone.
     fn row_forward_chunk<T: Elem>[s](
         plan: &Plan,
         groups: Range<usize>,
@@ -593,7 +596,6 @@ multiversion! {
     ) -> Vec<Moments> {
         let mut out = Vec::with_capacity(groups.len());
         let end = groups.end;
-        let bytes = plan.group_size() * std::mem::size_of::<T>();
         let eps = match norm {
             Norm::Batch(eps) => eps,
             Norm::Given(given) => {
@@ -611,40 +613,60 @@ multiversion! {
                 return out;
             }
         };
-        let stats = |runs: &[Run]| {
-            let m = group_moments(s, runs.iter().map(|r| &x[r.range()]), plan.centered);
-            (m, GroupStats::from_moments(&m, eps))
-        };
+        let skew = plan.group_size() * std::mem::size_of::<T>() <= SKEW_MAX_BYTES;
         // `runs`: the group being read; `held`: the group read before it,
-        // whose output is written next (pipelined), with its statistics.
-        let (mut runs, mut held, mut next): (Vec<Run>, Vec<Run>, Vec<Run>) =
+        // whose output is written next, with its statistics.
+        let (mut runs, mut held, mut after): (Vec<Run>, Vec<Run>, Vec<Run>) =
             (Vec::new(), Vec::new(), Vec::new());
         let mut held_stats: Option<GroupStats> = None;
-        let pipelined = bytes <= PIPELINE_MAX_BYTES;
         for k in groups {
             runs.clear();
             runs.extend(plan.runs(k));
-            // Statistics in one sweep from memory; the group is then in
-            // cache for its output sweep.
-            let (m, g) = stats(&runs);
-            out.push(m);
-            // While an output sweep runs from cache, the input of the group
-            // whose statistics come next streams in.
-            next.clear();
+            after.clear();
             if k + 1 < end {
-                next.extend(plan.runs(k + 1));
+                after.extend(plan.runs(k + 1));
             }
-            if pipelined {
-                if let Some(gh) = held_stats.replace(g) {
-                    write_group(s, &held, &next, gh, y, x, coefs, stream);
-                }
+            let shift = if plan.centered { shift_of(s, runs.iter().map(|r| &x[r.range()])) } else { 0.0 };
+            let mut sums = [0.0f64; 2];
+            for (j, run) in runs.iter().enumerate() {
+                let x1 = &x[run.range()];
+                let ahead = after.get(j).map_or(Ahead::NONE, |r| Ahead::one(&x[r.range()]));
+                let [a, b] = match held_stats {
+                    Some(g) if skew => {
+                        let r0 = held[j];
+                        // SAFETY: each value belongs to exactly one group's
+                        // runs, and each group to exactly one chunk.
+                        let y0 = unsafe { y.range(r0.range()) };
+                        let k = lanes::SkewedFwd {
+                            x1, shift1: shift, y0, x0: &x[r0.range()],
+                            mean_hi: g.mean_hi, mean_lo: g.mean_lo, ahead, stream,
+                        };
+                        if r0.per_element {
+                            let cs = r0.channel..r0.channel + r0.len;
+                            let (w, b) = (&coefs.weight[cs.clone()], &coefs.bias[cs]);
+                            s.outlined(|| lanes::fwd_skewed_vec(s, k, g.rstd, w, b))
+                        } else {
+                            let a = g.rstd * coefs.weight[r0.channel];
+                            let b = coefs.bias[r0.channel];
+                            s.outlined(|| lanes::fwd_skewed_scalar(s, k, a, b))
+                        }
+                    }
+                    _ => lanes::shifted_sums(s, x1, shift),
+                };
+                sums = [sums[0] + a, sums[1] + b];
+            }
+            let m = finish_moments(s, runs.iter().map(|r| &x[r.range()]), shift, sums, plan.centered);
+            out.push(m);
+            let g = GroupStats::from_moments(&m, eps);
+            if skew {
+                held_stats = Some(g);
                 std::mem::swap(&mut runs, &mut held);
             } else {
-                write_group(s, &runs, &next, g, y, x, coefs, stream);
+                write_group(s, &runs, &after, g, y, x, coefs, stream);
             }
         }
-        if let Some(gh) = held_stats {
-            write_group(s, &held, &[], gh, y, x, coefs, stream);
+        if let Some(g) = held_stats {
+            write_group(s, &held, &[], g, y, x, coefs, stream);
         }
         if stream {
             s.fence();

@@ -1,9 +1,11 @@
 //! normkit's integration tests: the kernels against the `f64` reference,
-//! bad input, numerical extremes, threading, and the adaptive ops.
+//! bad input, numerical extremes, threading, large (streamed) outputs, and
+//! the adaptive ops.
 
 mod adaptive;
 mod common;
 mod errors;
+mod large;
 mod numerics;
 mod parallel;
 mod property;

@@ -548,6 +548,19 @@ impl Plan {
 /// the limit.
 const SKEW_MAX_BYTES: usize = 256 << 10;
 
+/// Groups up to this size are normalized in batches instead (see
+/// `row_forward_chunk`): their per-group work (horizontal sums, a division
+/// and a square root) would dominate a skewed loop.
+const BATCH_GROUP_BYTES: usize = 1 << 10;
+
+/// Inputs up to this size are normalized in batches whatever their group
+/// size: in cache there is no memory latency for a skewed loop to hide.
+const IN_CACHE_BYTES: usize = 1 << 20;
+
+/// Bytes of input a batch of small groups spans: it stays in L1 between
+/// the two sweeps.
+const BATCH_BYTES: usize = 16 << 10;
+
 /// The output sweep of one group with statistics `g`, prefetching the
 /// runs of `next` (the group whose statistics come next).
 #[allow(clippy::too_many_arguments)]
@@ -613,7 +626,50 @@ multiversion! {
                 return out;
             }
         };
-        let skew = plan.group_size() * std::mem::size_of::<T>() <= SKEW_MAX_BYTES;
+        let group_bytes = plan.group_size() * std::mem::size_of::<T>();
+        let in_cache = plan.num_groups() * group_bytes <= IN_CACHE_BYTES;
+        if group_bytes <= BATCH_GROUP_BYTES || in_cache {
+            // Small groups: the sums of a batch of groups (from memory),
+            // then their statistics (independent, so the latencies of their
+            // divisions and square roots overlap), then their outputs (from
+            // L1). Same sums, in the same order, as the skewed loop.
+            let per = (BATCH_BYTES / group_bytes.max(1)).clamp(1, 64);
+            let mut runs: Vec<Run> = Vec::new();
+            let mut pending: Vec<(f32, [f64; 2])> = Vec::with_capacity(per);
+            let mut k0 = groups.start;
+            while k0 < end {
+                let k1 = (k0 + per).min(end);
+                pending.clear();
+                for k in k0..k1 {
+                    runs.clear();
+                    runs.extend(plan.runs(k));
+                    let shift = if plan.centered { shift_of(s, runs.iter().map(|r| &x[r.range()])) } else { 0.0 };
+                    let mut sums = [0.0f64; 2];
+                    for r in &runs {
+                        let [a, b] = lanes::shifted_sums(s, &x[r.range()], shift);
+                        sums = [sums[0] + a, sums[1] + b];
+                    }
+                    pending.push((shift, sums));
+                }
+                let first = out.len();
+                for (k, &(shift, sums)) in (k0..k1).zip(&pending) {
+                    let group = plan.runs(k).map(|r| &x[r.range()]);
+                    out.push(finish_moments(s, group, shift, sums, plan.centered));
+                }
+                for k in k0..k1 {
+                    runs.clear();
+                    runs.extend(plan.runs(k));
+                    let g = GroupStats::from_moments(&out[first + (k - k0)], eps);
+                    write_group(s, &runs, &[], g, y, x, coefs, stream);
+                }
+                k0 = k1;
+            }
+            if stream {
+                s.fence();
+            }
+            return out;
+        }
+        let skew = group_bytes <= SKEW_MAX_BYTES;
         // `runs`: the group being read; `held`: the group read before it,
         // whose output is written next, with its statistics.
         let (mut runs, mut held, mut after): (Vec<Run>, Vec<Run>, Vec<Run>) =

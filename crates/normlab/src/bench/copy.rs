@@ -10,11 +10,16 @@
 //! Each is timed on the calling thread and split in equal chunks across
 //! the rayon pool, the copy also in 32 KiB pieces (see [`PIECE_BYTES`]),
 //! and the fastest counts: a roofline is the best the machine does,
-//! whichever way. Buffers are filled before timing, so no page faults are
-//! measured, and `black_box` on the destination keeps the compiler from
-//! eliding a copy nobody reads.
+//! whichever way. That variant then runs again between normkit's timed
+//! iterations ([`Interleave`]), and those interleaved times are the
+//! roofline the report divides by: kernel and copy measured at the same
+//! moments of a shared machine. Buffers are filled before timing, so no
+//! page faults are measured, and `black_box` on the destination keeps the
+//! compiler from eliding a copy nobody reads.
 
-use super::timing::{measure, timed, Budget, Sample};
+use super::shapes::Pass;
+use super::timing::{measure, summarize, timed, Budget, Sample};
+use std::time::Duration;
 use rayon::prelude::*;
 use std::hint::black_box;
 
@@ -39,14 +44,15 @@ impl CopyKind {
     pub fn bytes(self, numel: usize, esize: usize) -> u64 {
         self.streams() * numel as u64 * esize as u64
     }
-}
 
-/// Times the copy of `numel` values of `esize` bytes (2 or 4).
-pub fn measure_copy(kind: CopyKind, numel: usize, esize: usize, budget: &Budget) -> Sample {
-    match esize {
-        2 => measure_typed::<u16>(kind, numel, budget),
-        4 => measure_typed::<u32>(kind, numel, budget),
-        _ => panic!("copy baseline for {esize}-byte values"),
+    /// The copies that make `pass`'s roofline: forward passes move like a
+    /// copy, the backward like `z = x + y`, a training step like both.
+    pub fn for_pass(pass: Pass) -> &'static [CopyKind] {
+        match pass {
+            Pass::ForwardTrain | Pass::ForwardEval => &[CopyKind::ReadWrite],
+            Pass::Backward => &[CopyKind::TwoReadsOneWrite],
+            Pass::ForwardBackward => &[CopyKind::ReadWrite, CopyKind::TwoReadsOneWrite],
+        }
     }
 }
 
@@ -102,16 +108,77 @@ fn once<E: Bits>(kind: CopyKind, z: &mut [E], x: &[E], y: &[E], piece: Option<us
     }
 }
 
-fn measure_typed<E: Bits>(kind: CopyKind, numel: usize, budget: &Budget) -> Sample {
-    let x: Vec<E> = (0..numel).map(E::from_index).collect();
-    let y: Vec<E> = (0..numel).map(|i| E::from_index(i + 1)).collect();
-    let mut z: Vec<E> = (0..numel).map(|i| E::from_index(i + 2)).collect();
+/// One variant of the copy over its own buffers, ready to run again.
+pub trait Copier {
+    /// Runs the copy once and returns its time.
+    fn once(&mut self) -> Duration;
+}
+
+struct Buffers<E> {
+    kind: CopyKind,
+    x: Vec<E>,
+    y: Vec<E>,
+    z: Vec<E>,
+    /// Values per thread when split across the pool.
+    chunk: usize,
+    /// The copy in pieces of this many values, or whole.
+    piece: Option<usize>,
+    split: bool,
+}
+
+impl<E: Bits> Copier for Buffers<E> {
+    fn once(&mut self) -> Duration {
+        let (kind, piece, chunk) = (self.kind, self.piece, self.chunk);
+        let (z, x, y) = (&mut self.z, &self.x, &self.y);
+        let t = if self.split {
+            timed(|| {
+                z.par_chunks_mut(chunk)
+                    .zip(black_box(x).par_chunks(chunk))
+                    .zip(black_box(y).par_chunks(chunk))
+                    .for_each(|((z, x), y)| once(kind, z, x, y, piece));
+                black_box(z.as_mut_ptr());
+            })
+        } else {
+            timed(|| {
+                once(kind, z, black_box(x), black_box(y), piece);
+                black_box(z.as_mut_ptr());
+            })
+        };
+        t.0
+    }
+}
+
+/// The fastest variant of the copy of `numel` values of `esize` bytes (2
+/// or 4) and its time: tried on the calling thread and split across the
+/// pool, the 1-read-1-write copy also in pieces.
+pub fn fastest_copier(
+    kind: CopyKind,
+    numel: usize,
+    esize: usize,
+    budget: &Budget,
+) -> (Box<dyn Copier>, Sample) {
+    match esize {
+        2 => fastest_typed::<u16>(kind, numel, budget),
+        4 => fastest_typed::<u32>(kind, numel, budget),
+        _ => panic!("copy baseline for {esize}-byte values"),
+    }
+}
+
+fn fastest_typed<E: Bits>(kind: CopyKind, numel: usize, budget: &Budget) -> (Box<dyn Copier>, Sample) {
     let threads = rayon::current_num_threads();
     // Equal chunks, one per thread, rounded to whole cache lines.
     let chunk = numel.div_ceil(threads).next_multiple_of(64).max(64);
-    let piece = PIECE_BYTES / std::mem::size_of::<E>();
+    let mut b = Buffers {
+        kind,
+        x: (0..numel).map(E::from_index).collect(),
+        y: (0..numel).map(|i| E::from_index(i + 1)).collect(),
+        z: (0..numel).map(|i| E::from_index(i + 2)).collect(),
+        chunk,
+        piece: None,
+        split: false,
+    };
     let pieces: &[Option<usize>] = match kind {
-        CopyKind::ReadWrite => &[None, Some(piece)],
+        CopyKind::ReadWrite => &[None, Some(PIECE_BYTES / std::mem::size_of::<E>())],
         CopyKind::TwoReadsOneWrite => &[None],
     };
     // Copies are steady: a quarter of the kernels' time budget suffices.
@@ -120,34 +187,74 @@ fn measure_typed<E: Bits>(kind: CopyKind, numel: usize, budget: &Budget) -> Samp
         max_time: budget.max_time / 4,
         ..*budget
     };
-    let mut best: Option<Sample> = None;
+    let splits: &[bool] = if threads > 1 && numel > chunk { &[false, true] } else { &[false] };
+    let mut best: Option<(Option<usize>, bool, Sample)> = None;
     for &piece in pieces {
-        let single = measure(&budget, || {
-            timed(|| {
-                once(kind, &mut z, black_box(&x), black_box(&y), piece);
-                black_box(z.as_mut_ptr());
-            })
-            .0
-        });
-        let split = (threads > 1 && numel > chunk).then(|| {
-            measure(&budget, || {
-                timed(|| {
-                    z.par_chunks_mut(chunk)
-                        .zip(black_box(&x).par_chunks(chunk))
-                        .zip(black_box(&y).par_chunks(chunk))
-                        .for_each(|((z, x), y)| once(kind, z, x, y, piece));
-                    black_box(z.as_mut_ptr());
-                })
-                .0
-            })
-        });
-        for s in std::iter::once(single).chain(split) {
-            if best.is_none_or(|b| s.median_ns < b.median_ns) {
-                best = Some(s);
+        for &split in splits {
+            (b.piece, b.split) = (piece, split);
+            let s = measure(&budget, || b.once());
+            if best.is_none_or(|(_, _, b)| s.median_ns < b.median_ns) {
+                best = Some((piece, split, s));
             }
         }
     }
-    best.expect("at least one copy variant runs")
+    let (piece, split, sample) = best.expect("at least one copy variant runs");
+    (b.piece, b.split) = (piece, split);
+    (Box::new(b), sample)
+}
+
+/// Times the copy of `numel` values of `esize` bytes (2 or 4): the
+/// fastest variant's median.
+pub fn measure_copy(kind: CopyKind, numel: usize, esize: usize, budget: &Budget) -> Sample {
+    fastest_copier(kind, numel, esize, budget).1
+}
+
+/// The copies of one case run between a kernel's timed iterations, so that
+/// the roofline is measured at the same moments as the kernel: on a
+/// shared machine both then see the same load. After every
+/// [`Interleave::EVERY`] kernel iterations the copy of the pass runs as
+/// many times; the kernel iteration right after (and the first copy) may
+/// start with a colder cache, which a median over the rest ignores.
+pub struct Interleave {
+    copiers: Vec<(CopyKind, Box<dyn Copier>, Vec<f64>)>,
+    count: usize,
+}
+
+impl Interleave {
+    pub const EVERY: usize = 4;
+
+    /// The fastest copy variants for `numel` values of `esize` bytes.
+    pub fn new(numel: usize, esize: usize, budget: &Budget) -> Self {
+        let copiers = [CopyKind::ReadWrite, CopyKind::TwoReadsOneWrite]
+            .into_iter()
+            .map(|kind| (kind, fastest_copier(kind, numel, esize, budget).0, Vec::new()))
+            .collect();
+        Interleave { copiers, count: 0 }
+    }
+
+    /// Called after each kernel iteration of a pass that moves `kinds`.
+    pub fn tick(&mut self, kinds: &[CopyKind]) {
+        self.count += 1;
+        if self.count % Self::EVERY != 0 {
+            return;
+        }
+        for (kind, copier, times) in &mut self.copiers {
+            if kinds.contains(kind) {
+                for _ in 0..Self::EVERY {
+                    times.push(copier.once().as_nanos() as f64);
+                }
+            }
+        }
+    }
+
+    /// The interleaved copies' medians, for the kinds that ran.
+    pub fn samples(mut self) -> Vec<(CopyKind, Sample)> {
+        self.copiers
+            .iter_mut()
+            .filter(|(_, _, t)| !t.is_empty())
+            .map(|(kind, _, t)| (*kind, summarize(t)))
+            .collect()
+    }
 }
 
 #[cfg(test)]

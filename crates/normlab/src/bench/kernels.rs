@@ -6,6 +6,7 @@
 //! statistics saved by an untimed forward; `forward_backward` times a fresh
 //! forward and the backward on its statistics.
 
+use super::copy::{CopyKind, Interleave};
 use super::inputs::Inputs;
 use super::shapes::{Case, Dtype, Op, Pass};
 use super::timing::{measure, timed, Budget, Sample};
@@ -26,11 +27,12 @@ pub fn run_normkit(
     dtype: Dtype,
     passes: &[Pass],
     budget: &Budget,
+    copies: &mut Interleave,
 ) -> Result<Vec<(Pass, Sample)>, NormError> {
     match dtype {
-        Dtype::F32 => run_typed::<f32>(case, inputs, passes, budget),
-        Dtype::Bf16 => run_typed::<bf16>(case, inputs, passes, budget),
-        Dtype::F16 => run_typed::<f16>(case, inputs, passes, budget),
+        Dtype::F32 => run_typed::<f32>(case, inputs, passes, budget, copies),
+        Dtype::Bf16 => run_typed::<bf16>(case, inputs, passes, budget, copies),
+        Dtype::F16 => run_typed::<f16>(case, inputs, passes, budget, copies),
     }
 }
 
@@ -39,6 +41,7 @@ fn run_typed<T: Elem>(
     inputs: &Inputs,
     passes: &[Pass],
     budget: &Budget,
+    copies: &mut Interleave,
 ) -> Result<Vec<(Pass, Sample)>, NormError> {
     let mut st = State::<T>::new(inputs);
     let mut out = Vec::new();
@@ -51,15 +54,18 @@ fn run_typed<T: Elem>(
                 error.get_or_insert(e);
             }
         };
+        let kinds = CopyKind::for_pass(pass);
         let sample = match pass {
             Pass::ForwardTrain => measure(budget, || {
                 let (t, r) = timed(|| st.forward_train(case));
                 keep(r.map(drop));
+                copies.tick(kinds);
                 t
             }),
             Pass::ForwardEval => measure(budget, || {
                 let (t, r) = timed(|| st.forward_eval(case));
                 keep(r.map(drop));
+                copies.tick(kinds);
                 t
             }),
             Pass::Backward => {
@@ -67,6 +73,7 @@ fn run_typed<T: Elem>(
                 measure(budget, || {
                     let (t, r) = timed(|| st.backward(case, &stats));
                     keep(r);
+                    copies.tick(kinds);
                     t
                 })
             }
@@ -76,6 +83,7 @@ fn run_typed<T: Elem>(
                     st.backward(case, &stats)
                 });
                 keep(r);
+                copies.tick(kinds);
                 t
             }),
         };
@@ -435,8 +443,15 @@ mod tests {
         let case = Case::new(Op::LayerNorm, &[3, 8], Layout::Rows);
         let inputs = Inputs::new(&case);
         for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
-            let out = run_normkit(&case, &inputs, dtype, case.op.passes(), &Budget::SMOKE).unwrap();
+            let mut copies = Interleave::new(24, dtype.size(), &Budget::SMOKE);
+            let passes = case.op.passes();
+            let out = run_normkit(&case, &inputs, dtype, passes, &Budget::SMOKE, &mut copies).unwrap();
             assert_eq!(out.len(), 3);
+            // The copies ran between the kernel's iterations, for every
+            // kind of pass.
+            let copied = copies.samples();
+            assert_eq!(copied.len(), 2);
+            assert!(copied.iter().all(|(_, s)| s.iters >= Interleave::EVERY));
         }
     }
 
@@ -451,6 +466,7 @@ mod tests {
             Dtype::F32,
             &[Pass::ForwardTrain],
             &Budget::SMOKE,
+            &mut Interleave::new(3, 4, &Budget::SMOKE),
         );
         assert!(err.is_err());
     }

@@ -261,19 +261,22 @@ impl<'a> Runner<'a> {
         let dtype = self.opts.dtype;
         let budget = self.budget;
         let mut timed: Vec<(Impl, Dtype, Timed)> = Vec::new();
-        // The copy is measured per case, next to normkit, so a busy moment
-        // on a shared machine skews one case rather than every case of
-        // that size.
+        // The copy is measured per case, interleaved with normkit's
+        // iterations (see [`copy::Interleave`]), so a busy moment on a
+        // shared machine slows both alike.
         self.copies.clear();
 
         if self.wants(Impl::Normkit) {
-            let samples =
-                kernels::run_normkit(case, &inputs, dtype, passes, &budget).map_err(|source| {
-                    BenchError::Normkit {
-                        case: case.to_string(),
-                        source,
-                    }
+            let (numel, esize) = (case.extents().numel, dtype.size());
+            let mut copies = copy::Interleave::new(numel, esize, &budget);
+            let samples = kernels::run_normkit(case, &inputs, dtype, passes, &budget, &mut copies)
+                .map_err(|source| BenchError::Normkit {
+                    case: case.to_string(),
+                    source,
                 })?;
+            for (kind, sample) in copies.samples() {
+                self.copies.insert((kind, numel, esize), sample);
+            }
             for (pass, sample) in samples {
                 timed.push((
                     Impl::Normkit,
@@ -421,15 +424,11 @@ impl<'a> Runner<'a> {
                 .or_insert_with(|| copy::measure_copy(kind, numel, esize, &budget));
             (s.median_ns, kind.bytes(numel, esize), s.iters, s.min_ns)
         };
-        match pass {
-            Pass::ForwardTrain | Pass::ForwardEval => one(CopyKind::ReadWrite),
-            Pass::Backward => one(CopyKind::TwoReadsOneWrite),
-            Pass::ForwardBackward => {
-                let a = one(CopyKind::ReadWrite);
-                let b = one(CopyKind::TwoReadsOneWrite);
-                (a.0 + b.0, a.1 + b.1, a.2.min(b.2), a.3 + b.3)
-            }
-        }
+        CopyKind::for_pass(pass)
+            .iter()
+            .map(|&kind| one(kind))
+            .reduce(|a, b| (a.0 + b.0, a.1 + b.1, a.2.min(b.2), a.3 + b.3))
+            .expect("every pass has a copy")
     }
 }
 

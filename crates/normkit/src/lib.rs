@@ -10,16 +10,18 @@
 //! Every op documents its formula and shapes at its entry point. Each
 //! training forward returns the [`Stats`] its backward takes, so backward
 //! never recomputes them. Inputs and outputs may be `f32`, `bf16` or `f16`
-//! (see [`Elem`]); parameters are `f32`. Statistics come from one
-//! corrected two-pass routine — never `E[x²] − E[x]²` — in `f32` lanes
-//! with `f64` across blocks and power-of-two scaling, which keeps them
-//! exact for inputs with a large mean and finite for values up to
-//! `f32::MAX`.
+//! (see [`Elem`]); parameters are `f32`. Statistics are the corrected
+//! formula — never `E[x²] − E[x]²` — taken in one sweep around a shift
+//! from the data when the sums prove that safe, and otherwise by the
+//! corrected two-pass algorithm with power-of-two scaling; `f32` lanes
+//! with `f64` across blocks. They stay exact for inputs with a large mean
+//! and finite for values up to `f32::MAX`.
 //!
-//! Kernels use AVX-512 or AVX2+FMA when the CPU has them (chosen at run
-//! time, see [`simd_level`]) and rayon's threads for large inputs; work is
-//! split into chunks fixed by the shape, so results are bitwise identical
-//! for any number of threads.
+//! Kernels are explicit 16-lane SIMD code for AVX-512 or AVX2+FMA when the
+//! CPU has them (chosen at run time, see [`simd_level`]; every level
+//! computes the same bits) and use rayon's threads for large inputs; work
+//! is split into chunks fixed by the shape, so results are bitwise
+//! identical for any number of threads.
 //!
 //! ```
 //! use normkit::{layer_norm_forward, layer_norm_backward, Affine, Grads};

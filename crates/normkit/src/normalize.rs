@@ -598,6 +598,8 @@ multiversion! {
     /// data, the statistics sweep of each group runs in one loop with the
     /// output sweep of the group before it (see [`lanes::SkewedFwd`]); the
     /// first group's statistics and the last group's output run alone.
+    /// Small groups, and inputs that fit in cache, go in batches instead
+    /// ([`forward_batched`]).
     fn row_forward_chunk<T: Elem>[s](
         plan: &Plan,
         groups: Range<usize>,
@@ -629,45 +631,7 @@ multiversion! {
         let group_bytes = plan.group_size() * std::mem::size_of::<T>();
         let in_cache = plan.num_groups() * group_bytes <= IN_CACHE_BYTES;
         if group_bytes <= BATCH_GROUP_BYTES || in_cache {
-            // Small groups: the sums of a batch of groups (from memory),
-            // then their statistics (independent, so the latencies of their
-            // divisions and square roots overlap), then their outputs (from
-            // L1). Same sums, in the same order, as the skewed loop.
-            let per = (BATCH_BYTES / group_bytes.max(1)).clamp(1, 64);
-            let mut runs: Vec<Run> = Vec::new();
-            let mut pending: Vec<(f32, [f64; 2])> = Vec::with_capacity(per);
-            let mut k0 = groups.start;
-            while k0 < end {
-                let k1 = (k0 + per).min(end);
-                pending.clear();
-                for k in k0..k1 {
-                    runs.clear();
-                    runs.extend(plan.runs(k));
-                    let shift = if plan.centered { shift_of(s, runs.iter().map(|r| &x[r.range()])) } else { 0.0 };
-                    let mut sums = [0.0f64; 2];
-                    for r in &runs {
-                        let [a, b] = lanes::shifted_sums(s, &x[r.range()], shift);
-                        sums = [sums[0] + a, sums[1] + b];
-                    }
-                    pending.push((shift, sums));
-                }
-                let first = out.len();
-                for (k, &(shift, sums)) in (k0..k1).zip(&pending) {
-                    let group = plan.runs(k).map(|r| &x[r.range()]);
-                    out.push(finish_moments(s, group, shift, sums, plan.centered));
-                }
-                for k in k0..k1 {
-                    runs.clear();
-                    runs.extend(plan.runs(k));
-                    let g = GroupStats::from_moments(&out[first + (k - k0)], eps);
-                    write_group(s, &runs, &[], g, y, x, coefs, stream);
-                }
-                k0 = k1;
-            }
-            if stream {
-                s.fence();
-            }
-            return out;
+            return forward_batched(s, plan, groups, y, x, coefs, eps, stream);
         }
         let skew = group_bytes <= SKEW_MAX_BYTES;
         // `runs`: the group being read; `held`: the group read before it,
@@ -731,6 +695,61 @@ multiversion! {
     }
 }
 
+/// The row forward of small groups: the sums of a batch of groups (from
+/// memory), then their statistics (independent of each other, so the
+/// latencies of their divisions and square roots overlap), then their
+/// outputs (from L1). The sums are those of the skewed loop, in the same
+/// order, so the path changes no bit.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn forward_batched<S: Isa, T: Elem>(
+    s: S,
+    plan: &Plan,
+    groups: Range<usize>,
+    y: &SharedMut<'_, T>,
+    x: &[T],
+    coefs: &Coefs<'_>,
+    eps: f32,
+    stream: bool,
+) -> Vec<Moments> {
+    let group_bytes = plan.group_size() * std::mem::size_of::<T>();
+    let per = (BATCH_BYTES / group_bytes.max(1)).clamp(1, 64);
+    let mut out = Vec::with_capacity(groups.len());
+    let mut runs: Vec<Run> = Vec::new();
+    let mut pending: Vec<(f32, [f64; 2])> = Vec::with_capacity(per);
+    let mut k0 = groups.start;
+    while k0 < groups.end {
+        let batch = k0..(k0 + per).min(groups.end);
+        pending.clear();
+        for k in batch.clone() {
+            runs.clear();
+            runs.extend(plan.runs(k));
+            let shift = if plan.centered { shift_of(s, runs.iter().map(|r| &x[r.range()])) } else { 0.0 };
+            let mut sums = [0.0f64; 2];
+            for r in &runs {
+                let [a, b] = lanes::shifted_sums(s, &x[r.range()], shift);
+                sums = [sums[0] + a, sums[1] + b];
+            }
+            pending.push((shift, sums));
+        }
+        let first = out.len();
+        for (k, &(shift, sums)) in batch.clone().zip(&pending) {
+            let group = plan.runs(k).map(|r| &x[r.range()]);
+            out.push(finish_moments(s, group, shift, sums, plan.centered));
+        }
+        for (k, m) in batch.clone().zip(&out[first..]) {
+            runs.clear();
+            runs.extend(plan.runs(k));
+            write_group(s, &runs, &[], GroupStats::from_moments(m, eps), y, x, coefs, stream);
+        }
+        k0 = batch.end;
+    }
+    if stream {
+        s.fence();
+    }
+    out
+}
+
 multiversion! {
     fn row_moments_chunk<T: Elem>[s](plan: &Plan, groups: Range<usize>, x: &[T]) -> Vec<Moments> {
         let mut runs: Vec<Run> = Vec::new();
@@ -758,7 +777,8 @@ multiversion! {
     /// The row backward over a chunk of groups. Pass 1 of each group (sums,
     /// from memory) runs in one loop with pass 2 of the group before it
     /// (dx, from cache; see [`lanes::Skewed`]); the first group's pass 1
-    /// and the last group's pass 2 run alone.
+    /// and the last group's pass 2 run alone. Small groups, and inputs
+    /// that fit in cache, go in batches instead, as in the forward.
     fn row_backward_chunk<T: Elem>[s](
         plan: &Plan,
         groups: Range<usize>,
@@ -778,7 +798,7 @@ multiversion! {
         let (mut dw32, mut db32) = (Scratch::<f32>::zeroed(scratch), Scratch::<f32>::zeroed(scratch));
         let end = groups.end;
         let mut held: Option<Held> = None;
-        let mut spare = Held { runs: Vec::new(), coef: DX_NONE, run_sums: Vec::new(), delta: 0.0 };
+        let mut spare = Held::new();
         let mut done = 0usize;
         let mut after: Vec<Run> = Vec::new();
         // Pass 2 bookkeeping once a held group's dx is written.
@@ -792,91 +812,94 @@ multiversion! {
                 parts.add_f32(dw32, db32);
             }
         };
-        for k in groups {
-            let mut cur = std::mem::replace(&mut spare, Held { runs: Vec::new(), coef: DX_NONE, run_sums: Vec::new(), delta: 0.0 });
-            cur.runs.clear();
-            cur.runs.extend(plan.runs(k));
-            cur.run_sums.clear();
-            let g = GroupStats::given(mode.stats, k);
-            let mean = if plan.centered { g.mean_hi } else { 0.0 };
-            // Runs of the group after this one, fetched while this loop runs.
-            after.clear();
-            if k + 1 < end {
-                after.extend(plan.runs(k + 1));
+        let group_bytes = plan.group_size() * std::mem::size_of::<T>();
+        let in_cache = plan.num_groups() * group_bytes <= IN_CACHE_BYTES;
+        if group_bytes <= BATCH_GROUP_BYTES || in_cache {
+            // Small groups in batches, as in the forward: pass 1 of every
+            // group of a batch, then pass 2 of each from cache. The same
+            // sums in the same order as the skewed loop.
+            let per = (BATCH_BYTES / group_bytes.max(1)).clamp(1, 64);
+            let mut batch: Vec<Held> = (0..per.min(groups.len())).map(|_| Held::new()).collect();
+            let mut k0 = groups.start;
+            while k0 < end {
+                let ks = k0..(k0 + per).min(end);
+                for (h, k) in batch.iter_mut().zip(ks.clone()) {
+                    bwd_pass1(s, h, plan, k, dy, x, coefs, &mode);
+                }
+                for h in &batch[..ks.len()] {
+                    bwd_pass2(s, h, dx, dy, x, coefs, &mut dw32, &mut db32, stream);
+                    finish(h, &mut parts, &mut dw32, &mut db32);
+                }
+                k0 = ks.end;
             }
-            let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
-            for (j, run) in cur.runs.iter().enumerate() {
-                let (x1, dy1) = (&x[run.range()], &dy[run.range()]);
-                let ahead = after.get(j).map_or(Ahead::NONE, |r| Ahead::two(&x[r.range()], &dy[r.range()]));
-                let sums = match &held {
-                    Some(h) => {
-                        let r0 = h.runs[j];
-                        // SAFETY: each value belongs to exactly one group's
-                        // runs, and each group to exactly one chunk.
-                        let dx0 = unsafe { dx.range(r0.range()) };
-                        let k = lanes::Skewed {
-                            dy1, x1, mean1: mean, rstd1: g.rstd,
-                            dx0, dy0: &dy[r0.range()], x0: &x[r0.range()], k0: h.coef, ahead,
-                        };
-                        if run.per_element {
-                            let c1 = run.channel..run.channel + run.len;
-                            let c0 = r0.channel..r0.channel + r0.len;
-                            let (w1, w0) = (&coefs.weight[c1], &coefs.weight[c0.clone()]);
-                            let (dw, db) = (&mut dw32[c0.clone()], &mut db32[c0]);
-                            s.outlined(|| lanes::bwd_skewed_vec(s, k, w1, w0, dw, db))
-                        } else {
-                            let w0 = coefs.weight[r0.channel];
-                            s.outlined(|| lanes::bwd_skewed_scalar(s, k, w0))
+        } else {
+            for k in groups {
+                let mut cur = std::mem::replace(&mut spare, Held::new());
+                cur.runs.clear();
+                cur.runs.extend(plan.runs(k));
+                cur.run_sums.clear();
+                let g = GroupStats::given(mode.stats, k);
+                let mean = if plan.centered { g.mean_hi } else { 0.0 };
+                // Runs of the group after this one, fetched while this loop runs.
+                after.clear();
+                if k + 1 < end {
+                    after.extend(plan.runs(k + 1));
+                }
+                let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
+                for (j, run) in cur.runs.iter().enumerate() {
+                    let (x1, dy1) = (&x[run.range()], &dy[run.range()]);
+                    let ahead = after.get(j).map_or(Ahead::NONE, |r| Ahead::two(&x[r.range()], &dy[r.range()]));
+                    let sums = match &held {
+                        Some(h) => {
+                            let r0 = h.runs[j];
+                            // SAFETY: each value belongs to exactly one group's
+                            // runs, and each group to exactly one chunk.
+                            let dx0 = unsafe { dx.range(r0.range()) };
+                            let k = lanes::Skewed {
+                                dy1, x1, mean1: mean, rstd1: g.rstd,
+                                dx0, dy0: &dy[r0.range()], x0: &x[r0.range()], k0: h.coef, ahead,
+                            };
+                            if run.per_element {
+                                let c1 = run.channel..run.channel + run.len;
+                                let c0 = r0.channel..r0.channel + r0.len;
+                                let (w1, w0) = (&coefs.weight[c1], &coefs.weight[c0.clone()]);
+                                let (dw, db) = (&mut dw32[c0.clone()], &mut db32[c0]);
+                                s.outlined(|| lanes::bwd_skewed_vec(s, k, w1, w0, dw, db))
+                            } else {
+                                let w0 = coefs.weight[r0.channel];
+                                s.outlined(|| lanes::bwd_skewed_scalar(s, k, w0))
+                            }
                         }
+                        None if run.per_element => {
+                            let w = &coefs.weight[run.channel..run.channel + run.len];
+                            lanes::bwd_sums_vec(s, dy1, x1, mean, g.rstd, w)
+                        }
+                        None => lanes::bwd_sums_scalar(s, dy1, x1, mean, g.rstd),
+                    };
+                    if run.per_element {
+                        sg += sums[0];
+                        sgx += sums[1];
+                        sx += sums[2];
+                    } else {
+                        let w = coefs.weight[run.channel] as f64;
+                        sg += w * sums[0];
+                        sgx += w * sums[1];
+                        sx += sums[2];
+                        cur.run_sums.push(sums);
                     }
-                    None if run.per_element => {
-                        let w = &coefs.weight[run.channel..run.channel + run.len];
-                        lanes::bwd_sums_vec(s, dy1, x1, mean, g.rstd, w)
-                    }
-                    None => lanes::bwd_sums_scalar(s, dy1, x1, mean, g.rstd),
-                };
-                if run.per_element {
-                    sg += sums[0];
-                    sgx += sums[1];
-                    sx += sums[2];
-                } else {
-                    let w = coefs.weight[run.channel] as f64;
-                    sg += w * sums[0];
-                    sgx += w * sums[1];
-                    sx += sums[2];
-                    cur.run_sums.push(sums);
                 }
+                if let Some(h) = held.take() {
+                    finish(&h, &mut parts, &mut dw32, &mut db32);
+                    spare = h;
+                }
+                cur.set_coef(mode.train, plan.centered, n, g, [sg, sgx, sx]);
+                held = Some(cur);
             }
+            // The last group's pass 2 alone.
             if let Some(h) = held.take() {
+                bwd_pass2(s, &h, dx, dy, x, coefs, &mut dw32, &mut db32, stream);
                 finish(&h, &mut parts, &mut dw32, &mut db32);
-                spare = h;
             }
-            let (delta, mean_g, mean_gx) = correction(mode.train, plan.centered, n, [sg, sgx, sx]);
-            cur.delta = delta;
-            cur.coef = DxCoef {
-                mean_hi: mean,
-                mean_lo: if g.rstd != 0.0 { (delta / g.rstd as f64) as f32 } else { 0.0 },
-                rstd: g.rstd,
-                mean_g: mean_g as f32,
-                mean_gx: mean_gx as f32,
-            };
-            held = Some(cur);
-        }
-        // The last group's pass 2 alone.
-        if let Some(h) = held.take() {
-            for run in &h.runs {
-                let (xr, dyr) = (&x[run.range()], &dy[run.range()]);
-                // SAFETY: as above.
-                let out = unsafe { dx.range(run.range()) };
-                if run.per_element {
-                    let cs = run.channel..run.channel + run.len;
-                    let w = &coefs.weight[cs.clone()];
-                    lanes::bwd_dx_vec(s, out, dyr, xr, h.coef, w, &mut dw32[cs.clone()], &mut db32[cs], Ahead::NONE, stream);
-                } else {
-                    lanes::bwd_dx_scalar(s, out, dyr, xr, h.coef, coefs.weight[run.channel], Ahead::NONE, stream);
-                }
-            }
-            finish(&h, &mut parts, &mut dw32, &mut db32);
         }
         if per_element {
             parts.add_f32(&mut dw32, &mut db32);
@@ -885,6 +908,96 @@ multiversion! {
             s.fence();
         }
         parts
+    }
+}
+
+impl Held {
+    fn new() -> Self {
+        Held { runs: Vec::new(), coef: DX_NONE, run_sums: Vec::new(), delta: 0.0 }
+    }
+
+    /// The coefficients of pass 2 from the group's statistics `g` and its
+    /// pass-1 sums `[Σg, Σg·x̂, Σx̂]`.
+    fn set_coef(&mut self, train: bool, centered: bool, n: f64, g: GroupStats, sums: [f64; 3]) {
+        let (delta, mean_g, mean_gx) = correction(train, centered, n, sums);
+        self.delta = delta;
+        self.coef = DxCoef {
+            mean_hi: if centered { g.mean_hi } else { 0.0 },
+            mean_lo: if g.rstd != 0.0 { (delta / g.rstd as f64) as f32 } else { 0.0 },
+            rstd: g.rstd,
+            mean_g: mean_g as f32,
+            mean_gx: mean_gx as f32,
+        };
+    }
+}
+
+/// Pass 1 of group `k` of the row backward alone: its runs, their sums,
+/// and the coefficients of pass 2, in `h`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bwd_pass1<S: Isa, T: Elem>(
+    s: S,
+    h: &mut Held,
+    plan: &Plan,
+    k: usize,
+    dy: &[T],
+    x: &[T],
+    coefs: &Coefs<'_>,
+    mode: &Backward<'_>,
+) {
+    h.runs.clear();
+    h.runs.extend(plan.runs(k));
+    h.run_sums.clear();
+    let g = GroupStats::given(mode.stats, k);
+    let mean = if plan.centered { g.mean_hi } else { 0.0 };
+    let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
+    for run in &h.runs {
+        let (x1, dy1) = (&x[run.range()], &dy[run.range()]);
+        if run.per_element {
+            let w = &coefs.weight[run.channel..run.channel + run.len];
+            let sums = lanes::bwd_sums_vec(s, dy1, x1, mean, g.rstd, w);
+            sg += sums[0];
+            sgx += sums[1];
+            sx += sums[2];
+        } else {
+            let sums = lanes::bwd_sums_scalar(s, dy1, x1, mean, g.rstd);
+            let w = coefs.weight[run.channel] as f64;
+            sg += w * sums[0];
+            sgx += w * sums[1];
+            sx += sums[2];
+            h.run_sums.push(sums);
+        }
+    }
+    h.set_coef(mode.train, plan.centered, plan.group_size() as f64, g, [sg, sgx, sx]);
+}
+
+/// Pass 2 of a held group alone: its `dx`, and for per-element runs the
+/// parameter sums into `dw32`, `db32`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bwd_pass2<S: Isa, T: Elem>(
+    s: S,
+    h: &Held,
+    dx: &SharedMut<'_, T>,
+    dy: &[T],
+    x: &[T],
+    coefs: &Coefs<'_>,
+    dw32: &mut [f32],
+    db32: &mut [f32],
+    stream: bool,
+) {
+    for run in &h.runs {
+        let (xr, dyr) = (&x[run.range()], &dy[run.range()]);
+        // SAFETY: each value belongs to exactly one group's runs, and each
+        // group to exactly one chunk.
+        let out = unsafe { dx.range(run.range()) };
+        if run.per_element {
+            let cs = run.channel..run.channel + run.len;
+            let w = &coefs.weight[cs.clone()];
+            lanes::bwd_dx_vec(s, out, dyr, xr, h.coef, w, &mut dw32[cs.clone()], &mut db32[cs], Ahead::NONE, stream);
+        } else {
+            lanes::bwd_dx_scalar(s, out, dyr, xr, h.coef, coefs.weight[run.channel], Ahead::NONE, stream);
+        }
     }
 }
 
@@ -1024,9 +1137,14 @@ impl Plan {
                     }
                 };
                 let cc = self.channel_coefs(&groups, coefs, &per);
-                // SAFETY: samples cover disjoint ranges.
-                let out = unsafe { y.range(u * unit_len..(u + 1) * unit_len) };
-                column_apply(out, xs, &per, &cc, stream);
+                // Backwards, piece by piece: the last pieces read are in cache.
+                for r in pieces_backwards(units.rows, per_piece) {
+                    let span = r.start * c..r.end * c;
+                    // SAFETY: samples cover disjoint ranges, and pieces
+                    // disjoint parts of a sample.
+                    let out = unsafe { y.range(u * unit_len + span.start..u * unit_len + span.end) };
+                    column_apply(out, &xs[span], &per, &cc, stream);
+                }
                 m
             })
             .concat()
@@ -1102,9 +1220,15 @@ impl Plan {
                 }
                 let (part, k) =
                     self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows, &per);
-                // SAFETY: samples cover disjoint ranges.
-                let out = unsafe { dx.range(span) };
-                column_dx(out, dys, xs, &per, &k);
+                // Backwards, piece by piece: the last pieces read are in cache.
+                for r in pieces_backwards(units.rows, per_piece) {
+                    let piece = r.start * c..r.end * c;
+                    let at = span.start + piece.start..span.start + piece.end;
+                    // SAFETY: samples cover disjoint ranges, and pieces
+                    // disjoint parts of a sample.
+                    let out = unsafe { dx.range(at) };
+                    column_dx(out, &dys[piece.clone()], &xs[piece], &per, &k);
+                }
                 part
             })
         }
@@ -1172,6 +1296,12 @@ impl Plan {
 /// `x̂'` used the `f32`-rounded mean: `(δ, mean(g), mean(g·x̂))` with
 /// `δ = mean(x̂')` the residual that corrects `x̂ = x̂' - δ`. Evaluation
 /// (`!train`) has constant statistics: no mean terms, no correction.
+/// The row ranges of `rows` rows cut in pieces of `per_piece`, last first.
+fn pieces_backwards(rows: usize, per_piece: usize) -> impl Iterator<Item = Range<usize>> {
+    let pieces = rows.div_ceil(per_piece.max(1));
+    (0..pieces).rev().map(move |i| chunk_items(i, per_piece, rows))
+}
+
 fn correction(train: bool, centered: bool, n: f64, [sg, sgx, sx]: [f64; 3]) -> (f64, f64, f64) {
     match (train, centered) {
         (false, _) => (0.0, 0.0, 0.0),

@@ -23,7 +23,8 @@ fn bits<T: Elem>(v: &[T]) -> Vec<u32> {
 
 /// LayerNorm forward and backward over `[ROWS, D]` at output offsets 0–3;
 /// every offset gives the same bits, and so do the first rows computed in
-/// a call of their own (too small to stream, one group at a time).
+/// a call of their own (too small to stream, and in batches of groups
+/// rather than skewed).
 fn layer_norm_case<T: Elem>(rows: usize) {
     let mut rng = Rng::new(41);
     let n = rows * D;

@@ -215,20 +215,31 @@ where
     if let Some(m) = Moments::from_shifted(count, shift, sums, centered) {
         return m;
     }
-    two_pass(s, runs, count, centered)
+    // Out of line (it is rare), but through `outlined` so that it keeps the
+    // instruction set: a plain non-inlined function would have no target
+    // features, and every vector operation in it would become a call.
+    s.outlined(move || two_pass(s, runs, count, centered))
 }
 
 /// The fallback: the corrected two-pass algorithm on scaled values.
-#[inline(never)]
+#[inline(always)]
 fn two_pass<'a, S: Isa, T: Elem, I>(s: S, runs: I, count: usize, centered: bool) -> Moments
 where
     I: Iterator<Item = &'a [T]> + Clone,
 {
-    let maxabs = runs.clone().map(|r| lanes::max_abs(s, r)).fold(0.0f32, f32::max);
+    // Plain loops: a closure handed to an iterator adapter is compiled
+    // apart, without the instruction set (see `finish_moments`).
+    let mut maxabs = 0.0f32;
+    for r in runs.clone() {
+        maxabs = maxabs.max(lanes::max_abs(s, r));
+    }
     let scale = scale_for(maxabs);
     let n = count as f64;
     let m0 = if centered {
-        let sum: f64 = runs.clone().map(|r| lanes::dev_sums(s, r, scale, 0.0)[0]).sum();
+        let mut sum = 0.0f64;
+        for r in runs.clone() {
+            sum += lanes::dev_sums(s, r, scale, 0.0)[0];
+        }
         // The mean of the scaled values, as the f32 pass 2 subtracts.
         (sum / n) as f32
     } else {

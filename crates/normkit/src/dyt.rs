@@ -303,7 +303,14 @@ fn bwd_row<S: Isa, T: Elem>(
 /// Backward over a run of one channel: writes dx, returns
 /// `[Σ dt · x, Σ dy · t, Σ dy]`.
 #[inline(always)]
-fn bwd_run<S: Isa, T: Elem>(s: S, out: &mut [T], dy: &[T], x: &[T], alpha: f32, w: f32) -> [f64; 3] {
+fn bwd_run<S: Isa, T: Elem>(
+    s: S,
+    out: &mut [T],
+    dy: &[T],
+    x: &[T],
+    alpha: f32,
+    w: f32,
+) -> [f64; 3] {
     struct F<'a, S: Isa, T> {
         out: &'a mut [T],
         dy: &'a [T],
@@ -332,7 +339,13 @@ fn bwd_run<S: Isa, T: Elem>(s: S, out: &mut [T], dy: &[T], x: &[T], alpha: f32, 
         }
     }
     let n = out.len();
-    let mut f = F { out, dy, x, alpha: s.splat(alpha), w: s.splat(w) };
+    let mut f = F {
+        out,
+        dy,
+        x,
+        alpha: s.splat(alpha),
+        w: s.splat(w),
+    };
     reduce(s, n, &mut f)
 }
 

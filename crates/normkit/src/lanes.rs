@@ -238,7 +238,14 @@ pub(crate) fn shifted_sums<S: Isa, T: Elem>(s: S, x: &[T], shift: f32) -> [f64; 
             acc[1] = s.fma(d, d, acc[1]);
         }
     }
-    reduce(s, x.len(), &mut F { x, k: s.splat(shift) })
+    reduce(
+        s,
+        x.len(),
+        &mut F {
+            x,
+            k: s.splat(shift),
+        },
+    )
 }
 
 /// `max|x|`, NaN skipped (the fallback's scale).
@@ -264,7 +271,11 @@ pub(crate) fn max_abs<S: Isa, T: Elem>(s: S, x: &[T]) -> f32 {
 #[inline(always)]
 pub(crate) fn head_mean<S: Isa, T: Elem>(s: S, x: &[T]) -> f64 {
     let n = x.len().min(L);
-    let v = if n == L { load(s, x, 0) } else { load_part(s, x, 0, n) };
+    let v = if n == L {
+        load(s, x, 0)
+    } else {
+        load_part(s, x, 0, n)
+    };
     s.sum_f64(v) / n.max(1) as f64
 }
 
@@ -440,7 +451,12 @@ pub(crate) struct SkewedFwd<'a, T> {
 /// `y = ((x - mean_hi) - mean_lo) · a + b`. Returns `[Σd, Σd²]` of the next
 /// run.
 #[inline(always)]
-pub(crate) fn fwd_skewed_scalar<S: Isa, T: Elem>(s: S, k: SkewedFwd<'_, T>, a: f32, b: f32) -> [f64; 2] {
+pub(crate) fn fwd_skewed_scalar<S: Isa, T: Elem>(
+    s: S,
+    k: SkewedFwd<'_, T>,
+    a: f32,
+    b: f32,
+) -> [f64; 2] {
     struct F<'a, S: Isa, T> {
         x0: &'a [T],
         /// mean_hi, mean_lo, a, b.
@@ -458,7 +474,12 @@ pub(crate) fn fwd_skewed_scalar<S: Isa, T: Elem>(s: S, k: SkewedFwd<'_, T>, a: f
         }
     }
     let n = k.x1.len();
-    let c = [s.splat(k.mean_hi), s.splat(k.mean_lo), s.splat(a), s.splat(b)];
+    let c = [
+        s.splat(k.mean_hi),
+        s.splat(k.mean_lo),
+        s.splat(a),
+        s.splat(b),
+    ];
     let out = Cursor::new(s, &mut k.y0[..n], F { x0: &k.x0[..n], c }, k.stream);
     skewed_fwd_loop(s, k.x1, s.splat(k.shift1), k.ahead, out)
 }
@@ -494,7 +515,12 @@ pub(crate) fn fwd_skewed_vec<S: Isa, T: Elem>(
     }
     let n = k.x1.len();
     let c = [s.splat(k.mean_hi), s.splat(k.mean_lo), s.splat(rstd)];
-    let f = F { x0: &k.x0[..n], w: &w[..n], b: &b[..n], c };
+    let f = F {
+        x0: &k.x0[..n],
+        w: &w[..n],
+        b: &b[..n],
+        c,
+    };
     let out = Cursor::new(s, &mut k.y0[..n], f, k.stream);
     skewed_fwd_loop(s, k.x1, s.splat(k.shift1), k.ahead, out)
 }
@@ -520,7 +546,13 @@ impl<'a, S: Isa, T: Elem, F: Lanewise<S>> Cursor<'a, S, T, F> {
             store_part(s, y, 0, h, f.at_part(s, 0, h));
             pos = h;
         }
-        Cursor { y, f, pos, stream: head.is_some(), _s: std::marker::PhantomData }
+        Cursor {
+            y,
+            f,
+            pos,
+            stream: head.is_some(),
+            _s: std::marker::PhantomData,
+        }
     }
 
     #[inline(always)]
@@ -842,7 +874,17 @@ pub(crate) struct Skewed<'a, T> {
 /// [`reduce`] (see [`bwd_skewed_vec`]).
 #[inline(always)]
 pub(crate) fn bwd_skewed_scalar<S: Isa, T: Elem>(s: S, k: Skewed<'_, T>, w0: f32) -> [f64; 3] {
-    let Skewed { dy1, x1, mean1, rstd1, dx0, dy0, x0, k0, ahead } = k;
+    let Skewed {
+        dy1,
+        x1,
+        mean1,
+        rstd1,
+        dx0,
+        dy0,
+        x0,
+        k0,
+        ahead,
+    } = k;
     let n = x1.len();
     let (dy1, dx0, dy0, x0) = (&dy1[..n], &mut dx0[..n], &dy0[..n], &x0[..n]);
     let c = [
@@ -925,7 +967,17 @@ pub(crate) fn bwd_skewed_vec<S: Isa, T: Elem>(
     dweight: &mut [f32],
     dbias: &mut [f32],
 ) -> [f64; 3] {
-    let Skewed { dy1, x1, mean1, rstd1, dx0, dy0, x0, k0, ahead } = k;
+    let Skewed {
+        dy1,
+        x1,
+        mean1,
+        rstd1,
+        dx0,
+        dy0,
+        x0,
+        k0,
+        ahead,
+    } = k;
     let n = x1.len();
     // Every slice cut to n: the loop's own bounds then cover every access,
     // and the compiler drops the per-slice checks.
@@ -982,17 +1034,53 @@ pub(crate) fn bwd_skewed_vec<S: Isa, T: Elem>(
         while i + 2 * L <= end {
             ahead.at(i);
             ahead.at(i + L);
-            step(s, i, L, c, &mut a, (dy1, x1, w1), (dx0, dy0, x0, w0), (dweight, dbias));
-            step(s, i + L, L, c, &mut b, (dy1, x1, w1), (dx0, dy0, x0, w0), (dweight, dbias));
+            step(
+                s,
+                i,
+                L,
+                c,
+                &mut a,
+                (dy1, x1, w1),
+                (dx0, dy0, x0, w0),
+                (dweight, dbias),
+            );
+            step(
+                s,
+                i + L,
+                L,
+                c,
+                &mut b,
+                (dy1, x1, w1),
+                (dx0, dy0, x0, w0),
+                (dweight, dbias),
+            );
             i += 2 * L;
         }
         if i + L <= end {
             ahead.at(i);
-            step(s, i, L, c, &mut a, (dy1, x1, w1), (dx0, dy0, x0, w0), (dweight, dbias));
+            step(
+                s,
+                i,
+                L,
+                c,
+                &mut a,
+                (dy1, x1, w1),
+                (dx0, dy0, x0, w0),
+                (dweight, dbias),
+            );
             i += L;
         }
         if i < end {
-            step(s, i, end - i, c, &mut b, (dy1, x1, w1), (dx0, dy0, x0, w0), (dweight, dbias));
+            step(
+                s,
+                i,
+                end - i,
+                c,
+                &mut b,
+                (dy1, x1, w1),
+                (dx0, dy0, x0, w0),
+                (dweight, dbias),
+            );
         }
         for q in 0..3 {
             out[q] += s.sum_f64(a[q]) + s.sum_f64(b[q]);
@@ -1144,7 +1232,15 @@ pub(crate) fn bwd_dx_vec<S: Isa, T: Elem>(
         s.splat(k.mean_g * k.rstd),
         s.splat(k.mean_gx * k.rstd),
     ];
-    let mut f = F { dy, x, w, dw: dweight, db: dbias, ahead, c };
+    let mut f = F {
+        dy,
+        x,
+        w,
+        dw: dweight,
+        db: dbias,
+        ahead,
+        c,
+    };
     write_lanewise(s, dx, &mut f, stream_out);
 }
 
@@ -1297,7 +1393,10 @@ pub(crate) fn col_dev_sums<S: Isa, T: Elem>(
         #[inline(always)]
         fn add_part(&self, s: S, row: usize, i: usize, n: usize, [a, b]: [S::V; 2]) -> [S::V; 2] {
             let v = load_part(s, self.x, row * self.c + i, n);
-            let (sc, sh) = (load_part(s, self.scale, i, n), load_part(s, self.shift, i, n));
+            let (sc, sh) = (
+                load_part(s, self.scale, i, n),
+                load_part(s, self.shift, i, n),
+            );
             let d = s.keep_first(s.sub(s.mul(v, sc), sh), n);
             [s.add(a, d), s.fma(d, d, b)]
         }
@@ -1336,7 +1435,14 @@ pub(crate) fn col_bwd_sums<S: Isa, T: Elem>(
             [s.add(a, d), s.fma(d, xh, b), s.add(e, xh)]
         }
         #[inline(always)]
-        fn add_part(&self, s: S, row: usize, i: usize, n: usize, [a, b, e]: [S::V; 3]) -> [S::V; 3] {
+        fn add_part(
+            &self,
+            s: S,
+            row: usize,
+            i: usize,
+            n: usize,
+            [a, b, e]: [S::V; 3],
+        ) -> [S::V; 3] {
             let j = row * self.c + i;
             let xh = s.mul(
                 s.sub(load_part(s, self.x, j, n), load_part(s, self.mean, i, n)),
@@ -1348,7 +1454,18 @@ pub(crate) fn col_bwd_sums<S: Isa, T: Elem>(
         }
     }
     let rows = x.len() / c.max(1);
-    column_reduce(s, rows, c, &F { dy, x, c, mean, rstd })
+    column_reduce(
+        s,
+        rows,
+        c,
+        &F {
+            dy,
+            x,
+            c,
+            mean,
+            rstd,
+        },
+    )
 }
 
 /// Per-channel coefficients of backward pass 2 on channels-last data,
@@ -1408,5 +1525,16 @@ pub(crate) fn bwd_dx_channels<S: Isa, T: Elem>(
             out
         }
     }
-    write_lanewise(s, dx, &mut F { dy, x, per, k, ch: 0 }, false);
+    write_lanewise(
+        s,
+        dx,
+        &mut F {
+            dy,
+            x,
+            per,
+            k,
+            ch: 0,
+        },
+        false,
+    );
 }

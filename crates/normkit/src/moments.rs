@@ -79,7 +79,12 @@ impl Moments {
     /// The one-sweep result from `sd = Σd`, `sdd = Σd²` with `d = x - shift`
     /// over `count` values, or `None` when it must be recomputed (see the
     /// module documentation).
-    pub fn from_shifted(count: usize, shift: f32, [sd, sdd]: [f64; 2], centered: bool) -> Option<Self> {
+    pub fn from_shifted(
+        count: usize,
+        shift: f32,
+        [sd, sdd]: [f64; 2],
+        centered: bool,
+    ) -> Option<Self> {
         // 2⁻¹⁰⁰: squares this small keep about 26 bits above f32's
         // smallest normal, 2⁻¹²⁶.
         const TINY: f64 = 7.888_609_052_210_118e-31;
@@ -182,7 +187,11 @@ where
             var: f64::NAN,
         };
     }
-    let shift = if centered { shift_of(s, runs.clone()) } else { 0.0 };
+    let shift = if centered {
+        shift_of(s, runs.clone())
+    } else {
+        0.0
+    };
     let mut sums = [0.0f64; 2];
     for r in runs.clone() {
         let [a, b] = lanes::shifted_sums(s, r, shift);

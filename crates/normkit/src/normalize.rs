@@ -577,7 +577,9 @@ fn write_group<S: Isa, T: Elem>(
 ) {
     for (j, run) in runs.iter().enumerate() {
         let xr = &x[run.range()];
-        let ahead = next.get(j).map_or(Ahead::NONE, |r| Ahead::one(&x[r.range()]));
+        let ahead = next
+            .get(j)
+            .map_or(Ahead::NONE, |r| Ahead::one(&x[r.range()]));
         // SAFETY: each value belongs to exactly one group's runs, and each
         // group to exactly one chunk.
         let yr = unsafe { y.range(run.range()) };
@@ -724,7 +726,11 @@ fn forward_batched<S: Isa, T: Elem>(
         for k in batch.clone() {
             runs.clear();
             runs.extend(plan.runs(k));
-            let shift = if plan.centered { shift_of(s, runs.iter().map(|r| &x[r.range()])) } else { 0.0 };
+            let shift = if plan.centered {
+                shift_of(s, runs.iter().map(|r| &x[r.range()]))
+            } else {
+                0.0
+            };
             let mut sums = [0.0f64; 2];
             for r in &runs {
                 let [a, b] = lanes::shifted_sums(s, &x[r.range()], shift);
@@ -740,7 +746,16 @@ fn forward_batched<S: Isa, T: Elem>(
         for (k, m) in batch.clone().zip(&out[first..]) {
             runs.clear();
             runs.extend(plan.runs(k));
-            write_group(s, &runs, &[], GroupStats::from_moments(m, eps), y, x, coefs, stream);
+            write_group(
+                s,
+                &runs,
+                &[],
+                GroupStats::from_moments(m, eps),
+                y,
+                x,
+                coefs,
+                stream,
+            );
         }
         k0 = batch.end;
     }
@@ -913,7 +928,12 @@ multiversion! {
 
 impl Held {
     fn new() -> Self {
-        Held { runs: Vec::new(), coef: DX_NONE, run_sums: Vec::new(), delta: 0.0 }
+        Held {
+            runs: Vec::new(),
+            coef: DX_NONE,
+            run_sums: Vec::new(),
+            delta: 0.0,
+        }
     }
 
     /// The coefficients of pass 2 from the group's statistics `g` and its
@@ -923,7 +943,11 @@ impl Held {
         self.delta = delta;
         self.coef = DxCoef {
             mean_hi: if centered { g.mean_hi } else { 0.0 },
-            mean_lo: if g.rstd != 0.0 { (delta / g.rstd as f64) as f32 } else { 0.0 },
+            mean_lo: if g.rstd != 0.0 {
+                (delta / g.rstd as f64) as f32
+            } else {
+                0.0
+            },
             rstd: g.rstd,
             mean_g: mean_g as f32,
             mean_gx: mean_gx as f32,
@@ -968,7 +992,13 @@ fn bwd_pass1<S: Isa, T: Elem>(
             h.run_sums.push(sums);
         }
     }
-    h.set_coef(mode.train, plan.centered, plan.group_size() as f64, g, [sg, sgx, sx]);
+    h.set_coef(
+        mode.train,
+        plan.centered,
+        plan.group_size() as f64,
+        g,
+        [sg, sgx, sx],
+    );
 }
 
 /// Pass 2 of a held group alone: its `dx`, and for per-element runs the
@@ -994,9 +1024,29 @@ fn bwd_pass2<S: Isa, T: Elem>(
         if run.per_element {
             let cs = run.channel..run.channel + run.len;
             let w = &coefs.weight[cs.clone()];
-            lanes::bwd_dx_vec(s, out, dyr, xr, h.coef, w, &mut dw32[cs.clone()], &mut db32[cs], Ahead::NONE, stream);
+            lanes::bwd_dx_vec(
+                s,
+                out,
+                dyr,
+                xr,
+                h.coef,
+                w,
+                &mut dw32[cs.clone()],
+                &mut db32[cs],
+                Ahead::NONE,
+                stream,
+            );
         } else {
-            lanes::bwd_dx_scalar(s, out, dyr, xr, h.coef, coefs.weight[run.channel], Ahead::NONE, stream);
+            lanes::bwd_dx_scalar(
+                s,
+                out,
+                dyr,
+                xr,
+                h.coef,
+                coefs.weight[run.channel],
+                Ahead::NONE,
+                stream,
+            );
         }
     }
 }
@@ -1057,7 +1107,12 @@ impl Plan {
             ml[ch] = g.mean_lo;
             a[ch] = g.rstd * coefs.weight[ch];
         }
-        [per.extend(&mh), per.extend(&ml), per.extend(&a), per.extend(&coefs.bias)]
+        [
+            per.extend(&mh),
+            per.extend(&ml),
+            per.extend(&a),
+            per.extend(&coefs.bias),
+        ]
     }
 
     fn column_forward<T: Elem>(
@@ -1116,9 +1171,10 @@ impl Plan {
                     Norm::Batch(eps) => {
                         let mut per_channel = vec![Moments::EMPTY; c];
                         for xp in xs.chunks(per_piece * c) {
-                            for (acc, m) in per_channel
-                                .iter_mut()
-                                .zip(column_moments(xp, c, self.centered))
+                            for (acc, m) in
+                                per_channel
+                                    .iter_mut()
+                                    .zip(column_moments(xp, c, self.centered))
                             {
                                 *acc = acc.merge(m);
                             }
@@ -1142,7 +1198,8 @@ impl Plan {
                     let span = r.start * c..r.end * c;
                     // SAFETY: samples cover disjoint ranges, and pieces
                     // disjoint parts of a sample.
-                    let out = unsafe { y.range(u * unit_len + span.start..u * unit_len + span.end) };
+                    let out =
+                        unsafe { y.range(u * unit_len + span.start..u * unit_len + span.end) };
                     column_apply(out, &xs[span], &per, &cc, stream);
                 }
                 m
@@ -1299,7 +1356,9 @@ impl Plan {
 /// The row ranges of `rows` rows cut in pieces of `per_piece`, last first.
 fn pieces_backwards(rows: usize, per_piece: usize) -> impl Iterator<Item = Range<usize>> {
     let pieces = rows.div_ceil(per_piece.max(1));
-    (0..pieces).rev().map(move |i| chunk_items(i, per_piece, rows))
+    (0..pieces)
+        .rev()
+        .map(move |i| chunk_items(i, per_piece, rows))
 }
 
 fn correction(train: bool, centered: bool, n: f64, [sg, sgx, sx]: [f64; 3]) -> (f64, f64, f64) {
@@ -1331,7 +1390,9 @@ fn column_shift<T: Elem>(x: &[T], c: usize) -> Vec<f32> {
             *s += v.to_f64();
         }
     }
-    sum.iter().map(|&s| (s / rows.max(1) as f64) as f32).collect()
+    sum.iter()
+        .map(|&s| (s / rows.max(1) as f64) as f32)
+        .collect()
 }
 
 multiversion! {

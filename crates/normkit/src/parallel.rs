@@ -8,8 +8,8 @@
 
 use rayon::prelude::*;
 use std::marker::PhantomData;
-use std::sync::Mutex;
 use std::ops::Range;
+use std::sync::Mutex;
 
 /// Below this many values a kernel stays on the calling thread: spreading
 /// it would cost more in synchronization than it saves.

@@ -417,7 +417,8 @@ mod x86 {
         #[inline(always)]
         fn exp2_int(self, v: __m512) -> __m512 {
             unsafe {
-                let k = _mm512_sub_epi32(_mm512_castps_si512(v), _mm512_set1_epi32(ROUND_BITS as i32));
+                let k =
+                    _mm512_sub_epi32(_mm512_castps_si512(v), _mm512_set1_epi32(ROUND_BITS as i32));
                 let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(k, _mm512_set1_epi32(127)));
                 _mm512_castsi512_ps(e)
             }
@@ -474,11 +475,15 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn store_f16(self, p: *mut u16, v: __m512) {
-            unsafe { _mm256_storeu_si256(p.cast(), _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)) }
+            unsafe {
+                _mm256_storeu_si256(p.cast(), _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+            }
         }
         #[inline(always)]
         unsafe fn stream_f16(self, p: *mut u16, v: __m512) {
-            unsafe { _mm256_stream_si256(p.cast(), _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)) }
+            unsafe {
+                _mm256_stream_si256(p.cast(), _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+            }
         }
         #[inline(always)]
         fn fence(self) {
@@ -581,7 +586,12 @@ mod x86 {
         }
         #[inline(always)]
         fn fma(self, a: Pair, b: Pair, c: Pair) -> Pair {
-            unsafe { [_mm256_fmadd_ps(a[0], b[0], c[0]), _mm256_fmadd_ps(a[1], b[1], c[1])] }
+            unsafe {
+                [
+                    _mm256_fmadd_ps(a[0], b[0], c[0]),
+                    _mm256_fmadd_ps(a[1], b[1], c[1]),
+                ]
+            }
         }
         #[inline(always)]
         fn max(self, a: Pair, b: Pair) -> Pair {
@@ -627,7 +637,8 @@ mod x86 {
         #[inline(always)]
         fn exp2_int(self, v: Pair) -> Pair {
             each(v, |v| unsafe {
-                let k = _mm256_sub_epi32(_mm256_castps_si256(v), _mm256_set1_epi32(ROUND_BITS as i32));
+                let k =
+                    _mm256_sub_epi32(_mm256_castps_si256(v), _mm256_set1_epi32(ROUND_BITS as i32));
                 let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(k, _mm256_set1_epi32(127)));
                 _mm256_castsi256_ps(e)
             })
@@ -778,8 +789,22 @@ mod tests {
     #[test]
     fn levels_agree_with_scalar() {
         let vals: [f32; LANES] = [
-            0.0, -0.0, 1.0, -1.5, 3.4e38, -3.4e38, 1e-40, f32::NAN,
-            f32::INFINITY, f32::NEG_INFINITY, 0.1, 2.5, -7.25e-3, 1e20, 65504.0, 70000.0,
+            0.0,
+            -0.0,
+            1.0,
+            -1.5,
+            3.4e38,
+            -3.4e38,
+            1e-40,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.1,
+            2.5,
+            -7.25e-3,
+            1e20,
+            65504.0,
+            70000.0,
         ];
         let other: [f32; LANES] = std::array::from_fn(|l| vals[(l * 7 + 3) % LANES] * 0.75);
         let s = Scalar;

@@ -106,7 +106,11 @@ mod tests {
                 let mut other = vec![0.0f32; xs.len()];
                 f(&mut other, xs, level);
                 for (i, (a, b)) in base.iter().zip(&other).enumerate() {
-                    assert!(a.to_bits() == b.to_bits(), "{level:?} at {:e}: {a:e} vs {b:e}", xs[i]);
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "{level:?} at {:e}: {a:e} vs {b:e}",
+                        xs[i]
+                    );
                 }
             }
         }
@@ -118,7 +122,11 @@ mod tests {
             // SAFETY: 16 values each.
             unsafe {
                 let v = s.load(x.as_ptr());
-                let r = if sech2 { super::tanh_sech2(s, v).1 } else { super::tanh(s, v) };
+                let r = if sech2 {
+                    super::tanh_sech2(s, v).1
+                } else {
+                    super::tanh(s, v)
+                };
                 s.store(o.as_mut_ptr(), r);
             }
         }

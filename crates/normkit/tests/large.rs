@@ -52,20 +52,40 @@ fn layer_norm_case<T: Elem>(rows: usize) {
         let got = (bits(y), bits(dx), bits(&dw));
         match &first {
             None => first = Some(got),
-            Some(f) => assert!(*f == got, "{} output offset {offset} changed the result", T::NAME),
+            Some(f) => assert!(
+                *f == got,
+                "{} output offset {offset} changed the result",
+                T::NAME
+            ),
         }
     }
     // The first 3 rows alone: the same values (rows are independent).
     let (y_all, dx_all, _) = first.unwrap();
     let small = [3, D];
     let mut y = vec![T::default(); 3 * D];
-    let st = layer_norm_forward(&mut y, &x[..3 * D], &small, &[D], Affine::new(&w, &b), 1e-5)
-        .unwrap();
+    let st =
+        layer_norm_forward(&mut y, &x[..3 * D], &small, &[D], Affine::new(&w, &b), 1e-5).unwrap();
     let mut dx = vec![T::default(); 3 * D];
-    layer_norm_backward(Grads::dx(&mut dx), &dy[..3 * D], &x[..3 * D], &small, &[D], Some(&w), &st)
-        .unwrap();
-    assert!(bits(&y) == y_all[..3 * D], "{}: streamed rows differ from a small call", T::NAME);
-    assert!(bits(&dx) == dx_all[..3 * D], "{}: streamed dx rows differ", T::NAME);
+    layer_norm_backward(
+        Grads::dx(&mut dx),
+        &dy[..3 * D],
+        &x[..3 * D],
+        &small,
+        &[D],
+        Some(&w),
+        &st,
+    )
+    .unwrap();
+    assert!(
+        bits(&y) == y_all[..3 * D],
+        "{}: streamed rows differ from a small call",
+        T::NAME
+    );
+    assert!(
+        bits(&dx) == dx_all[..3 * D],
+        "{}: streamed dx rows differ",
+        T::NAME
+    );
     // And close to the f64 reference.
     let x64: Vec<f64> = x[..3 * D].iter().map(|e| e.to_f64()).collect();
     let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
@@ -74,7 +94,12 @@ fn layer_norm_case<T: Elem>(rows: usize) {
     let tol = if T::NAME == "f32" { 1e-5 } else { 1e-2 };
     for (i, (got, want)) in y.iter().zip(&r.y).enumerate() {
         let err = (got.to_f64() - want).abs();
-        assert!(err <= tol * want.abs().max(1.0), "{} y[{i}]: {} vs {want}", T::NAME, got.to_f32());
+        assert!(
+            err <= tol * want.abs().max(1.0),
+            "{} y[{i}]: {} vs {want}",
+            T::NAME,
+            got.to_f32()
+        );
     }
 }
 
@@ -135,7 +160,11 @@ fn batch_norm_nchw_streams_the_same_values() {
         let v = vals.iter().map(|&t| (t - m).powi(2)).sum::<f64>() / vals.len() as f64;
         let (wc, bc) = (w[ch] as f64, b[ch] as f64);
         assert!((m - bc).abs() < 1e-4, "channel {ch}: mean {m} vs {bc}");
-        assert!((v.sqrt() - wc.abs()).abs() < 1e-4, "channel {ch}: std {} vs {wc}", v.sqrt());
+        assert!(
+            (v.sqrt() - wc.abs()).abs() < 1e-4,
+            "channel {ch}: std {} vs {wc}",
+            v.sqrt()
+        );
     }
 }
 
@@ -161,7 +190,14 @@ fn dyt_streams_the_same_values() {
         }
     }
     let mut y = vec![0.0f32; 2 * D];
-    dyt_forward(&mut y, &x[..2 * D], &[2, D], 0.7, Affine::new(&w, &b), ChannelAxis::Last)
-        .unwrap();
+    dyt_forward(
+        &mut y,
+        &x[..2 * D],
+        &[2, D],
+        0.7,
+        Affine::new(&w, &b),
+        ChannelAxis::Last,
+    )
+    .unwrap();
     assert!(bits(&y) == first.unwrap()[..2 * D]);
 }

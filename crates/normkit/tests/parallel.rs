@@ -76,20 +76,50 @@ fn run_all(rng_seed: u64) -> Vec<Vec<f32>> {
         let dys = rng.normals(n, 0.0, 1.0);
         let w = rng.normals(301, 1.0, 0.3);
         let b = rng.normals(301, 0.0, 0.3);
-        fn half_run<E: Elem>(xs: &[f32], dys: &[f32], w: &[f32], b: &[f32], shape: [usize; 2]) -> Vec<Vec<f32>> {
+        fn half_run<E: Elem>(
+            xs: &[f32],
+            dys: &[f32],
+            w: &[f32],
+            b: &[f32],
+            shape: [usize; 2],
+        ) -> Vec<Vec<f32>> {
             let n = xs.len();
             let x: Vec<E> = xs.iter().map(|&v| E::from_f32(v)).collect();
             let dy: Vec<E> = dys.iter().map(|&v| E::from_f32(v)).collect();
             let mut y = vec![E::from_f32(0.0); n];
             let mut dx = vec![E::from_f32(0.0); n];
             let (mut dw, mut db) = (vec![0.0f32; shape[1]], vec![0.0f32; shape[1]]);
-            let st = layer_norm_forward(&mut y, &x, &shape, &shape[1..], Affine::new(w, b), 1e-5).unwrap();
-            let g = Grads { dx: &mut dx, dweight: Some(&mut dw), dbias: Some(&mut db) };
+            let st = layer_norm_forward(&mut y, &x, &shape, &shape[1..], Affine::new(w, b), 1e-5)
+                .unwrap();
+            let g = Grads {
+                dx: &mut dx,
+                dweight: Some(&mut dw),
+                dbias: Some(&mut db),
+            };
             layer_norm_backward(g, &dy, &x, &shape, &shape[1..], Some(w), &st).unwrap();
             let wide = |v: &[E]| v.iter().map(|e| e.to_f32()).collect::<Vec<f32>>();
-            let mut out = vec![wide(&y), wide(&dx), dw.clone(), db.clone(), st.mean, st.rstd];
-            dyt_forward(&mut y, &x, &shape, 0.8, Affine::new(w, b), ChannelAxis::Last).unwrap();
-            let g = Grads { dx: &mut dx, dweight: Some(&mut dw), dbias: Some(&mut db) };
+            let mut out = vec![
+                wide(&y),
+                wide(&dx),
+                dw.clone(),
+                db.clone(),
+                st.mean,
+                st.rstd,
+            ];
+            dyt_forward(
+                &mut y,
+                &x,
+                &shape,
+                0.8,
+                Affine::new(w, b),
+                ChannelAxis::Last,
+            )
+            .unwrap();
+            let g = Grads {
+                dx: &mut dx,
+                dweight: Some(&mut dw),
+                dbias: Some(&mut db),
+            };
             let da = dyt_backward(g, &dy, &x, &shape, 0.8, Some(w), ChannelAxis::Last).unwrap();
             out.extend([wide(&y), wide(&dx), dw, db, vec![da]]);
             out

@@ -19,9 +19,9 @@
 
 use super::shapes::Pass;
 use super::timing::{measure, summarize, timed, Budget, Sample};
-use std::time::Duration;
 use rayon::prelude::*;
 use std::hint::black_box;
+use std::time::Duration;
 
 /// Which copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,7 +164,11 @@ pub fn fastest_copier(
     }
 }
 
-fn fastest_typed<E: Bits>(kind: CopyKind, numel: usize, budget: &Budget) -> (Box<dyn Copier>, Sample) {
+fn fastest_typed<E: Bits>(
+    kind: CopyKind,
+    numel: usize,
+    budget: &Budget,
+) -> (Box<dyn Copier>, Sample) {
     let threads = rayon::current_num_threads();
     // Equal chunks, one per thread, rounded to whole cache lines.
     let chunk = numel.div_ceil(threads).next_multiple_of(64).max(64);
@@ -187,7 +191,11 @@ fn fastest_typed<E: Bits>(kind: CopyKind, numel: usize, budget: &Budget) -> (Box
         max_time: budget.max_time / 4,
         ..*budget
     };
-    let splits: &[bool] = if threads > 1 && numel > chunk { &[false, true] } else { &[false] };
+    let splits: &[bool] = if threads > 1 && numel > chunk {
+        &[false, true]
+    } else {
+        &[false]
+    };
     let mut best: Option<(Option<usize>, bool, Sample)> = None;
     for &piece in pieces {
         for &split in splits {
@@ -227,7 +235,13 @@ impl Interleave {
     pub fn new(numel: usize, esize: usize, budget: &Budget) -> Self {
         let copiers = [CopyKind::ReadWrite, CopyKind::TwoReadsOneWrite]
             .into_iter()
-            .map(|kind| (kind, fastest_copier(kind, numel, esize, budget).0, Vec::new()))
+            .map(|kind| {
+                (
+                    kind,
+                    fastest_copier(kind, numel, esize, budget).0,
+                    Vec::new(),
+                )
+            })
             .collect();
         Interleave { copiers, count: 0 }
     }

@@ -445,7 +445,8 @@ mod tests {
         for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
             let mut copies = Interleave::new(24, dtype.size(), &Budget::SMOKE);
             let passes = case.op.passes();
-            let out = run_normkit(&case, &inputs, dtype, passes, &Budget::SMOKE, &mut copies).unwrap();
+            let out =
+                run_normkit(&case, &inputs, dtype, passes, &Budget::SMOKE, &mut copies).unwrap();
             assert_eq!(out.len(), 3);
             // The copies ran between the kernel's iterations, for every
             // kind of pass.

@@ -270,6 +270,13 @@ impl Plan {
         self.geo.axis == ChannelAxis::Last && (self.scope == Scope::AcrossBatch || self.geo.s > 1)
     }
 
+    /// Whether the row path takes its groups in batches (small groups, or
+    /// an input that fits in cache) rather than skewed.
+    fn batched<T>(&self) -> bool {
+        let group_bytes = self.group_size() * std::mem::size_of::<T>();
+        group_bytes <= BATCH_GROUP_BYTES || self.num_groups() * group_bytes <= IN_CACHE_BYTES
+    }
+
     fn channels_per_group(&self) -> usize {
         match self.scope {
             Scope::AcrossBatch => 1,
@@ -631,8 +638,7 @@ multiversion! {
             }
         };
         let group_bytes = plan.group_size() * std::mem::size_of::<T>();
-        let in_cache = plan.num_groups() * group_bytes <= IN_CACHE_BYTES;
-        if group_bytes <= BATCH_GROUP_BYTES || in_cache {
+        if plan.batched::<T>() {
             return forward_batched(s, plan, groups, y, x, coefs, eps, stream);
         }
         let skew = group_bytes <= SKEW_MAX_BYTES;
@@ -828,8 +834,7 @@ multiversion! {
             }
         };
         let group_bytes = plan.group_size() * std::mem::size_of::<T>();
-        let in_cache = plan.num_groups() * group_bytes <= IN_CACHE_BYTES;
-        if group_bytes <= BATCH_GROUP_BYTES || in_cache {
+        if plan.batched::<T>() {
             // Small groups in batches, as in the forward: pass 1 of every
             // group of a batch, then pass 2 of each from cache. The same
             // sums in the same order as the skewed loop.

@@ -10,9 +10,7 @@ use crate::layout::{
     check_affine, check_grads, check_len, numel, Affine, ChannelAxis, Geometry, Grads,
 };
 use crate::normalize::{Partials, Plan, Scope};
-use crate::parallel::{
-    chunk_items, items_per_chunk, map_chunks, stream_output, Scratch, SharedMut,
-};
+use crate::parallel::{chunk_items, items_per_chunk, map_chunks, stream_output, SharedMut};
 use crate::simd::{multiversion, Isa, LANES};
 use crate::tanh::{tanh, tanh_sech2};
 use std::ops::Range;
@@ -141,7 +139,8 @@ pub fn dyt_backward<T: Elem>(
     }
     let weight = weight.map_or_else(|| vec![1.0; c], <[f32]>::to_vec);
     let (groups, size) = (p.num_groups(), p.group_size());
-    let per_chunk = items_per_chunk(groups, size, c * 24);
+    let per_element = p.geo.axis == ChannelAxis::Last;
+    let per_chunk = items_per_chunk(groups, size, Partials::bytes(c, per_element));
     let dx = SharedMut::new(grads.dx);
     let parts = map_chunks(groups.div_ceil(per_chunk), len, |i| {
         backward_chunk(
@@ -156,7 +155,7 @@ pub fn dyt_backward<T: Elem>(
     });
     grads.dx = &mut [];
     let dalpha = parts.iter().map(|(_, da)| da).sum::<f64>();
-    Partials::finish(parts.into_iter().map(|(p, _)| p).collect(), c, grads);
+    Partials::finish(parts.into_iter().map(|(p, _)| p).collect(), grads);
     Ok(dalpha as f32)
 }
 
@@ -360,8 +359,8 @@ multiversion! {
         weight: &[f32],
     ) -> (Partials, f64) {
         let c = p.geo.c;
-        let mut parts = Partials::new(c);
-        let (mut dw32, mut db32) = (Scratch::<f32>::zeroed(c), Scratch::<f32>::zeroed(c));
+        let mut parts = Partials::new(c, p.geo.axis == ChannelAxis::Last);
+        let count = groups.len();
         let mut dalpha = 0.0f64;
         for (done, k) in groups.enumerate() {
             for run in p.runs(k) {
@@ -370,20 +369,19 @@ multiversion! {
                 let out = unsafe { dx.range(run.range()) };
                 if run.per_element {
                     let cs = run.channel..run.channel + run.len;
-                    let (w, dw, db) = (&weight[cs.clone()], &mut dw32[cs.clone()], &mut db32[cs]);
+                    let (w, dw, db) = (&weight[cs.clone()], &mut parts.dweight32[cs.clone()], &mut parts.dbias32[cs]);
                     dalpha += bwd_row(s, out, dr, xr, alpha, w, dw, db);
                 } else {
                     let [da, dw, db] = bwd_run(s, out, dr, xr, alpha, weight[run.channel]);
                     dalpha += da;
-                    parts.dweight[run.channel] += dw;
-                    parts.dbias[run.channel] += db;
+                    parts.add(run.channel, dw, db);
                 }
             }
-            if (done + 1) % ROWS_PER_FLUSH == 0 {
-                parts.add_f32(&mut dw32, &mut db32);
+            // The last rows' f32 sums stay in the partials.
+            if (done + 1) % ROWS_PER_FLUSH == 0 && done + 1 < count {
+                parts.flush();
             }
         }
-        parts.add_f32(&mut dw32, &mut db32);
         (parts, dalpha)
     }
 }

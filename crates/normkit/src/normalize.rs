@@ -35,7 +35,7 @@ use crate::layout::{
 };
 use crate::moments::{finish_moments, group_moments, rstd, scale_for, shift_of, split, Moments};
 use crate::parallel::{
-    chunk_items, items_per_chunk, map_chunks, stream_output, Scratch, SharedMut,
+    chunk_items, for_blocks, items_per_chunk, map_chunks, stream_output, Scratch, SharedMut,
 };
 use crate::simd::{multiversion, Isa};
 use std::borrow::Cow;
@@ -134,47 +134,126 @@ impl<'a> Coefs<'a> {
 }
 
 /// Per-channel parameter-gradient partial sums of one chunk.
+///
+/// Per-channel runs add into `f64` sums; per-element rows (channels-last)
+/// add into `f32` sums, `dweight32` and `dbias32`, flushed into the `f64`
+/// ones every [`ROWS_PER_FLUSH`] rows. A per-element chunk allocates its
+/// `f64` sums at its first flush only, so a chunk of at most that many
+/// rows never has them: on rows of 65536 channels, zeroing and merging
+/// `f64` sums per chunk cost a third of the backward pass.
 #[derive(Debug)]
 pub(crate) struct Partials {
-    pub dweight: Scratch<f64>,
-    pub dbias: Scratch<f64>,
+    dweight: Scratch<f64>,
+    dbias: Scratch<f64>,
+    pub dweight32: Scratch<f32>,
+    pub dbias32: Scratch<f32>,
+    c: usize,
 }
 
 impl Partials {
-    pub fn new(c: usize) -> Self {
+    /// Zeroed sums of `c` channels, for per-element rows or per-channel runs.
+    pub fn new(c: usize, per_element: bool) -> Self {
+        let (wide, narrow) = if per_element { (0, c) } else { (c, 0) };
         Partials {
-            dweight: Scratch::zeroed(c),
-            dbias: Scratch::zeroed(c),
+            dweight: Scratch::zeroed(wide),
+            dbias: Scratch::zeroed(wide),
+            dweight32: Scratch::zeroed(narrow),
+            dbias32: Scratch::zeroed(narrow),
+            c,
         }
     }
 
-    /// Adds `f32` row sums into the partials and zeroes them.
-    #[inline(always)]
-    pub fn add_f32(&mut self, dweight: &mut [f32], dbias: &mut [f32]) {
-        flush_into(&mut self.dweight, dweight);
-        flush_into(&mut self.dbias, dbias);
+    /// Bytes of the sums a chunk of `c` channels holds (per-element
+    /// chunks of at most [`ROWS_PER_FLUSH`] rows).
+    pub fn bytes(c: usize, per_element: bool) -> usize {
+        c * if per_element { 8 } else { 16 }
+    }
+
+    fn widen(&mut self) {
+        if self.dweight.len() < self.c {
+            self.dweight = Scratch::zeroed(self.c);
+            self.dbias = Scratch::zeroed(self.c);
+        }
+    }
+
+    /// Adds the sums of one per-channel run.
+    #[inline]
+    pub fn add(&mut self, channel: usize, dweight: f64, dbias: f64) {
+        self.widen();
+        self.dweight[channel] += dweight;
+        self.dbias[channel] += dbias;
+    }
+
+    /// Adds the `f32` sums into the `f64` ones and zeroes them.
+    pub fn flush(&mut self) {
+        self.widen();
+        flush_into(&mut self.dweight, &mut self.dweight32);
+        flush_into(&mut self.dbias, &mut self.dbias32);
     }
 
     /// Adds chunks' partials in order and writes the requested gradients.
-    pub fn finish<T>(parts: Vec<Partials>, c: usize, grads: Grads<'_, T>) {
-        let mut parts = parts.into_iter();
-        let mut total = parts.next().unwrap_or_else(|| Partials::new(c));
-        for p in parts {
-            for (t, v) in total.dweight.iter_mut().zip(p.dweight.iter()) {
-                *t += v;
-            }
-            for (t, v) in total.dbias.iter_mut().zip(p.dbias.iter()) {
-                *t += v;
-            }
+    /// Each channel's sum runs over the chunks in chunk order, so blocks of
+    /// channels are merged on different threads with the same result.
+    pub fn finish<T>(parts: Vec<Partials>, grads: Grads<'_, T>) {
+        if let Some(out) = grads.dweight {
+            let sums: Vec<_> = parts
+                .iter()
+                .map(|p| (&p.dweight[..], &p.dweight32[..]))
+                .collect();
+            merge_partials(out, &sums);
         }
-        for (out, acc) in [(grads.dweight, &total.dweight), (grads.dbias, &total.dbias)] {
-            if let Some(out) = out {
-                for (o, a) in out.iter_mut().zip(acc.iter()) {
-                    *o = *a as f32;
+        if let Some(out) = grads.dbias {
+            let sums: Vec<_> = parts
+                .iter()
+                .map(|p| (&p.dbias[..], &p.dbias32[..]))
+                .collect();
+            merge_partials(out, &sums);
+        }
+    }
+}
+
+/// Channels merged together by [`Partials::finish`].
+const MERGE_BLOCK: usize = 2048;
+
+/// `out[ch] = Σ_chunks (wide[ch] + narrow[ch])` with either part possibly
+/// absent (empty), summed in `f64` in chunk order.
+fn merge_partials(out: &mut [f32], parts: &[(&[f64], &[f32])]) {
+    for_blocks(out, MERGE_BLOCK, out.len() * parts.len(), |start, out| {
+        let span = start..start + out.len();
+        let mut total = [0.0f64; MERGE_BLOCK];
+        let total = &mut total[..out.len()];
+        for (j, &(wide, narrow)) in parts.iter().enumerate() {
+            let (wide, narrow) = (wide.get(span.clone()), narrow.get(span.clone()));
+            // The first chunk's sums are copied, not added to zero, so a
+            // sum of -0.0 stays -0.0.
+            let add = |t: &mut f64, v: f64| *t = if j == 0 { v } else { *t + v };
+            match (wide, narrow) {
+                (Some(w), Some(n)) => {
+                    for ((t, &w), &n) in total.iter_mut().zip(w).zip(n) {
+                        add(t, w + n as f64);
+                    }
+                }
+                (Some(w), None) => {
+                    for (t, &w) in total.iter_mut().zip(w) {
+                        add(t, w);
+                    }
+                }
+                (None, Some(n)) => {
+                    for (t, &n) in total.iter_mut().zip(n) {
+                        add(t, n as f64);
+                    }
+                }
+                (None, None) => {
+                    for t in total.iter_mut() {
+                        add(t, 0.0);
+                    }
                 }
             }
         }
-    }
+        for (o, t) in out.iter_mut().zip(total.iter()) {
+            *o = *t as f32;
+        }
+    });
 }
 
 /// Statistics of one group as the kernels use them.
@@ -485,7 +564,7 @@ impl Plan {
             p.row_backward(&dx, dy, x, &coefs, mode)
         };
         grads.dx = &mut [];
-        Partials::finish(parts, p.geo.c, grads);
+        Partials::finish(parts, grads);
     }
 }
 
@@ -539,7 +618,8 @@ impl Plan {
         let groups = self.num_groups();
         let size = self.group_size();
         let c = self.geo.c;
-        let per_chunk = items_per_chunk(groups, size, c * 24);
+        let per_element = self.geo.axis == ChannelAxis::Last;
+        let per_chunk = items_per_chunk(groups, size, Partials::bytes(c, per_element));
         let chunks = groups.div_ceil(per_chunk);
         let stream = stream_output::<T>(x.len());
         map_chunks(chunks, groups * size, |i| {
@@ -812,25 +892,23 @@ multiversion! {
     ) -> Partials {
         let c = plan.geo.c;
         let n = plan.group_size() as f64;
-        let mut parts = Partials::new(c);
         // Per-element (LayerNorm) parameter sums go through f32 rows first.
         let per_element = plan.geo.axis == ChannelAxis::Last;
-        let scratch = if per_element { c } else { 0 };
-        let (mut dw32, mut db32) = (Scratch::<f32>::zeroed(scratch), Scratch::<f32>::zeroed(scratch));
-        let end = groups.end;
+        let mut parts = Partials::new(c, per_element);
+        let (end, count) = (groups.end, groups.len());
         let mut held: Option<Held> = None;
         let mut spare = Held::new();
         let mut done = 0usize;
         let mut after: Vec<Run> = Vec::new();
         // Pass 2 bookkeeping once a held group's dx is written.
-        let mut finish = |h: &Held, parts: &mut Partials, dw32: &mut [f32], db32: &mut [f32]| {
+        let mut finish = |h: &Held, parts: &mut Partials| {
             for (run, sums) in h.runs.iter().zip(&h.run_sums) {
-                parts.dweight[run.channel] += sums[1] - h.delta * sums[0];
-                parts.dbias[run.channel] += sums[0];
+                parts.add(run.channel, sums[1] - h.delta * sums[0], sums[0]);
             }
             done += 1;
-            if per_element && done % ROWS_PER_FLUSH == 0 {
-                parts.add_f32(dw32, db32);
+            // The last rows' f32 sums stay in the partials.
+            if per_element && done % ROWS_PER_FLUSH == 0 && done < count {
+                parts.flush();
             }
         };
         let group_bytes = plan.group_size() * std::mem::size_of::<T>();
@@ -847,8 +925,8 @@ multiversion! {
                     bwd_pass1(s, h, plan, k, dy, x, coefs, &mode);
                 }
                 for h in &batch[..ks.len()] {
-                    bwd_pass2(s, h, dx, dy, x, coefs, &mut dw32, &mut db32, stream);
-                    finish(h, &mut parts, &mut dw32, &mut db32);
+                    bwd_pass2(s, h, dx, dy, x, coefs, &mut parts, stream);
+                    finish(h, &mut parts);
                 }
                 k0 = ks.end;
             }
@@ -883,7 +961,7 @@ multiversion! {
                                 let c1 = run.channel..run.channel + run.len;
                                 let c0 = r0.channel..r0.channel + r0.len;
                                 let (w1, w0) = (&coefs.weight[c1], &coefs.weight[c0.clone()]);
-                                let (dw, db) = (&mut dw32[c0.clone()], &mut db32[c0]);
+                                let (dw, db) = (&mut parts.dweight32[c0.clone()], &mut parts.dbias32[c0]);
                                 s.outlined(|| lanes::bwd_skewed_vec(s, k, w1, w0, dw, db))
                             } else {
                                 let w0 = coefs.weight[r0.channel];
@@ -909,7 +987,7 @@ multiversion! {
                     }
                 }
                 if let Some(h) = held.take() {
-                    finish(&h, &mut parts, &mut dw32, &mut db32);
+                    finish(&h, &mut parts);
                     spare = h;
                 }
                 cur.set_coef(mode.train, plan.centered, n, g, [sg, sgx, sx]);
@@ -917,12 +995,9 @@ multiversion! {
             }
             // The last group's pass 2 alone.
             if let Some(h) = held.take() {
-                bwd_pass2(s, &h, dx, dy, x, coefs, &mut dw32, &mut db32, stream);
-                finish(&h, &mut parts, &mut dw32, &mut db32);
+                bwd_pass2(s, &h, dx, dy, x, coefs, &mut parts, stream);
+                finish(&h, &mut parts);
             }
-        }
-        if per_element {
-            parts.add_f32(&mut dw32, &mut db32);
         }
         if stream {
             s.fence();
@@ -1007,7 +1082,7 @@ fn bwd_pass1<S: Isa, T: Elem>(
 }
 
 /// Pass 2 of a held group alone: its `dx`, and for per-element runs the
-/// parameter sums into `dw32`, `db32`.
+/// parameter sums into `parts`' `f32` sums.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn bwd_pass2<S: Isa, T: Elem>(
@@ -1017,8 +1092,7 @@ fn bwd_pass2<S: Isa, T: Elem>(
     dy: &[T],
     x: &[T],
     coefs: &Coefs<'_>,
-    dw32: &mut [f32],
-    db32: &mut [f32],
+    parts: &mut Partials,
     stream: bool,
 ) {
     for run in &h.runs {
@@ -1036,8 +1110,8 @@ fn bwd_pass2<S: Isa, T: Elem>(
                 xr,
                 h.coef,
                 w,
-                &mut dw32[cs.clone()],
-                &mut db32[cs],
+                &mut parts.dweight32[cs.clone()],
+                &mut parts.dbias32[cs],
                 Ahead::NONE,
                 stream,
             );
@@ -1316,7 +1390,7 @@ impl Plan {
         let c = self.geo.c;
         let cg = self.channels_per_group();
         let n = (rows * cg) as f64;
-        let mut part = Partials::new(c);
+        let mut part = Partials::new(c, false);
         let z = || vec![0.0f32; c];
         let mut k = [z(), z(), z(), z(), z(), z()];
         for (gi, g) in groups.iter().enumerate() {
@@ -1331,8 +1405,7 @@ impl Plan {
             let (delta, mean_g, mean_gx) = correction(train, self.centered, n, [sg, sgx, sx]);
             let r = g.rstd as f64;
             for ch in chans {
-                part.dweight[ch] = sums[1][ch] - delta * sums[0][ch];
-                part.dbias[ch] = sums[0][ch];
+                part.add(ch, sums[1][ch] - delta * sums[0][ch], sums[0][ch]);
                 k[0][ch] = if self.centered { g.mean_hi } else { 0.0 };
                 k[1][ch] = if r != 0.0 { (delta / r) as f32 } else { 0.0 };
                 k[2][ch] = g.rstd;

@@ -22,13 +22,21 @@ pub(crate) const CHUNK_VALUES: usize = 1 << 16;
 /// Bytes of per-chunk partial sums a kernel may hold at once.
 const PARTIALS_BUDGET: usize = 16 << 20;
 
+/// A chunk's input is at least this many times the bytes of its partial
+/// sums: each chunk zeroes its partials and the merge reads them again, so
+/// on long rows (65536 channels) one row per chunk would move more bytes of
+/// partials than of data.
+const PARTIALS_RATIO: usize = 8;
+
 /// How `items` items of `item_values` values each (and `partial_bytes` of
 /// partial sums per chunk) are cut into chunks: returns items per chunk.
 pub(crate) fn items_per_chunk(items: usize, item_values: usize, partial_bytes: usize) -> usize {
     let by_work = (CHUNK_VALUES / item_values.max(1)).max(1);
     let max_chunks = (PARTIALS_BUDGET / partial_bytes.max(1)).max(1);
     let by_memory = items.div_ceil(max_chunks).max(1);
-    by_work.max(by_memory).min(items.max(1))
+    // Input bytes counted as 4 per value (f32).
+    let by_overhead = (partial_bytes * PARTIALS_RATIO).div_ceil(item_values.max(1) * 4);
+    by_work.max(by_memory).max(by_overhead).min(items.max(1))
 }
 
 /// Runs `f` on every chunk `0..chunks` and returns the results in chunk
@@ -42,6 +50,27 @@ pub(crate) fn map_chunks<R: Send>(
         (0..chunks).into_par_iter().map(f).collect()
     } else {
         (0..chunks).map(f).collect()
+    }
+}
+
+/// Runs `f(start, block)` on the consecutive blocks of `block` values of
+/// `out`, in parallel when the work (`values` touched) is large enough.
+/// The blocks must be independent.
+pub(crate) fn for_blocks<E: Send>(
+    out: &mut [E],
+    block: usize,
+    values: usize,
+    f: impl Fn(usize, &mut [E]) + Sync + Send,
+) {
+    let block = block.max(1);
+    if out.len() > block && values >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
+        out.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(i, o)| f(i * block, o));
+    } else {
+        for (i, o) in out.chunks_mut(block).enumerate() {
+            f(i * block, o);
+        }
     }
 }
 
@@ -147,6 +176,9 @@ impl Pooled for f64 {
 impl<E: Pooled> Scratch<E> {
     /// `len` zeros.
     pub fn zeroed(len: usize) -> Self {
+        if len == 0 {
+            return Scratch { v: Vec::new() };
+        }
         let reused = {
             let mut pool = E::pool().lock().unwrap_or_else(|e| e.into_inner());
             let found = pool.free.iter().rposition(|v| v.capacity() >= len);

@@ -67,6 +67,33 @@ fn run_all(rng_seed: u64) -> Vec<Vec<f32>> {
     let da = dyt_backward(g, &dy, &x, &shape, 0.7, Some(&w), ChannelAxis::Last).unwrap();
     out.extend([y.clone(), dx.clone(), dw.clone(), db.clone(), vec![da]]);
 
+    // Long rows: chunks of several rows keep their parameter sums in f32,
+    // and the merge runs over blocks of channels.
+    {
+        let (rows, d) = LONG;
+        let (x, dy, w) = long_rows_inputs(&mut rng);
+        let (mut y, (mut dx, mut dw, mut db)) = (vec![0.0f32; rows * d], grads(rows * d, d));
+        let affine = Affine {
+            weight: Some(&w),
+            bias: None,
+        };
+        let st = layer_norm_forward(&mut y, &x, &[rows, d], &[d], affine, 1e-5).unwrap();
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        layer_norm_backward(g, &dy, &x, &[rows, d], &[d], Some(&w), &st).unwrap();
+        out.extend([dx.clone(), dw.clone(), db.clone()]);
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        let da = dyt_backward(g, &dy, &x, &[rows, d], 0.7, Some(&w), ChannelAxis::Last).unwrap();
+        out.extend([dx, dw, db, vec![da]]);
+    }
+
     // bf16 and f16, converted in registers: LayerNorm and DyT forward and
     // backward (rows with a tail).
     {
@@ -223,6 +250,84 @@ fn run_all(rng_seed: u64) -> Vec<Vec<f32>> {
         out.extend([y, dx, dw, db, vec![da]]);
     }
     out
+}
+
+/// Rows long enough that a chunk holds several of them (its parameter sums
+/// would otherwise outweigh its data), with enough channels for the merge of
+/// the chunks' sums to be split into blocks.
+const LONG: (usize, usize) = (70, 9000);
+
+fn long_rows_inputs(rng: &mut Rng) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (rows, d) = LONG;
+    let x = rng.normals(rows * d, 1.0, 2.0);
+    let dy = rng.normals(rows * d, 0.0, 1.0);
+    let w = rng.normals(d, 1.0, 0.3);
+    (x, dy, w)
+}
+
+/// `got` against the `f64` sums `expected`, each within `f32` accumulation
+/// error of the sum of its terms' magnitudes `size`.
+fn assert_sums_close(what: &str, got: &[f32], expected: &[f64], size: &[f64]) {
+    for (ch, ((&g, &e), &m)) in got.iter().zip(expected).zip(size).enumerate() {
+        let tol = 64.0 * f32::EPSILON as f64 * m;
+        assert!(
+            (g as f64 - e).abs() <= tol,
+            "{what}[{ch}]: {g} vs {e} (tolerance {tol:e})"
+        );
+    }
+}
+
+/// The parameter sums of long rows, merged from several chunks on several
+/// threads, are the sums over all rows.
+#[test]
+fn long_rows_merge_every_chunk_into_the_parameter_sums() {
+    let (rows, d) = LONG;
+    let (x, dy, w) = long_rows_inputs(&mut Rng::new(3));
+    let wide = |v: &[f32]| -> Vec<f64> { v.iter().map(|&v| v as f64).collect() };
+    let (x64, dy64, w64) = (wide(&x), wide(&dy), wide(&w));
+    let (mut dx, mut dw, mut db) = (vec![0.0f32; rows * d], vec![0.0f32; d], vec![0.0f32; d]);
+    in_pool(3, || {
+        let mut y = vec![0.0f32; rows * d];
+        let affine = Affine {
+            weight: Some(&w),
+            bias: None,
+        };
+        let st = layer_norm_forward(&mut y, &x, &[rows, d], &[d], affine, 1e-5).unwrap();
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        layer_norm_backward(g, &dy, &x, &[rows, d], &[d], Some(&w), &st).unwrap();
+    });
+    let exp = reference::layer_norm_backward(&dy64, &x64, rows, d, Some(&w64), 1e-5);
+    let xhat = reference::layer_norm(&x64, rows, d, None, None, 1e-5).y;
+    // The magnitudes of each sum's terms: Σ|dy·x̂| and Σ|dy|.
+    let mut sum_dw = vec![0.0f64; d];
+    let mut sum_db = vec![0.0f64; d];
+    for r in 0..rows {
+        for ch in 0..d {
+            let k = r * d + ch;
+            sum_dw[ch] += (dy64[k] * xhat[k]).abs();
+            sum_db[ch] += dy64[k].abs();
+        }
+    }
+    assert_sums_close("layer_norm dweight", &dw, &exp.dweight, &sum_dw);
+    assert_sums_close("layer_norm dbias", &db, &exp.dbias, &sum_db);
+
+    in_pool(3, || {
+        let g = Grads {
+            dx: &mut dx,
+            dweight: Some(&mut dw),
+            dbias: Some(&mut db),
+        };
+        dyt_backward(g, &dy, &x, &[rows, d], 0.7, Some(&w), ChannelAxis::Last).unwrap();
+    });
+    let dims = reference::Dims::new(rows, d, 1, ChannelAxis::Last);
+    let exp = reference::dyt_backward(&dy64, &x64, dims, 0.7, Some(&w64));
+    // |tanh| ≤ 1, so Σ|dy| bounds both sums' terms.
+    assert_sums_close("dyt dweight", &dw, &exp.dweight, &sum_db);
+    assert_sums_close("dyt dbias", &db, &exp.dbias, &sum_db);
 }
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {

@@ -220,7 +220,10 @@ where
     // Out of line (it is rare), but through `outlined` so that it keeps the
     // instruction set: a plain non-inlined function would have no target
     // features, and every vector operation in it would become a call.
-    s.outlined(move || two_pass(s, runs, count, centered))
+    s.outlined(
+        #[inline(always)]
+        move || two_pass(s, runs, count, centered),
+    )
 }
 
 /// The fallback: the corrected two-pass algorithm on scaled values.

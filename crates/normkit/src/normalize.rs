@@ -752,11 +752,11 @@ multiversion! {
                         if r0.per_element {
                             let cs = r0.channel..r0.channel + r0.len;
                             let (w, b) = (&coefs.weight[cs.clone()], &coefs.bias[cs]);
-                            s.outlined(|| lanes::fwd_skewed_vec(s, k, g.rstd, w, b))
+                            s.outlined(#[inline(always)] || lanes::fwd_skewed_vec(s, k, g.rstd, w, b))
                         } else {
                             let a = g.rstd * coefs.weight[r0.channel];
                             let b = coefs.bias[r0.channel];
-                            s.outlined(|| lanes::fwd_skewed_scalar(s, k, a, b))
+                            s.outlined(#[inline(always)] || lanes::fwd_skewed_scalar(s, k, a, b))
                         }
                     }
                     _ => lanes::shifted_sums(s, x1, shift),
@@ -962,10 +962,10 @@ multiversion! {
                                 let c0 = r0.channel..r0.channel + r0.len;
                                 let (w1, w0) = (&coefs.weight[c1], &coefs.weight[c0.clone()]);
                                 let (dw, db) = (&mut parts.dweight32[c0.clone()], &mut parts.dbias32[c0]);
-                                s.outlined(|| lanes::bwd_skewed_vec(s, k, w1, w0, dw, db))
+                                s.outlined(#[inline(always)] || lanes::bwd_skewed_vec(s, k, w1, w0, dw, db))
                             } else {
                                 let w0 = coefs.weight[r0.channel];
-                                s.outlined(|| lanes::bwd_skewed_scalar(s, k, w0))
+                                s.outlined(#[inline(always)] || lanes::bwd_skewed_scalar(s, k, w0))
                             }
                         }
                         None if run.per_element => {

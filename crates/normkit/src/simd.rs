@@ -156,7 +156,10 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
 
     /// Runs `f` in a function of its own, compiled for this level. A hot
     /// loop with many streams gets every register that way, where inlined
-    /// into a large kernel it would share them and spill.
+    /// into a large kernel it would share them and spill. `f` must be a
+    /// closure marked `#[inline(always)]`: left to the inliner, a large one
+    /// (the `bf16` backward loop) is compiled on its own, without this
+    /// level's instructions, and every vector operation becomes a call.
     fn outlined<R>(self, f: impl FnOnce() -> R) -> R;
 }
 

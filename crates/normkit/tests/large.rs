@@ -1,5 +1,5 @@
-//! Outputs large enough to be written with streaming stores (20 MiB =
-//! 20 971 520 bytes and up; every case here is above that), at every
+//! Outputs large enough to be written with streaming stores (8 MiB of
+//! `f32`, 20 MiB of 2-byte values; every case here is above both), at every
 //! alignment: the values never depend on how they are
 //! stored, where the buffers lie, or which loop schedule (alone, or skewed
 //! with the next group) computed them.

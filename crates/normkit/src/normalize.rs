@@ -195,19 +195,16 @@ impl Partials {
     /// Each channel's sum runs over the chunks in chunk order, so blocks of
     /// channels are merged on different threads with the same result.
     pub fn finish<T>(parts: Vec<Partials>, grads: Grads<'_, T>) {
-        if let Some(out) = grads.dweight {
-            let sums: Vec<_> = parts
-                .iter()
-                .map(|p| (&p.dweight[..], &p.dweight32[..]))
-                .collect();
-            merge_partials(out, &sums);
-        }
-        if let Some(out) = grads.dbias {
-            let sums: Vec<_> = parts
-                .iter()
-                .map(|p| (&p.dbias[..], &p.dbias32[..]))
-                .collect();
-            merge_partials(out, &sums);
+        type Pick = for<'p> fn(&'p Partials) -> (&'p [f64], &'p [f32]);
+        let outputs: [(Option<&mut [f32]>, Pick); 2] = [
+            (grads.dweight, |p| (&p.dweight, &p.dweight32)),
+            (grads.dbias, |p| (&p.dbias, &p.dbias32)),
+        ];
+        for (out, pick) in outputs {
+            if let Some(out) = out {
+                let sums: Vec<_> = parts.iter().map(pick).collect();
+                merge_partials(out, &sums);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! bitwise identical whatever the thread count and whatever the SIMD
 //! level.
 
-use crate::common::Rng;
+use crate::common::{wide, Rng};
 use normkit::*;
 use std::sync::Mutex;
 
@@ -69,30 +69,8 @@ fn run_all(rng_seed: u64) -> Vec<Vec<f32>> {
 
     // Long rows: chunks of several rows keep their parameter sums in f32,
     // and the merge runs over blocks of channels.
-    {
-        let (rows, d) = LONG;
-        let (x, dy, w) = long_rows_inputs(&mut rng);
-        let (mut y, (mut dx, mut dw, mut db)) = (vec![0.0f32; rows * d], grads(rows * d, d));
-        let affine = Affine {
-            weight: Some(&w),
-            bias: None,
-        };
-        let st = layer_norm_forward(&mut y, &x, &[rows, d], &[d], affine, 1e-5).unwrap();
-        let g = Grads {
-            dx: &mut dx,
-            dweight: Some(&mut dw),
-            dbias: Some(&mut db),
-        };
-        layer_norm_backward(g, &dy, &x, &[rows, d], &[d], Some(&w), &st).unwrap();
-        out.extend([dx.clone(), dw.clone(), db.clone()]);
-        let g = Grads {
-            dx: &mut dx,
-            dweight: Some(&mut dw),
-            dbias: Some(&mut db),
-        };
-        let da = dyt_backward(g, &dy, &x, &[rows, d], 0.7, Some(&w), ChannelAxis::Last).unwrap();
-        out.extend([dx, dw, db, vec![da]]);
-    }
+    let (x, dy, w) = long_rows_inputs(&mut rng);
+    out.extend(long_rows_grads(&x, &dy, &w));
 
     // bf16 and f16, converted in registers: LayerNorm and DyT forward and
     // backward (rows with a tail).
@@ -265,6 +243,35 @@ fn long_rows_inputs(rng: &mut Rng) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     (x, dy, w)
 }
 
+/// LayerNorm's backward on long rows (`dx`, `dweight`, `dbias`), then DyT's
+/// (`dx`, `dweight`, `dbias`, `[dalpha]`).
+fn long_rows_grads(x: &[f32], dy: &[f32], w: &[f32]) -> [Vec<f32>; 7] {
+    let (rows, d) = LONG;
+    let shape = [rows, d];
+    let (mut dx, mut dw, mut db) = (vec![0.0f32; rows * d], vec![0.0f32; d], vec![0.0f32; d]);
+    let mut y = vec![0.0f32; rows * d];
+    let affine = Affine {
+        weight: Some(w),
+        bias: None,
+    };
+    let st = layer_norm_forward(&mut y, x, &shape, &[d], affine, 1e-5).unwrap();
+    let g = Grads {
+        dx: &mut dx,
+        dweight: Some(&mut dw),
+        dbias: Some(&mut db),
+    };
+    layer_norm_backward(g, dy, x, &shape, &[d], Some(w), &st).unwrap();
+    let ln = [dx.clone(), dw.clone(), db.clone()];
+    let g = Grads {
+        dx: &mut dx,
+        dweight: Some(&mut dw),
+        dbias: Some(&mut db),
+    };
+    let da = dyt_backward(g, dy, x, &shape, 0.7, Some(w), ChannelAxis::Last).unwrap();
+    let [ln_dx, ln_dw, ln_db] = ln;
+    [ln_dx, ln_dw, ln_db, dx, dw, db, vec![da]]
+}
+
 /// `got` against the `f64` sums `expected`, each within `f32` accumulation
 /// error of the sum of its terms' magnitudes `size`.
 fn assert_sums_close(what: &str, got: &[f32], expected: &[f64], size: &[f64]) {
@@ -283,23 +290,8 @@ fn assert_sums_close(what: &str, got: &[f32], expected: &[f64], size: &[f64]) {
 fn long_rows_merge_every_chunk_into_the_parameter_sums() {
     let (rows, d) = LONG;
     let (x, dy, w) = long_rows_inputs(&mut Rng::new(3));
-    let wide = |v: &[f32]| -> Vec<f64> { v.iter().map(|&v| v as f64).collect() };
     let (x64, dy64, w64) = (wide(&x), wide(&dy), wide(&w));
-    let (mut dx, mut dw, mut db) = (vec![0.0f32; rows * d], vec![0.0f32; d], vec![0.0f32; d]);
-    in_pool(3, || {
-        let mut y = vec![0.0f32; rows * d];
-        let affine = Affine {
-            weight: Some(&w),
-            bias: None,
-        };
-        let st = layer_norm_forward(&mut y, &x, &[rows, d], &[d], affine, 1e-5).unwrap();
-        let g = Grads {
-            dx: &mut dx,
-            dweight: Some(&mut dw),
-            dbias: Some(&mut db),
-        };
-        layer_norm_backward(g, &dy, &x, &[rows, d], &[d], Some(&w), &st).unwrap();
-    });
+    let [_, ln_dw, ln_db, _, dyt_dw, dyt_db, _] = in_pool(3, || long_rows_grads(&x, &dy, &w));
     let exp = reference::layer_norm_backward(&dy64, &x64, rows, d, Some(&w64), 1e-5);
     let xhat = reference::layer_norm(&x64, rows, d, None, None, 1e-5).y;
     // The magnitudes of each sum's terms: Σ|dy·x̂| and Σ|dy|.
@@ -312,22 +304,14 @@ fn long_rows_merge_every_chunk_into_the_parameter_sums() {
             sum_db[ch] += dy64[k].abs();
         }
     }
-    assert_sums_close("layer_norm dweight", &dw, &exp.dweight, &sum_dw);
-    assert_sums_close("layer_norm dbias", &db, &exp.dbias, &sum_db);
+    assert_sums_close("layer_norm dweight", &ln_dw, &exp.dweight, &sum_dw);
+    assert_sums_close("layer_norm dbias", &ln_db, &exp.dbias, &sum_db);
 
-    in_pool(3, || {
-        let g = Grads {
-            dx: &mut dx,
-            dweight: Some(&mut dw),
-            dbias: Some(&mut db),
-        };
-        dyt_backward(g, &dy, &x, &[rows, d], 0.7, Some(&w), ChannelAxis::Last).unwrap();
-    });
     let dims = reference::Dims::new(rows, d, 1, ChannelAxis::Last);
     let exp = reference::dyt_backward(&dy64, &x64, dims, 0.7, Some(&w64));
     // |tanh| ≤ 1, so Σ|dy| bounds both sums' terms.
-    assert_sums_close("dyt dweight", &dw, &exp.dweight, &sum_db);
-    assert_sums_close("dyt dbias", &db, &exp.dbias, &sum_db);
+    assert_sums_close("dyt dweight", &dyt_dw, &exp.dweight, &sum_db);
+    assert_sums_close("dyt dbias", &dyt_db, &exp.dbias, &sum_db);
 }
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {

@@ -3,8 +3,12 @@
 
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
+use crate::layout::RunningStats;
 use crate::layout::{check_eps, check_len, numel, Affine, ChannelAxis, Geometry, Grads, Stats};
 use crate::normalize::{Plan, Scope};
+use crate::op::{
+    affine_grads, affine_of, affine_params, NormOp, OpGrads, Param, Running, Signature,
+};
 use crate::parallel::{map_chunks, SharedMut};
 
 /// Per-sample modulation `y = norm(x) · (1 + scale) + shift`.
@@ -383,5 +387,108 @@ impl Samples {
                 }
             }
         }
+    }
+}
+
+/// The modulated LayerNorm (`rms: false`) and RMSNorm (`rms: true`) as a
+/// [`NormOp`]. The packed parameters are the norm's own `weight`? and
+/// `bias`? (LayerNorm only), then the per-sample `scale` and `shift`
+/// (`[N, D]` each), so the modulation's gradients come back with theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaNormOp {
+    pub normalized_shape: Vec<usize>,
+    pub eps: f32,
+    pub rms: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+impl NormOp for AdaNormOp {
+    type Saved = Stats;
+
+    fn name(&self) -> &'static str {
+        if self.rms {
+            "ada_rms_norm"
+        } else {
+            "ada_layer_norm"
+        }
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let op = self.name();
+        let s = Samples::new(op, shape, &self.normalized_shape, self.eps, !self.rms)?;
+        let nd = s.n.checked_mul(s.d).ok_or_else(|| NormError::TooLarge {
+            op,
+            shape: shape.to_vec(),
+        })?;
+        let mut params = affine_params(self.weight, self.bias && !self.rms, s.d);
+        params.push(Param {
+            name: "scale",
+            len: nd,
+        });
+        params.push(Param {
+            name: "shift",
+            len: nd,
+        });
+        Ok(Signature {
+            params,
+            running: Running::None,
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        _running: Option<RunningStats<'_>>,
+    ) -> Result<Stats> {
+        let affine = affine_of(sig, params);
+        let modulation = modulation_of(sig, params);
+        let ns = &self.normalized_shape;
+        if self.rms {
+            ada_rms_norm_forward(y, x, shape, ns, affine.weight, modulation, self.eps)
+        } else {
+            ada_layer_norm_forward(y, x, shape, ns, affine, modulation, self.eps)
+        }
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &Stats,
+    ) -> Result<()> {
+        let affine = affine_of(sig, params);
+        let modulation = modulation_of(sig, params);
+        let (grads, rest) = affine_grads(sig, grads);
+        let mut dmod = ModulationGrads::default();
+        for (name, slot) in rest {
+            match name {
+                "scale" => dmod.dscale = Some(slot),
+                _ => dmod.dshift = Some(slot),
+            }
+        }
+        let ns = &self.normalized_shape;
+        if self.rms {
+            let w = affine.weight;
+            ada_rms_norm_backward(grads, dmod, dy, x, shape, ns, w, modulation, saved)
+        } else {
+            ada_layer_norm_backward(grads, dmod, dy, x, shape, ns, affine, modulation, saved)
+        }
+    }
+}
+
+/// The `scale` and `shift` slots of packed parameters.
+fn modulation_of<'a>(sig: &Signature, packed: &'a [f32]) -> Modulation<'a> {
+    Modulation {
+        scale: sig.get(packed, "scale").unwrap_or_default(),
+        shift: sig.get(packed, "shift").unwrap_or_default(),
     }
 }

@@ -4,8 +4,10 @@
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
 use crate::instances::{apply_per_instance, InstanceCoef};
+use crate::layout::RunningStats;
 use crate::layout::{check_eps, check_len, Affine, ChannelAxis, Geometry, Grads, Stats};
 use crate::normalize::{Plan, Scope};
+use crate::op::{NormOp, OpGrads, Param, Running, Signature};
 use crate::parallel::{map_chunks, SharedMut};
 
 const OP: &str = "adain";
@@ -289,4 +291,82 @@ pub fn adain_backward<T: Elem>(
     }
     apply_per_instance(dstyle, style, None, &p.s, &coefs);
     Ok(())
+}
+
+/// [`adain_forward`] and [`adain_backward`] as a [`NormOp`] over the
+/// content; the style is the packed parameter (converted to `f32`, which
+/// holds every `bf16` and `f16` value exactly), so its gradient comes back
+/// as the parameter gradient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaInOp {
+    pub cfg: AdaInConfig,
+    pub style_shape: Vec<usize>,
+}
+
+impl AdaInOp {
+    /// The packed style at the content's element type.
+    fn style<T: Elem>(packed: &[f32]) -> Vec<T> {
+        packed.iter().map(|&v| T::from_f32(v)).collect()
+    }
+}
+
+impl NormOp for AdaInOp {
+    type Saved = AdaInStats;
+
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let p = Pair::new(shape, &self.style_shape, &self.cfg)?;
+        Ok(Signature {
+            params: vec![Param {
+                name: "style",
+                len: p.s.len(),
+            }],
+            running: Running::None,
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        _sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        _running: Option<RunningStats<'_>>,
+    ) -> Result<AdaInStats> {
+        let style = Self::style::<T>(params);
+        adain_forward(y, x, shape, &style, &self.style_shape, &self.cfg)
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        _sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &AdaInStats,
+    ) -> Result<()> {
+        let style = Self::style::<T>(params);
+        let mut dstyle = grads.dparams.as_ref().map(|d| vec![T::default(); d.len()]);
+        adain_backward(
+            grads.dx,
+            dstyle.as_deref_mut(),
+            dy,
+            x,
+            shape,
+            &style,
+            &self.style_shape,
+            saved,
+            &self.cfg,
+        )?;
+        if let (Some(d), Some(out)) = (dstyle, grads.dparams) {
+            T::load(&d, out);
+        }
+        Ok(())
+    }
 }

@@ -6,6 +6,7 @@ use crate::layout::{
     check_eps, check_len, Affine, ChannelAxis, Geometry, Grads, Momentum, RunningStats, Stats,
 };
 use crate::normalize::{stats_from_running, update_running, Plan, Scope};
+use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running, Signature};
 
 const OP: &str = "batch_norm";
 
@@ -163,4 +164,80 @@ pub fn batch_norm_backward_eval<T: Elem>(
     }
     p.backward_with_stats(grads, dy, x, weight, stats);
     Ok(())
+}
+
+/// The BatchNorm entry points as a [`NormOp`]: PyTorch's
+/// `BatchNorm1d/2d/3d(num_features, eps, momentum, affine,
+/// track_running_stats)` for one call.
+///
+/// `training` selects batch statistics (PyTorch: training mode, or no
+/// running statistics at all) or the running ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormOp {
+    pub cfg: BatchNormConfig,
+    pub training: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+impl NormOp for BatchNormOp {
+    type Saved = Stats;
+
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let p = plan(shape, &self.cfg)?;
+        let channels = p.geo.c;
+        Ok(Signature {
+            params: affine_params(self.weight, self.bias, channels),
+            running: if self.training {
+                Running::Updates { channels }
+            } else {
+                Running::Reads { channels }
+            },
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        running: Option<RunningStats<'_>>,
+    ) -> Result<Stats> {
+        let affine = affine_of(sig, params);
+        match (self.training, running) {
+            (true, running) => batch_norm_forward_train(y, x, shape, affine, running, &self.cfg),
+            (false, Some(r)) => {
+                batch_norm_forward_eval(y, x, shape, affine, r.mean, r.var, &self.cfg)
+            }
+            (false, None) => Err(NormError::Missing {
+                op: OP,
+                name: "running_mean",
+            }),
+        }
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &Stats,
+    ) -> Result<()> {
+        let weight = affine_of(sig, params).weight;
+        let (grads, _) = affine_grads(sig, grads);
+        if self.training {
+            batch_norm_backward_train(grads, dy, x, shape, weight, saved, &self.cfg)
+        } else {
+            batch_norm_backward_eval(grads, dy, x, shape, weight, saved, &self.cfg)
+        }
+    }
 }

@@ -9,6 +9,7 @@ use crate::layout::{
 };
 use crate::moments::rstd;
 use crate::normalize::{update_running, Plan, Scope};
+use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running, Signature};
 
 const OP: &str = "batch_renorm";
 
@@ -311,19 +312,90 @@ pub fn batch_renorm_backward_eval<T: Elem>(
 /// Errors of the BatchNorm kernels evaluation delegates to, named after
 /// this op.
 fn rename(e: NormError) -> NormError {
-    let mut e = e;
-    match &mut e {
-        NormError::Length { op, .. }
-        | NormError::Rank { op, .. }
-        | NormError::Eps { op, .. }
-        | NormError::Param { op, .. }
-        | NormError::TooFewValues { op, .. }
-        | NormError::Empty { op, .. }
-        | NormError::TooLarge { op, .. }
-        | NormError::NormalizedShape { op, .. }
-        | NormError::Groups { op, .. }
-        | NormError::Dim { op, .. }
-        | NormError::NoSuchParameter { op, .. } => *op = OP,
+    e.with_op(OP)
+}
+
+/// The Batch Renormalization entry points as a [`NormOp`]. Training needs
+/// running statistics (the corrections `r` and `d` come from them) and
+/// updates them; evaluation is BatchNorm's with them. The evaluation's
+/// saved state has empty `r` and `d`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchRenormOp {
+    pub cfg: BatchRenormConfig,
+    pub training: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+impl NormOp for BatchRenormOp {
+    type Saved = RenormStats;
+
+    fn name(&self) -> &'static str {
+        OP
     }
-    e
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let channels = if self.training {
+            plan(shape, &self.cfg)?.geo.c
+        } else {
+            check_eps(OP, self.cfg.eps)?;
+            check_limits(&self.cfg)?;
+            Geometry::channels(OP, shape, self.cfg.channel_axis)?.c
+        };
+        Ok(Signature {
+            params: affine_params(self.weight, self.bias, channels),
+            running: if self.training {
+                Running::Requires { channels }
+            } else {
+                Running::Reads { channels }
+            },
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        running: Option<RunningStats<'_>>,
+    ) -> Result<RenormStats> {
+        let affine = affine_of(sig, params);
+        let Some(r) = running else {
+            return Err(NormError::Missing {
+                op: OP,
+                name: "running_mean",
+            });
+        };
+        if self.training {
+            batch_renorm_forward_train(y, x, shape, affine, r, &self.cfg)
+        } else {
+            let stats = batch_renorm_forward_eval(y, x, shape, affine, r.mean, r.var, &self.cfg)?;
+            Ok(RenormStats {
+                stats,
+                r: Vec::new(),
+                d: Vec::new(),
+            })
+        }
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &RenormStats,
+    ) -> Result<()> {
+        let weight = affine_of(sig, params).weight;
+        let (grads, _) = affine_grads(sig, grads);
+        if self.training {
+            batch_renorm_backward_train(grads, dy, x, shape, weight, saved, &self.cfg)
+        } else {
+            batch_renorm_backward_eval(grads, dy, x, shape, weight, &saved.stats, &self.cfg)
+        }
+    }
 }

@@ -7,9 +7,12 @@ use crate::lanes::{
     ROWS_PER_FLUSH,
 };
 use crate::layout::{
-    check_affine, check_grads, check_len, numel, Affine, ChannelAxis, Geometry, Grads,
+    check_affine, check_grads, check_len, numel, Affine, ChannelAxis, Geometry, Grads, RunningStats,
 };
 use crate::normalize::{Partials, Plan, Scope};
+use crate::op::{
+    affine_grads, affine_of, affine_params, NormOp, OpGrads, Param, Running, Signature,
+};
 use crate::parallel::{chunk_items, items_per_chunk, map_chunks, stream_output, SharedMut};
 use crate::simd::{multiversion, Isa, LANES};
 use crate::tanh::{tanh, tanh_sech2};
@@ -383,5 +386,75 @@ multiversion! {
             }
         }
         (parts, dalpha)
+    }
+}
+
+/// [`dyt_forward`] and [`dyt_backward`] as a [`NormOp`]. The packed
+/// parameters start with the scalar `alpha` (PyTorch-style modules keep it
+/// as a one-element parameter).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DytOp {
+    pub channel_axis: ChannelAxis,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+impl NormOp for DytOp {
+    type Saved = ();
+
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let p = plan(shape, self.channel_axis)?;
+        let mut params = vec![Param {
+            name: "alpha",
+            len: 1,
+        }];
+        params.extend(affine_params(self.weight, self.bias, p.geo.c));
+        Ok(Signature {
+            params,
+            running: Running::None,
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        _running: Option<RunningStats<'_>>,
+    ) -> Result<()> {
+        let alpha = params[0];
+        dyt_forward(
+            y,
+            x,
+            shape,
+            alpha,
+            affine_of(sig, params),
+            self.channel_axis,
+        )
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        _saved: &(),
+    ) -> Result<()> {
+        let (alpha, weight) = (params[0], affine_of(sig, params).weight);
+        let (grads, mut rest) = affine_grads(sig, grads);
+        let dalpha = dyt_backward(grads, dy, x, shape, alpha, weight, self.channel_axis)?;
+        if let Some((_, slot)) = rest.iter_mut().find(|(name, _)| *name == "alpha") {
+            slot[0] = dalpha;
+        }
+        Ok(())
     }
 }

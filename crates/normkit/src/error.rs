@@ -71,9 +71,71 @@ pub enum NormError {
         op: &'static str,
         name: &'static str,
     },
+    /// A required input was not given (running statistics an evaluation
+    /// normalizes with, for example).
+    #[error("{op}: `{name}` is required")]
+    Missing {
+        op: &'static str,
+        name: &'static str,
+    },
+    /// Slices that must share an element type do not.
+    #[error("{op}: `{name}` is {got}, expected {expected} like the input")]
+    DType {
+        op: &'static str,
+        name: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
+    /// The state handed to a backward pass was saved by another op.
+    #[error("{op}: the saved state was not made by this op's forward pass")]
+    Saved { op: &'static str },
     /// The number of elements overflows `usize`.
     #[error("{op}: shape {shape:?} has more elements than fit in memory")]
     TooLarge { op: &'static str, shape: Vec<usize> },
+}
+
+impl NormError {
+    /// The op the error names.
+    pub fn op(&self) -> &'static str {
+        match self {
+            NormError::Length { op, .. }
+            | NormError::Rank { op, .. }
+            | NormError::NormalizedShape { op, .. }
+            | NormError::Groups { op, .. }
+            | NormError::Eps { op, .. }
+            | NormError::Param { op, .. }
+            | NormError::TooFewValues { op, .. }
+            | NormError::Empty { op, .. }
+            | NormError::Dim { op, .. }
+            | NormError::NoSuchParameter { op, .. }
+            | NormError::Missing { op, .. }
+            | NormError::DType { op, .. }
+            | NormError::Saved { op }
+            | NormError::TooLarge { op, .. } => op,
+        }
+    }
+
+    /// The same error, naming `op` instead: for an op that delegates to
+    /// another's kernels.
+    pub fn with_op(mut self, name: &'static str) -> Self {
+        match &mut self {
+            NormError::Length { op, .. }
+            | NormError::Rank { op, .. }
+            | NormError::NormalizedShape { op, .. }
+            | NormError::Groups { op, .. }
+            | NormError::Eps { op, .. }
+            | NormError::Param { op, .. }
+            | NormError::TooFewValues { op, .. }
+            | NormError::Empty { op, .. }
+            | NormError::Dim { op, .. }
+            | NormError::NoSuchParameter { op, .. }
+            | NormError::Missing { op, .. }
+            | NormError::DType { op, .. }
+            | NormError::Saved { op }
+            | NormError::TooLarge { op, .. } => *op = name,
+        }
+        self
+    }
 }
 
 /// Shorthand for results of this crate.

@@ -7,6 +7,7 @@ use crate::layout::{
     check_eps, check_len, Affine, ChannelAxis, Geometry, Grads, Momentum, RunningStats, Stats,
 };
 use crate::normalize::{stats_from_running, update_running, Plan, Scope};
+use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running, Signature};
 
 /// Group Normalization (Wu & He, 2018, "Group Normalization").
 ///
@@ -254,4 +255,132 @@ pub fn instance_norm_backward_eval<T: Elem>(
     p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
     p.backward_with_stats(grads, dy, x, weight, stats);
     Ok(())
+}
+
+/// [`group_norm_forward`] and [`group_norm_backward`] as a [`NormOp`]:
+/// PyTorch's `GroupNorm(num_groups, num_channels, eps, affine)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupNormOp {
+    pub cfg: GroupNormConfig,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+impl NormOp for GroupNormOp {
+    type Saved = Stats;
+
+    fn name(&self) -> &'static str {
+        "group_norm"
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let p = plan(self.name(), shape, &self.cfg)?;
+        Ok(Signature {
+            params: affine_params(self.weight, self.bias, p.geo.c),
+            running: Running::None,
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        _running: Option<RunningStats<'_>>,
+    ) -> Result<Stats> {
+        group_norm_forward(y, x, shape, affine_of(sig, params), &self.cfg)
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &Stats,
+    ) -> Result<()> {
+        let weight = affine_of(sig, params).weight;
+        let (grads, _) = affine_grads(sig, grads);
+        group_norm_backward(grads, dy, x, shape, weight, saved, &self.cfg)
+    }
+}
+
+/// The InstanceNorm entry points as a [`NormOp`]: PyTorch's
+/// `InstanceNorm1d/2d/3d(num_features, eps, momentum, affine,
+/// track_running_stats)` for one call.
+///
+/// `training` selects instance statistics (PyTorch: training mode, or no
+/// running statistics) or the running ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InstanceNormOp {
+    pub cfg: InstanceNormConfig,
+    pub training: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+impl NormOp for InstanceNormOp {
+    type Saved = Stats;
+
+    fn name(&self) -> &'static str {
+        "instance_norm"
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let p = plan(self.name(), shape, &self.cfg.groups(shape))?;
+        let channels = p.geo.c;
+        Ok(Signature {
+            params: affine_params(self.weight, self.bias, channels),
+            running: if self.training {
+                Running::Updates { channels }
+            } else {
+                Running::Reads { channels }
+            },
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        running: Option<RunningStats<'_>>,
+    ) -> Result<Stats> {
+        let affine = affine_of(sig, params);
+        match (self.training, running) {
+            (true, running) => instance_norm_forward_train(y, x, shape, affine, running, &self.cfg),
+            (false, Some(r)) => {
+                instance_norm_forward_eval(y, x, shape, affine, r.mean, r.var, &self.cfg)
+            }
+            (false, None) => Err(NormError::Missing {
+                op: self.name(),
+                name: "running_mean",
+            }),
+        }
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &Stats,
+    ) -> Result<()> {
+        let weight = affine_of(sig, params).weight;
+        let (grads, _) = affine_grads(sig, grads);
+        if self.training {
+            instance_norm_backward_train(grads, dy, x, shape, weight, saved, &self.cfg)
+        } else {
+            instance_norm_backward_eval(grads, dy, x, shape, weight, saved, &self.cfg)
+        }
+    }
 }

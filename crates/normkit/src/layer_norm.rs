@@ -2,8 +2,10 @@
 
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
+use crate::layout::RunningStats;
 use crate::layout::{check_eps, numel, Affine, ChannelAxis, Geometry, Grads, Stats};
 use crate::normalize::{Plan, Scope};
+use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running, Signature};
 
 /// Rows × row length, after checking that `shape` ends with a non-empty
 /// `normalized_shape`.
@@ -146,4 +148,114 @@ pub fn rms_norm_backward<T: Elem>(
     p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
     p.backward_train(grads, dy, x, weight, stats);
     Ok(())
+}
+
+/// [`layer_norm_forward`] and [`layer_norm_backward`] as a [`NormOp`]:
+/// PyTorch's `LayerNorm(normalized_shape, eps, elementwise_affine, bias)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNormOp {
+    pub normalized_shape: Vec<usize>,
+    /// PyTorch's default: `1e-5`.
+    pub eps: f32,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+impl NormOp for LayerNormOp {
+    type Saved = Stats;
+
+    fn name(&self) -> &'static str {
+        "layer_norm"
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let p = plan(self.name(), shape, &self.normalized_shape, self.eps, true)?;
+        Ok(Signature {
+            params: affine_params(self.weight, self.bias, p.geo.c),
+            running: Running::None,
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        _running: Option<RunningStats<'_>>,
+    ) -> Result<Stats> {
+        let affine = affine_of(sig, params);
+        layer_norm_forward(y, x, shape, &self.normalized_shape, affine, self.eps)
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &Stats,
+    ) -> Result<()> {
+        let weight = affine_of(sig, params).weight;
+        let (grads, _) = affine_grads(sig, grads);
+        layer_norm_backward(grads, dy, x, shape, &self.normalized_shape, weight, saved)
+    }
+}
+
+/// [`rms_norm_forward`] and [`rms_norm_backward`] as a [`NormOp`]:
+/// PyTorch's `RMSNorm(normalized_shape, eps, elementwise_affine)`. PyTorch
+/// defaults `eps` to the input dtype's machine epsilon
+/// ([`crate::op::Precision::machine_eps`]); the adapters resolve that.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RmsNormOp {
+    pub normalized_shape: Vec<usize>,
+    pub eps: f32,
+    pub weight: bool,
+}
+
+impl NormOp for RmsNormOp {
+    type Saved = Stats;
+
+    fn name(&self) -> &'static str {
+        "rms_norm"
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let p = plan(self.name(), shape, &self.normalized_shape, self.eps, false)?;
+        Ok(Signature {
+            params: affine_params(self.weight, false, p.geo.c),
+            running: Running::None,
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        _running: Option<RunningStats<'_>>,
+    ) -> Result<Stats> {
+        let weight = affine_of(sig, params).weight;
+        rms_norm_forward(y, x, shape, &self.normalized_shape, weight, self.eps)
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &Stats,
+    ) -> Result<()> {
+        let weight = affine_of(sig, params).weight;
+        let (grads, _) = affine_grads(sig, grads);
+        rms_norm_backward(grads, dy, x, shape, &self.normalized_shape, weight, saved)
+    }
 }

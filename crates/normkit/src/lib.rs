@@ -55,6 +55,7 @@ mod batch_renorm;
 mod dyt;
 mod elem;
 mod error;
+mod fold;
 mod group_norm;
 mod instances;
 mod lanes;
@@ -62,6 +63,7 @@ mod layer_norm;
 mod layout;
 mod moments;
 mod normalize;
+pub mod op;
 mod parallel;
 pub mod reference;
 mod simd;
@@ -85,6 +87,7 @@ pub use batch_renorm::{
 pub use dyt::{dyt_backward, dyt_forward};
 pub use elem::Elem;
 pub use error::{NormError, Result};
+pub use fold::{fold_batch_norm, BatchNormEval};
 pub use group_norm::{
     group_norm_backward, group_norm_forward, instance_norm_backward_eval,
     instance_norm_backward_train, instance_norm_forward_eval, instance_norm_forward_train,

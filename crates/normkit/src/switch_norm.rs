@@ -10,6 +10,9 @@ use crate::layout::{
 };
 use crate::moments::Moments;
 use crate::normalize::{update_running, Plan, Scope};
+use crate::op::{
+    affine_grads, affine_of, affine_params, NormOp, OpGrads, Param, Running, Signature,
+};
 
 const OP: &str = "switch_norm";
 
@@ -424,4 +427,97 @@ pub fn switch_norm_backward<T: Elem>(
         ));
     }
     Ok(())
+}
+
+/// The Switchable Normalization entry points as a [`NormOp`]. The packed
+/// parameters are `weight`?, `bias`?, then the importance logits
+/// `mean_weight` and `var_weight` (3 each). `training` mixes in the batch
+/// statistics (and updates running ones when given); otherwise the
+/// running statistics take the BatchNorm part.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwitchNormOp {
+    pub cfg: SwitchNormConfig,
+    pub training: bool,
+    pub weight: bool,
+    pub bias: bool,
+}
+
+/// The importance logits of packed parameters.
+fn weights_of<'a>(sig: &Signature, packed: &'a [f32]) -> SwitchWeights<'a> {
+    SwitchWeights {
+        mean_weight: sig.get(packed, "mean_weight").unwrap_or_default(),
+        var_weight: sig.get(packed, "var_weight").unwrap_or_default(),
+    }
+}
+
+impl NormOp for SwitchNormOp {
+    type Saved = SwitchStats;
+
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let channels = geometry(shape, &self.cfg)?.c;
+        let mut params = affine_params(self.weight, self.bias, channels);
+        for name in ["mean_weight", "var_weight"] {
+            params.push(Param { name, len: 3 });
+        }
+        Ok(Signature {
+            params,
+            running: if self.training {
+                Running::Updates { channels }
+            } else {
+                Running::Reads { channels }
+            },
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        sig: &Signature,
+        y: &mut [T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        running: Option<RunningStats<'_>>,
+    ) -> Result<SwitchStats> {
+        let (affine, weights) = (affine_of(sig, params), weights_of(sig, params));
+        match (self.training, running) {
+            (true, running) => {
+                switch_norm_forward_train(y, x, shape, affine, weights, running, &self.cfg)
+            }
+            (false, Some(r)) => {
+                switch_norm_forward_eval(y, x, shape, affine, weights, r.mean, r.var, &self.cfg)
+            }
+            (false, None) => Err(NormError::Missing {
+                op: OP,
+                name: "running_mean",
+            }),
+        }
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dy: &[T],
+        x: &[T],
+        shape: &[usize],
+        params: &[f32],
+        saved: &SwitchStats,
+    ) -> Result<()> {
+        let (weight, weights) = (affine_of(sig, params).weight, weights_of(sig, params));
+        let (grads, rest) = affine_grads(sig, grads);
+        let mut dweights = SwitchGrads::default();
+        for (name, slot) in rest {
+            match name {
+                "mean_weight" => dweights.dmean_weight = Some(slot),
+                _ => dweights.dvar_weight = Some(slot),
+            }
+        }
+        switch_norm_backward(
+            grads, dweights, dy, x, shape, weight, weights, saved, &self.cfg,
+        )
+    }
 }

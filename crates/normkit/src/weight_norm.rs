@@ -2,8 +2,10 @@
 
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
+use crate::layout::RunningStats;
 use crate::layout::{check_len, numel, Affine, ChannelAxis, Geometry, Stats};
 use crate::normalize::{Plan, Scope};
+use crate::op::{NormOp, OpGrads, Param, Running, Signature};
 
 const OP: &str = "weight_norm";
 
@@ -148,4 +150,66 @@ pub fn weight_norm_backward<T: Elem>(
         }
     }
     Ok(())
+}
+
+/// [`weight_norm_forward`] and [`weight_norm_backward`] as a [`NormOp`]
+/// over `v` (the op's input) with the packed parameter `g`: PyTorch's
+/// `weight_norm(module, name, dim)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightNormOp {
+    /// The kept dimension (PyTorch's default `0`), or `None` for one norm.
+    pub dim: Option<isize>,
+}
+
+impl NormOp for WeightNormOp {
+    /// The norms `‖v‖`, one per `g` value.
+    type Saved = Vec<f32>;
+
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        let p = plan(shape, self.dim)?;
+        Ok(Signature {
+            params: vec![Param {
+                name: "g",
+                len: p.geo.c,
+            }],
+            running: Running::None,
+        })
+    }
+
+    fn run_forward<T: Elem>(
+        &self,
+        _sig: &Signature,
+        w: &mut [T],
+        v: &[T],
+        shape: &[usize],
+        g: &[f32],
+        _running: Option<RunningStats<'_>>,
+    ) -> Result<Vec<f32>> {
+        weight_norm_forward(w, v, shape, g, self.dim)
+    }
+
+    fn run_backward<T: Elem>(
+        &self,
+        _sig: &Signature,
+        grads: OpGrads<'_, T>,
+        dw: &[T],
+        v: &[T],
+        shape: &[usize],
+        g: &[f32],
+        norms: &Vec<f32>,
+    ) -> Result<()> {
+        let mut scratch = Vec::new();
+        let dg = match grads.dparams {
+            Some(dg) => dg,
+            None => {
+                scratch.resize(g.len(), 0.0);
+                &mut scratch[..]
+            }
+        };
+        weight_norm_backward(grads.dx, dg, dw, v, shape, g, self.dim, norms)
+    }
 }

@@ -148,7 +148,10 @@ fn parts(e: &NormError) -> (&'static str, Option<&[usize]>) {
         | NormError::TooLarge { op, shape } => (op, Some(shape)),
         NormError::Eps { op, .. }
         | NormError::Param { op, .. }
-        | NormError::NoSuchParameter { op, .. } => (op, None),
+        | NormError::NoSuchParameter { op, .. }
+        | NormError::Missing { op, .. }
+        | NormError::DType { op, .. }
+        | NormError::Saved { op } => (op, None),
     }
 }
 

@@ -7,5 +7,6 @@ mod common;
 mod errors;
 mod large;
 mod numerics;
+mod op;
 mod parallel;
 mod property;

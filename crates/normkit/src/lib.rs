@@ -52,6 +52,7 @@ mod ada_norm;
 mod adain;
 mod batch_norm;
 mod batch_renorm;
+pub mod comm;
 mod dyt;
 mod elem;
 mod error;

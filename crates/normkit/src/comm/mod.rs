@@ -37,11 +37,17 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// again: the ranks no longer agree on how many calls they have made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommError {
-    /// Some ranks did not reach the collective within the timeout.
-    #[error("ranks {missing:?} did not join collective #{call} within {timeout:?}")]
+    /// The collective did not complete within the timeout: some ranks
+    /// did not reach it.
+    #[error(
+        "collective #{call} did not complete within {timeout:?}{}",
+        missing_ranks(missing)
+    )]
     Timeout {
         /// The collective's number on this communicator (from 0).
         call: u64,
+        /// The ranks that did not join, where the transport can tell
+        /// (empty otherwise).
         missing: Vec<usize>,
         timeout: Duration,
     },
@@ -83,6 +89,14 @@ pub enum DistributedError {
     /// A collective failed.
     #[error("communication failed: {0}")]
     Comm(#[from] CommError),
+}
+
+fn missing_ranks(missing: &[usize]) -> String {
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!(": ranks {missing:?} never joined")
+    }
 }
 
 fn by_rank(values: &[String]) -> String {

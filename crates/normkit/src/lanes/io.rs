@@ -103,7 +103,8 @@ pub(super) fn stream_align<T>() -> usize {
 pub(super) fn stream_head<T>(y: &[T]) -> Option<usize> {
     let (align, size) = (stream_align::<T>(), std::mem::size_of::<T>());
     let off = y.as_ptr() as usize % align;
-    (off % size == 0).then(|| ((align - off) % align) / size)
+    off.is_multiple_of(size)
+        .then(|| ((align - off) % align) / size)
 }
 
 /// The next group's inputs at the same offsets as the current one's,

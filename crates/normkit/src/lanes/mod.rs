@@ -1,4 +1,4 @@
-//! Inner loops over contiguous slices, written once against [`Isa`] so
+//! Inner loops over contiguous slices, written once against [`Isa`](crate::simd::Isa) so
 //! they compile to 512-bit, 256-bit or scalar code inside a
 //! [`multiversion!`] entry point.
 //!
@@ -11,13 +11,13 @@
 //!   write past the cache (for outputs larger than it: no read for
 //!   ownership, no eviction of the input).
 //! - [`reduce`] for sums: two accumulator vectors, alternating by vector,
-//!   summed in `f32` within blocks of [`BLOCK`] values (32 terms per lane)
-//!   and in `f64` across blocks ([`Isa::sum_f64`]), so the rounding error
+//!   summed in `f32` within blocks of [`BLOCK`](drivers::BLOCK) values (32 terms per lane)
+//!   and in `f64` across blocks ([`Isa::sum_f64`](crate::simd::Isa::sum_f64)), so the rounding error
 //!   grows with 32 rather than n. Lane `l` of block `b` always holds the
 //!   same values, so the result does not depend on the instruction set, the
 //!   thread count, or where the slice lies in memory.
 //!
-//! Values are read as `f32`, `bf16` or `f16` ([`Elem`]) and widened in
+//! Values are read as `f32`, `bf16` or `f16` ([`Elem`](crate::Elem)) and widened in
 //! registers; outputs are rounded once when stored.
 //!
 //! [`multiversion!`]: crate::simd::multiversion

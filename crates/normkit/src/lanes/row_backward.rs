@@ -361,6 +361,7 @@ pub(crate) struct DxCoef {
 
 /// Backward pass 2 on a run of one channel:
 /// `dx = rstd · (dy · w - mean_g - x̂ · mean_gx)`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn bwd_dx_scalar<S: Isa, T: Elem>(
     s: S,

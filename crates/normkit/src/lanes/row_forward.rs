@@ -119,7 +119,7 @@ pub(crate) fn apply_vec<S: Isa, T: Elem>(
 /// group (from memory) and the output sweep of the group before it (from
 /// cache) in one loop, so that memory sees one input and one output stream
 /// at a steady rate, as in a copy. Each half computes exactly what it
-/// computes alone ([`shifted_sums`], [`apply_scalar`] / [`apply_vec`]), in
+/// computes alone ([`shifted_sums`](super::shifted_sums), [`apply_scalar`] / [`apply_vec`]), in
 /// the same order. Output vectors follow the input's index; they are
 /// streamed only when that lands on the streaming alignment.
 pub(crate) struct SkewedFwd<'a, T> {
@@ -268,8 +268,8 @@ impl<'a, S: Isa, T: Elem, F: Lanewise<S>> Cursor<'a, S, T, F> {
     }
 }
 
-/// The loop of [`SkewedFwd`]: [`shifted_sums`] of `x1` (shift `k1`) in the
-/// order of [`reduce`], with the output half keeping pace.
+/// The loop of [`SkewedFwd`]: [`shifted_sums`](super::shifted_sums) of `x1` (shift `k1`) in the
+/// order of [`reduce`](super::reduce), with the output half keeping pace.
 #[inline(always)]
 fn skewed_fwd_loop<S: Isa, T: Elem, F: Lanewise<S>>(
     s: S,

@@ -16,7 +16,7 @@
 //!
 //! Two paths execute a plan:
 //!
-//! - the **row path**, when each group is a few long contiguous [`Run`]s
+//! - the **row path**, when each group is a few long contiguous [`Run`](plan::Run)s
 //!   (channels first, and LayerNorm rows): a group is loaded once, its
 //!   statistics computed and the group normalized while it is in cache;
 //! - the **column path**, for channels-last data with a spatial extent or

@@ -225,7 +225,7 @@ pub(super) struct Backward<'a> {
 
 /// Groups up to this size are skewed in the row forward: the statistics
 /// sweep of group `k + 1` and the output sweep of group `k` run in one loop
-/// ([`lanes::SkewedFwd`]). Both groups are then in cache at once, hence
+/// ([`SkewedFwd`](crate::lanes::SkewedFwd)). Both groups are then in cache at once, hence
 /// the limit.
 pub(super) const SKEW_MAX_BYTES: usize = 256 << 10;
 

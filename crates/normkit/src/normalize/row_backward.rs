@@ -76,7 +76,7 @@ multiversion! {
             }
             done += 1;
             // The last rows' f32 sums stay in the partials.
-            if per_element && done % ROWS_PER_FLUSH == 0 && done < count {
+            if per_element && done.is_multiple_of(ROWS_PER_FLUSH) && done < count {
                 parts.flush();
             }
         };

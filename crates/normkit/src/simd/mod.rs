@@ -23,10 +23,12 @@
 //! `NORMKIT_SIMD=scalar|avx2|avx512` caps the level (tests use it to run
 //! every path on one machine).
 
-// Every method of an `Isa` implementation is a thin wrapper over one or
-// two intrinsics; they are `#[inline(always)]` so that they compile inside
-// the `#[target_feature]` copy of the kernel that calls them.
-#![allow(clippy::missing_safety_doc)]
+//! Every method of an [`Isa`] implementation is a thin wrapper over one
+//! or two intrinsics, `#[inline(always)]` so that it compiles inside the
+//! `#[target_feature]` copy of the kernel that calls it. The vector levels'
+//! tokens ([`Avx512`], [`Avx2`]) have private constructors: a token is
+//! obtained from detection only ([`selected`], or the token's own
+//! `detect`), so holding one proves the CPU has its instructions.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -44,23 +46,17 @@ pub enum SimdLevel {
     Avx512 = 3,
 }
 
+/// The level in force: 0 until first asked, then a [`SimdLevel`] that
+/// [`detect`] found on this CPU (never anything else).
 static LEVEL: AtomicU8 = AtomicU8::new(0);
 
-/// The best level this CPU supports, capped by `NORMKIT_SIMD`.
+/// The best level this CPU supports, capped by `NORMKIT_SIMD`. The only
+/// source of the levels [`LEVEL`] holds: [`selected`] relies on it.
 fn detect() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
-    let found = if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && std::arch::is_x86_feature_detected!("avx512dq")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
-    {
+    let found = if Avx512::detect().is_some() {
         SimdLevel::Avx512
-    } else if std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c")
-    {
+    } else if Avx2::detect().is_some() {
         SimdLevel::Avx2
     } else {
         SimdLevel::Scalar
@@ -100,9 +96,34 @@ pub fn set_simd_level(level: SimdLevel) -> SimdLevel {
     chosen
 }
 
+/// The token of the level in force, for [`multiversion!`]'s dispatch.
+#[derive(Clone, Copy)]
+pub(crate) enum Selected {
+    #[cfg(target_arch = "x86_64")]
+    Avx512(Avx512),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Avx2),
+    Scalar(Scalar),
+}
+
+/// The token of the level [`simd_level`] reports.
+#[inline]
+pub(crate) fn selected() -> Selected {
+    match simd_level() {
+        // SAFETY: `simd_level` reports a level only after `detect` found
+        // it on this CPU (see `LEVEL`).
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx512 => Selected::Avx512(unsafe { Avx512::new_unchecked() }),
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        SimdLevel::Avx2 => Selected::Avx2(unsafe { Avx2::new_unchecked() }),
+        _ => Selected::Scalar(Scalar),
+    }
+}
+
 /// A 16-lane `f32` vector and its operations. Implemented by zero-sized
-/// tokens; holding one means the CPU has the instructions it uses
-/// (they are only created inside [`multiversion!`] after detection).
+/// tokens; holding one means the CPU has the instructions it uses (the
+/// vector levels' tokens come from detection only).
 pub(crate) trait Isa: Copy + Send + Sync + 'static {
     type V: Copy;
 
@@ -135,20 +156,51 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     fn to_array(self, a: Self::V) -> [f32; LANES];
 
     /// Loads 16 `f32` from `p` (any alignment).
+    ///
+    /// # Safety
+    /// `p` is valid for reading 16 `f32` (no alignment needed).
     unsafe fn load(self, p: *const f32) -> Self::V;
+    /// Stores 16 `f32` at `p` (any alignment).
+    ///
+    /// # Safety
+    /// `p` is valid for writing 16 `f32` (no alignment needed).
     unsafe fn store(self, p: *mut f32, v: Self::V);
-    /// Stores past the cache; `p` is 64-byte aligned.
+    /// As [`Isa::store`], past the cache.
+    ///
+    /// # Safety
+    /// `p` is valid for writing 16 `f32` and 64-byte aligned.
     unsafe fn stream(self, p: *mut f32, v: Self::V);
     /// Loads 16 `bf16` (as bits) and widens them exactly.
+    ///
+    /// # Safety
+    /// `p` is valid for reading 16 `u16` (no alignment needed).
     unsafe fn load_bf16(self, p: *const u16) -> Self::V;
-    /// Rounds to `bf16`, to nearest even (NaN stays a quiet NaN).
+    /// Rounds to `bf16`, to nearest even (NaN stays a quiet NaN), and
+    /// stores the 16 bit patterns at `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for writing 16 `u16` (no alignment needed).
     unsafe fn store_bf16(self, p: *mut u16, v: Self::V);
-    /// As [`Isa::store_bf16`], past the cache; `p` is 32-byte aligned.
+    /// As [`Isa::store_bf16`], past the cache.
+    ///
+    /// # Safety
+    /// `p` is valid for writing 16 `u16` and 32-byte aligned.
     unsafe fn stream_bf16(self, p: *mut u16, v: Self::V);
+    /// Loads 16 `f16` (as bits) and widens them exactly.
+    ///
+    /// # Safety
+    /// `p` is valid for reading 16 `u16` (no alignment needed).
     unsafe fn load_f16(self, p: *const u16) -> Self::V;
-    /// Rounds to `f16`, to nearest even.
+    /// Rounds to `f16`, to nearest even, and stores the 16 bit patterns
+    /// at `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for writing 16 `u16` (no alignment needed).
     unsafe fn store_f16(self, p: *mut u16, v: Self::V);
-    /// As [`Isa::store_f16`], past the cache; `p` is 32-byte aligned.
+    /// As [`Isa::store_f16`], past the cache.
+    ///
+    /// # Safety
+    /// `p` is valid for writing 16 `u16` and 32-byte aligned.
     unsafe fn stream_f16(self, p: *mut u16, v: Self::V);
     /// Orders earlier streaming stores before later stores: called once
     /// a chunk of work is done, before other threads may read its output.
@@ -203,34 +255,63 @@ macro_rules! multiversion {
             #[allow(clippy::too_many_arguments, unused_variables)]
             fn body<S: $crate::simd::Isa $($(, $gen: $bound)*)?>($isa: S, $($arg: $ty),*) $(-> $ret)? $body
 
+            /// `body` compiled for AVX-512.
+            ///
+            /// # Safety
+            /// The CPU has AVX-512 F/BW/VL/DQ, FMA and F16C, as the token
+            /// proves.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn v4 $(<$($gen: $bound),*>)? ($($arg: $ty),*) $(-> $ret)? {
-                body($crate::simd::Avx512, $($arg),*)
+            unsafe fn v4 $(<$($gen: $bound),*>)? (level_token: $crate::simd::Avx512, $($arg: $ty),*) $(-> $ret)? {
+                body(level_token, $($arg),*)
             }
 
+            /// `body` compiled for AVX2.
+            ///
+            /// # Safety
+            /// The CPU has AVX2, FMA and F16C, as the token proves.
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma,f16c")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn v3 $(<$($gen: $bound),*>)? ($($arg: $ty),*) $(-> $ret)? {
-                body($crate::simd::Avx2, $($arg),*)
+            unsafe fn v3 $(<$($gen: $bound),*>)? (level_token: $crate::simd::Avx2, $($arg: $ty),*) $(-> $ret)? {
+                body(level_token, $($arg),*)
             }
 
-            match $crate::simd::simd_level() {
-                // SAFETY: simd_level() reports AVX-512 only after detecting
-                // AVX-512 F/BW/VL/DQ, FMA and F16C on this CPU.
+            match $crate::simd::selected() {
+                // SAFETY: an `Avx512` token exists only on a CPU with the
+                // features `v4` enables.
                 #[cfg(target_arch = "x86_64")]
-                $crate::simd::SimdLevel::Avx512 => unsafe { v4($($arg),*) },
-                // SAFETY: likewise AVX2, FMA and F16C.
+                $crate::simd::Selected::Avx512(t) => unsafe { v4(t, $($arg),*) },
+                // SAFETY: likewise an `Avx2` token and `v3`'s features.
                 #[cfg(target_arch = "x86_64")]
-                $crate::simd::SimdLevel::Avx2 => unsafe { v3($($arg),*) },
-                _ => body($crate::simd::Scalar, $($arg),*),
+                $crate::simd::Selected::Avx2(t) => unsafe { v3(t, $($arg),*) },
+                $crate::simd::Selected::Scalar(t) => body(t, $($arg),*),
             }
         }
     };
 }
 pub(crate) use multiversion;
+
+/// Asks the CPU to start loading the cache line holding `p` into every
+/// cache level (`L1`) or into the second level and beyond (`!L1`), where
+/// several input streams of a group that is read later would crowd the
+/// first level out. A hint: it never faults, whatever `p` is.
+#[inline(always)]
+pub(crate) fn prefetch<const L1: bool, T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it reads nothing and cannot fault.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+        if L1 {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        } else {
+            _mm_prefetch::<_MM_HINT_T1>(p.cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
 
 #[cfg(test)]
 mod tests {
@@ -277,9 +358,8 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             let bits = |a: [f32; LANES]| a.map(f32::to_bits);
-            if simd_level() >= SimdLevel::Avx2 {
-                let v = Avx2;
-                // SAFETY: AVX2 detected above; 16-value arrays.
+            if let Some(v) = Avx2::detect() {
+                // SAFETY: 16-value arrays (the token came from detection).
                 unsafe {
                     let (a, b) = (v.load(vals.as_ptr()), v.load(other.as_ptr()));
                     assert_eq!(bits(v.to_array(v.fma(a, b, a))), bits(expect.0));
@@ -294,9 +374,8 @@ mod tests {
                     assert_eq!(h, f16_out);
                 }
             }
-            if simd_level() >= SimdLevel::Avx512 {
-                let v = Avx512;
-                // SAFETY: AVX-512 detected above; 16-value arrays.
+            if let Some(v) = Avx512::detect() {
+                // SAFETY: 16-value arrays (the token came from detection).
                 unsafe {
                     let (a, b) = (v.load(vals.as_ptr()), v.load(other.as_ptr()));
                     assert_eq!(bits(v.to_array(v.fma(a, b, a))), bits(expect.0));
@@ -322,24 +401,4 @@ mod tests {
         assert_eq!(bf16_bits(f32::NAN) & 0x7fc0, 0x7fc0);
         assert_eq!(bf16_bits(f32::INFINITY), 0x7f80);
     }
-}
-
-/// Asks the CPU to start loading the cache line holding `p` into every
-/// cache level (`L1`) or into the second level and beyond (`!L1`), where
-/// several input streams of a group that is read later would crowd the
-/// first level out. A hint: it never faults, whatever `p` is.
-#[inline(always)]
-pub(crate) fn prefetch<const L1: bool, T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint; it reads nothing and cannot fault.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
-        if L1 {
-            _mm_prefetch::<_MM_HINT_T0>(p.cast());
-        } else {
-            _mm_prefetch::<_MM_HINT_T1>(p.cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }

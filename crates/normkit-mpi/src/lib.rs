@@ -1,6 +1,6 @@
 //! # normkit-mpi
 //!
-//! normkit's collectives over MPI: [`MpiCommunicator`] (with the `mpi`
+//! normkit's collectives over MPI: `MpiCommunicator` (with the `mpi`
 //! feature) lets SyncBatchNorm's ranks be the processes of an MPI job —
 //! Open MPI from Debian (`openmpi-bin`, `libopenmpi-dev`, and
 //! `libclang-dev` for the bindings) through the `mpi` crate.

@@ -321,27 +321,19 @@ fn numeric<T: Elem>(comm: &dyn Communicator, case: &NumericCase, seed: u64, repo
         _ => 0.0,
     };
     let tol = 1e-5;
-    let part = |v: &[T]| wide(&v[span.clone()]);
-    let y_want = part(&whole.y);
-    let y_scale = max_abs(&y_want) + 1.0;
-    report.close(
-        &format!("{ctx}: y"),
-        &wide(&mine.y),
-        &y_want,
-        y_scale,
-        tol,
-        round,
-    );
-    let dx_want = part(&whole.dx);
-    let dx_scale = max_abs(&dx_want) + 1.0;
-    report.close(
-        &format!("{ctx}: dx"),
-        &wide(&mine.dx),
-        &dx_want,
-        dx_scale,
-        tol,
-        round,
-    );
+    // This rank's part of the whole batch's outputs.
+    for (what, got, whole) in [("y", &mine.y, &whole.y), ("dx", &mine.dx, &whole.dx)] {
+        let want = wide(&whole[span.clone()]);
+        let scale = max_abs(&want) + 1.0;
+        report.close(
+            &format!("{ctx}: {what}"),
+            &wide(got),
+            &want,
+            scale,
+            tol,
+            round,
+        );
+    }
     for (what, got, want) in [
         ("mean", &mine.stats.mean, &whole.stats.mean),
         ("rstd", &mine.stats.rstd, &whole.stats.rstd),

@@ -67,6 +67,41 @@ fn plan(shape: &[usize], cfg: &BatchNormConfig) -> Result<Plan> {
     })
 }
 
+/// Every check of a training forward but the batch size (which
+/// SyncBatchNorm counts over all ranks).
+pub(crate) fn check_forward_train(
+    y_len: usize,
+    x_len: usize,
+    shape: &[usize],
+    affine: Affine<'_>,
+    running: Option<&RunningStats<'_>>,
+    cfg: &BatchNormConfig,
+) -> Result<Plan> {
+    let p = plan(shape, cfg)?;
+    p.check_forward(OP, y_len, x_len, affine, shape)?;
+    cfg.momentum.validate(OP)?;
+    if let Some(r) = running {
+        check_len(OP, "running_mean", r.mean.len(), p.geo.c, shape)?;
+        check_len(OP, "running_var", r.var.len(), p.geo.c, shape)?;
+    }
+    Ok(p)
+}
+
+/// Every check of a backward pass but the batch size.
+pub(crate) fn check_backward<T>(
+    grads: &Grads<'_, T>,
+    dy: &[T],
+    x: &[T],
+    shape: &[usize],
+    weight: Option<&[f32]>,
+    stats: &Stats,
+    cfg: &BatchNormConfig,
+) -> Result<Plan> {
+    let p = plan(shape, cfg)?;
+    p.check_backward(OP, grads, dy, x, weight, stats, shape)?;
+    Ok(p)
+}
+
 /// Training forward: normalizes with the batch statistics, updates
 /// `running` when given, and returns the statistics backward needs.
 pub fn batch_norm_forward_train<T: Elem>(
@@ -77,13 +112,7 @@ pub fn batch_norm_forward_train<T: Elem>(
     running: Option<RunningStats<'_>>,
     cfg: &BatchNormConfig,
 ) -> Result<Stats> {
-    let p = plan(shape, cfg)?;
-    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
-    cfg.momentum.validate(OP)?;
-    if let Some(r) = &running {
-        check_len(OP, "running_mean", r.mean.len(), p.geo.c, shape)?;
-        check_len(OP, "running_var", r.var.len(), p.geo.c, shape)?;
-    }
+    let p = check_forward_train(y.len(), x.len(), shape, affine, running.as_ref(), cfg)?;
     let n = p.group_size();
     if n <= 1 {
         return Err(NormError::TooFewValues {
@@ -131,8 +160,7 @@ pub fn batch_norm_backward_train<T: Elem>(
     stats: &Stats,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
-    let p = plan(shape, cfg)?;
-    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
+    let p = check_backward(&grads, dy, x, shape, weight, stats, cfg)?;
     if p.group_size() <= 1 {
         return Err(NormError::TooFewValues {
             op: OP,
@@ -153,8 +181,7 @@ pub fn batch_norm_backward_eval<T: Elem>(
     stats: &Stats,
     cfg: &BatchNormConfig,
 ) -> Result<()> {
-    let p = plan(shape, cfg)?;
-    p.check_backward(OP, &grads, dy, x, weight, stats, shape)?;
+    let p = check_backward(&grads, dy, x, shape, weight, stats, cfg)?;
     if x.is_empty() {
         // Empty sums, without walking the runs of a possibly huge shape.
         for out in [grads.dweight, grads.dbias].into_iter().flatten() {

@@ -92,6 +92,13 @@ pub enum NormError {
     /// The number of elements overflows `usize`.
     #[error("{op}: shape {shape:?} has more elements than fit in memory")]
     TooLarge { op: &'static str, shape: Vec<usize> },
+    /// The ranks of a distributed op (SyncBatchNorm) could not run it
+    /// together. Every rank that took part gets this same error.
+    #[error("{op}: {error}")]
+    Distributed {
+        op: &'static str,
+        error: crate::comm::DistributedError,
+    },
 }
 
 impl NormError {
@@ -111,7 +118,8 @@ impl NormError {
             | NormError::Missing { op, .. }
             | NormError::DType { op, .. }
             | NormError::Saved { op }
-            | NormError::TooLarge { op, .. } => op,
+            | NormError::TooLarge { op, .. }
+            | NormError::Distributed { op, .. } => op,
         }
     }
 
@@ -132,7 +140,8 @@ impl NormError {
             | NormError::Missing { op, .. }
             | NormError::DType { op, .. }
             | NormError::Saved { op }
-            | NormError::TooLarge { op, .. } => *op = name,
+            | NormError::TooLarge { op, .. }
+            | NormError::Distributed { op, .. } => *op = name,
         }
         self
     }

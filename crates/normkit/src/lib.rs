@@ -57,6 +57,7 @@ mod ada_norm;
 mod adain;
 mod batch_norm;
 mod batch_renorm;
+pub mod comm;
 mod dyt;
 mod elem;
 mod error;
@@ -73,6 +74,7 @@ mod parallel;
 pub mod reference;
 mod simd;
 mod switch_norm;
+mod sync_batch_norm;
 mod tanh;
 mod weight_norm;
 
@@ -107,6 +109,10 @@ pub use simd::{set_simd_level, simd_level, SimdLevel};
 pub use switch_norm::{
     switch_norm_backward, switch_norm_forward_eval, switch_norm_forward_train, SwitchGrads,
     SwitchNormConfig, SwitchStats, SwitchWeights,
+};
+pub use sync_batch_norm::{
+    sync_batch_norm_backward_eval, sync_batch_norm_backward_train, sync_batch_norm_forward_eval,
+    sync_batch_norm_forward_train,
 };
 pub use weight_norm::{weight_norm_backward, weight_norm_forward};
 

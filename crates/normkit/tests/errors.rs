@@ -151,7 +151,8 @@ fn parts(e: &NormError) -> (&'static str, Option<&[usize]>) {
         | NormError::NoSuchParameter { op, .. }
         | NormError::Missing { op, .. }
         | NormError::DType { op, .. }
-        | NormError::Saved { op } => (op, None),
+        | NormError::Saved { op }
+        | NormError::Distributed { op, .. } => (op, None),
     }
 }
 

@@ -1,6 +1,6 @@
 //! normkit's integration tests: the kernels against the `f64` reference,
 //! bad input, numerical extremes, threading, large (streamed) outputs, and
-//! the adaptive ops.
+//! the adaptive ops, and SyncBatchNorm across in-process ranks.
 
 mod adaptive;
 mod common;
@@ -10,3 +10,4 @@ mod numerics;
 mod op;
 mod parallel;
 mod property;
+mod sync_batch_norm;

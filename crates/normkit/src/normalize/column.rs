@@ -177,33 +177,11 @@ impl Plan {
                 .collect()
         };
         if units.count == 1 {
-            let pieces = units.rows.div_ceil(per_piece).max(1);
             let groups = unit_stats(0);
-            let mean = self.expand(&groups, |g| g.mean_hi);
-            let rstd = self.expand(&groups, |g| g.rstd);
-            let parts = map_chunks(pieces, total, |i| {
-                let r = chunk_items(i, per_piece, units.rows);
-                let span = r.start * c..r.end * c;
-                column_bwd_sums(&dy[span.clone()], &x[span], c, &mean, &rstd)
-            });
-            let mut sums = [vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]];
-            for part in parts {
-                for (acc, p) in sums.iter_mut().zip(part) {
-                    for (a, v) in acc.iter_mut().zip(p) {
-                        *a += v;
-                    }
-                }
-            }
+            let sums = self.column_sums(dy, x, &groups);
             let (part, k) =
                 self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows, &per);
-            // Backwards, as in the forward: the last pieces are in cache.
-            map_chunks(pieces, total, |i| {
-                let r = chunk_items(pieces - 1 - i, per_piece, units.rows);
-                let span = r.start * c..r.end * c;
-                // SAFETY: pieces cover disjoint row ranges.
-                let out = unsafe { dx.range(span.clone()) };
-                column_dx(out, &dy[span.clone()], &x[span], &per, &k);
-            });
+            self.column_pass2(dx, dy, x, &per, &k);
             vec![part]
         } else {
             let unit_len = units.rows * c;
@@ -240,15 +218,68 @@ impl Plan {
         }
     }
 
+    /// Backward pass 1 of batch statistics (one unit of all rows): the
+    /// per-channel `[Σdy, Σdy·x̂, Σx̂]`, pieces in parallel, added in order.
+    pub(super) fn column_sums<T: Elem>(
+        &self,
+        dy: &[T],
+        x: &[T],
+        groups: &[GroupStats],
+    ) -> [Vec<f64>; 3] {
+        let c = self.geo.c;
+        let rows = self.units().rows;
+        let per_piece = self.rows_per_piece(rows);
+        let mean = self.expand(groups, |g| g.mean_hi);
+        let rstd = self.expand(groups, |g| g.rstd);
+        let parts = map_chunks(rows.div_ceil(per_piece).max(1), x.len(), |i| {
+            let r = chunk_items(i, per_piece, rows);
+            let span = r.start * c..r.end * c;
+            column_bwd_sums(&dy[span.clone()], &x[span], c, &mean, &rstd)
+        });
+        let mut sums = [vec![0.0f64; c], vec![0.0f64; c], vec![0.0f64; c]];
+        for part in parts {
+            for (acc, p) in sums.iter_mut().zip(part) {
+                for (a, v) in acc.iter_mut().zip(p) {
+                    *a += v;
+                }
+            }
+        }
+        sums
+    }
+
+    /// Backward pass 2 of batch statistics with coefficients `k`.
+    pub(super) fn column_pass2<T: Elem>(
+        &self,
+        dx: &SharedMut<'_, T>,
+        dy: &[T],
+        x: &[T],
+        per: &Periodic,
+        k: &DxChannels,
+    ) {
+        let c = self.geo.c;
+        let rows = self.units().rows;
+        let per_piece = self.rows_per_piece(rows);
+        let pieces = rows.div_ceil(per_piece).max(1);
+        // Backwards, as in the forward: the last pieces are in cache.
+        map_chunks(pieces, x.len(), |i| {
+            let r = chunk_items(pieces - 1 - i, per_piece, rows);
+            let span = r.start * c..r.end * c;
+            // SAFETY: pieces cover disjoint row ranges.
+            let out = unsafe { dx.range(span.clone()) };
+            column_dx(out, &dy[span.clone()], &x[span], per, k);
+        });
+    }
+
     /// A per-group value repeated for each channel of the group.
     fn expand(&self, groups: &[GroupStats], f: impl Fn(&GroupStats) -> f32) -> Vec<f32> {
         let cg = self.channels_per_group();
         (0..self.geo.c).map(|ch| f(&groups[ch / cg])).collect()
     }
 
-    /// From the per-channel sums `[Σdy, Σdy·x̂, Σx̂]` of one unit: its
-    /// parameter partials and the per-channel coefficients of pass 2.
-    fn column_dx_coefs(
+    /// From the per-channel sums `[Σdy, Σdy·x̂, Σx̂]` of one unit over
+    /// `rows` rows: its parameter partials and the per-channel
+    /// coefficients of pass 2.
+    pub(super) fn column_dx_coefs(
         &self,
         groups: &[GroupStats],
         sums: &[Vec<f64>; 3],

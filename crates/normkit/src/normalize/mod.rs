@@ -34,6 +34,7 @@ mod plan;
 mod row_backward;
 mod row_forward;
 mod running;
+mod split_backward;
 
 pub(crate) use partials::Partials;
 pub(crate) use plan::{Plan, Scope};

@@ -299,6 +299,39 @@ fn bwd_pass2<S: Isa, T: Elem>(
     }
 }
 
+multiversion! {
+    /// Pass 2 alone of a chunk of groups of one channel each (BatchNorm's
+    /// channels), from given pass-1 sums `[Σdy, Σdy·x̂, Σx̂]` per group
+    /// over `n` values: SyncBatchNorm's, taken over every rank.
+    pub(super) fn row_dx_given<T: Elem>[s](
+        plan: &Plan,
+        groups: Range<usize>,
+        dx: &SharedMut<'_, T>,
+        dy: &[T],
+        x: &[T],
+        coefs: &Coefs<'_>,
+        stats: &[GroupStats],
+        sums: &[[f64; 3]],
+        n: f64,
+        stream: bool,
+    ) {
+        // Runs of one channel collect no per-element parameter sums.
+        let mut unused = Partials::new(0, false);
+        let mut h = Held::new();
+        for k in groups {
+            h.runs.clear();
+            h.runs.extend(plan.runs(k));
+            let w = coefs.weight[k] as f64;
+            let [sdy, sdyx, sx] = sums[k];
+            h.set_coef(true, plan.centered, n, stats[k], [w * sdy, w * sdyx, sx]);
+            bwd_pass2(s, &h, dx, dy, x, coefs, &mut unused, stream);
+        }
+        if stream {
+            s.fence();
+        }
+    }
+}
+
 /// Placeholder coefficients of a [`Held`] not yet filled.
 const DX_NONE: DxCoef = DxCoef {
     mean_hi: 0.0,

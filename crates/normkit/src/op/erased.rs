@@ -123,7 +123,7 @@ impl<O: NormOp> ErasedOp for O {
                 self.forward(y, x, shape, params, running)
             }
             (ElemSliceMut::F16(y), ElemSlice::F16(x)) => self.forward(y, x, shape, params, running),
-            (y, x) => Err(mixed(self.name(), "y", x.dtype(), y.dtype())),
+            (y, x) => Err(self.refuse(false, mixed(self.name(), "y", x.dtype(), y.dtype()))),
         }?;
         Ok(Arc::new(saved))
     }
@@ -139,9 +139,9 @@ impl<O: NormOp> ErasedOp for O {
         saved: &ErasedSaved,
     ) -> Result<()> {
         let op = self.name();
-        let saved = saved
-            .downcast_ref::<O::Saved>()
-            .ok_or(NormError::Saved { op })?;
+        let Some(saved) = saved.downcast_ref::<O::Saved>() else {
+            return Err(self.refuse(true, NormError::Saved { op }));
+        };
         match (dx, dy, x) {
             (ElemSliceMut::F32(dx), ElemSlice::F32(dy), ElemSlice::F32(x)) => {
                 self.backward(OpGrads { dx, dparams }, dy, x, shape, params, saved)
@@ -152,8 +152,10 @@ impl<O: NormOp> ErasedOp for O {
             (ElemSliceMut::F16(dx), ElemSlice::F16(dy), ElemSlice::F16(x)) => {
                 self.backward(OpGrads { dx, dparams }, dy, x, shape, params, saved)
             }
-            (_, dy, x) if dy.dtype() != x.dtype() => Err(mixed(op, "dy", x.dtype(), dy.dtype())),
-            (dx, _, x) => Err(mixed(op, "dx", x.dtype(), dx.dtype())),
+            (_, dy, x) if dy.dtype() != x.dtype() => {
+                Err(self.refuse(true, mixed(op, "dy", x.dtype(), dy.dtype())))
+            }
+            (dx, _, x) => Err(self.refuse(true, mixed(op, "dx", x.dtype(), dx.dtype()))),
         }
     }
 }

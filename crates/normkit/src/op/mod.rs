@@ -27,6 +27,7 @@
 //! | [`AdaNormOp`] | `weight`?, `bias`?, `scale`, `shift` | — |
 //! | [`SwitchNormOp`] | `weight`?, `bias`?, `mean_weight`, `var_weight` | as BatchNorm |
 //! | [`BatchRenormOp`] | `weight`?, `bias`? | updated (training, required) or read (eval) |
+//! | [`SyncBatchNormOp`] | `weight`?, `bias`? | as BatchNorm, the same on every rank |
 //!
 //! [`ErasedOp`] is the same interface with the element type and the saved
 //! state chosen at run time, for adapters that learn the dtype from a tensor.
@@ -45,6 +46,7 @@ pub use crate::dyt::DytOp;
 pub use crate::group_norm::{GroupNormOp, InstanceNormOp};
 pub use crate::layer_norm::{LayerNormOp, RmsNormOp};
 pub use crate::switch_norm::SwitchNormOp;
+pub use crate::sync_batch_norm::SyncBatchNormOp;
 pub use crate::weight_norm::WeightNormOp;
 
 use crate::elem::Elem;
@@ -223,6 +225,16 @@ pub trait NormOp: Send + Sync {
         saved: &Self::Saved,
     ) -> Result<()>;
 
+    /// The error to return for a call the interface refused before running
+    /// the op (`backward`: a backward call). Ops whose calls are collective
+    /// across ranks (SyncBatchNorm) override it to take part in the call's
+    /// agreement, so the other ranks fail alike instead of waiting; the
+    /// default returns `error`.
+    fn refuse(&self, backward: bool, error: NormError) -> NormError {
+        let _ = backward;
+        error
+    }
+
     /// Writes `y` from `x` (shaped `shape`) and the packed `params`;
     /// updates or reads `running` as [`Signature::running`] says.
     fn forward<T: Elem>(
@@ -233,9 +245,12 @@ pub trait NormOp: Send + Sync {
         params: &[f32],
         running: Option<RunningStats<'_>>,
     ) -> Result<Self::Saved> {
-        let sig = self.signature(shape)?;
-        sig.check_packed(self.name(), "params", params.len(), shape)?;
-        sig.check_running(self.name(), running.as_ref(), shape)?;
+        let checked = self.signature(shape).and_then(|sig| {
+            sig.check_packed(self.name(), "params", params.len(), shape)?;
+            sig.check_running(self.name(), running.as_ref(), shape)?;
+            Ok(sig)
+        });
+        let sig = checked.map_err(|e| self.refuse(false, e))?;
         self.run_forward(&sig, y, x, shape, params, running)
     }
 
@@ -250,11 +265,14 @@ pub trait NormOp: Send + Sync {
         params: &[f32],
         saved: &Self::Saved,
     ) -> Result<()> {
-        let sig = self.signature(shape)?;
-        sig.check_packed(self.name(), "params", params.len(), shape)?;
-        if let Some(d) = &grads.dparams {
-            sig.check_packed(self.name(), "dparams", d.len(), shape)?;
-        }
+        let checked = self.signature(shape).and_then(|sig| {
+            sig.check_packed(self.name(), "params", params.len(), shape)?;
+            if let Some(d) = &grads.dparams {
+                sig.check_packed(self.name(), "dparams", d.len(), shape)?;
+            }
+            Ok(sig)
+        });
+        let sig = checked.map_err(|e| self.refuse(true, e))?;
         self.run_backward(&sig, grads, dy, x, shape, params, saved)
     }
 }

@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyCapsuleMethods};
+use pyo3::types::{PyCapsule, PyCapsuleMethods, PyDict};
 
 /// `DLDevice`.
 #[repr(C)]
@@ -113,6 +113,25 @@ impl Dtype {
     }
 }
 
+/// A DLPack dtype as NumPy and PyTorch name it.
+fn dtype_name(t: DlDataType) -> String {
+    let kind = match t.code {
+        CODE_INT => "int",
+        1 => "uint",
+        CODE_FLOAT => "float",
+        CODE_BFLOAT => "bfloat",
+        5 => "complex",
+        6 => "bool",
+        _ => return format!("DLPack dtype code {} ({} bits)", t.code, t.bits),
+    };
+    let lanes = if t.lanes == 1 {
+        String::new()
+    } else {
+        format!(" x{}", t.lanes)
+    };
+    format!("{kind}{}{lanes}", t.bits)
+}
+
 /// `DLDeviceType` as the frameworks name it.
 fn device_name(d: DlDevice) -> String {
     let kind = match d.device_type {
@@ -196,22 +215,38 @@ pub struct Export<'py> {
 }
 
 impl<'py> Export<'py> {
-    /// A capsule as given, or the one `obj.__dlpack__()` returns.
+    /// A capsule as given, or the one `obj.__dlpack__()` returns (asking
+    /// for DLPack 1.x, which can flag read-only arrays, and falling back
+    /// to the unversioned protocol for producers that predate it).
     pub fn of(obj: &Bound<'py, PyAny>) -> PyResult<Export<'py>> {
-        let capsule = match obj.cast::<PyCapsule>() {
-            Ok(c) => c.clone(),
-            Err(_) => {
-                let c = obj.call_method0("__dlpack__").map_err(|e| {
-                    PyTypeError::new_err(format!(
-                        "normkit: expected an array with __dlpack__ (a torch tensor or NumPy array), got {}: {e}",
-                        obj.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
-                    ))
-                })?;
-                c.cast_into::<PyCapsule>().map_err(|_| {
-                    PyTypeError::new_err("normkit: __dlpack__ did not return a capsule")
-                })?
-            }
+        if let Ok(c) = obj.cast::<PyCapsule>() {
+            return Ok(Export { capsule: c.clone() });
+        }
+        let py = obj.py();
+        let not_array = |e: PyErr| {
+            let ty = obj
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string());
+            PyTypeError::new_err(format!(
+                "normkit: expected an array with __dlpack__ (a torch tensor or NumPy array), got {ty}: {e}"
+            ))
         };
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("max_version", (1, 0))?;
+        let c = match obj.call_method("__dlpack__", (), Some(&kwargs)) {
+            Ok(c) => c,
+            Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+                obj.call_method0("__dlpack__").map_err(not_array)?
+            }
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
+                return Err(not_array(e))
+            }
+            Err(e) => return Err(e),
+        };
+        let capsule = c
+            .cast_into::<PyCapsule>()
+            .map_err(|_| PyTypeError::new_err("normkit: __dlpack__ did not return a capsule"))?;
         Ok(Export { capsule })
     }
 
@@ -234,8 +269,8 @@ impl<'py> Export<'py> {
         }
         let dtype = Dtype::of(tensor.dtype).ok_or_else(|| {
             PyTypeError::new_err(format!(
-                "normkit.{op}: `{name}` has DLPack dtype (code {}, {} bits, {} lanes); expected float32, bfloat16 or float16",
-                tensor.dtype.code, tensor.dtype.bits, tensor.dtype.lanes
+                "normkit.{op}: `{name}` is {}; expected float32, bfloat16 or float16",
+                dtype_name(tensor.dtype)
             ))
         })?;
         let rank = usize::try_from(tensor.ndim).map_err(|_| bad("has a negative rank".into()))?;

@@ -182,9 +182,13 @@ def _forward_op(
     rm = running_mean.clone() if running_mean is not None else None
     rv = running_var.clone() if running_var is not None else None
     y, saved = forward_impl(spec, layout, x, params, rm, rv, num_batches_tracked)
-    empty = params.new_empty(0)
     # The state as a one-element int64 tensor that owns it.
-    return y, from_dlpack(saved), empty if rm is None else rm, empty if rv is None else rv
+    handle = from_dlpack(saved)
+    return y, handle, _or_empty(rm, params), _or_empty(rv, params)
+
+
+def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+    return like.new_empty(0) if t is None else t
 
 
 @_forward_op.register_fake

@@ -119,12 +119,11 @@ class _AdaNorm(nn.Module):
         self.elementwise_affine = elementwise_affine
         if elementwise_affine:
             self.weight = nn.Parameter(torch.ones(self.normalized_shape, **kw))
-            has_bias = bias and not self.rms
-            self.bias = nn.Parameter(torch.zeros(self.normalized_shape, **kw)) if has_bias else None
         else:
             self.register_parameter("weight", None)
-            self.bias = None
-        if self.bias is None:
+        if elementwise_affine and bias and not self.rms:
+            self.bias = nn.Parameter(torch.zeros(self.normalized_shape, **kw))
+        else:
             self.register_parameter("bias", None)
 
     def forward(self, input: Tensor, scale: Tensor, shift: Tensor) -> Tensor:

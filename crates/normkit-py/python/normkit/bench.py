@@ -342,6 +342,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     ap.add_argument("--op", action="append", choices=OPS, help="only these ops (repeatable)")
     ap.add_argument("--json", action="store_true", help="JSON lines instead of the table")
+    ap.add_argument("--json-out", metavar="PATH", help="also write the JSON lines to PATH")
     ap.add_argument("--progress", action="store_true", help="one line per measurement on stderr")
     a = ap.parse_args(argv)
     if a.threads is not None:
@@ -350,6 +351,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     mode = "quick" if a.quick else "smoke" if a.smoke else "full"
     records = run(mode, a.op or OPS, a.dtype, a.progress)
+    if a.json_out:
+        with open(a.json_out, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
     if a.json:
         for r in records:
             print(json.dumps(r))

@@ -52,8 +52,10 @@ mod ada_norm;
 mod adain;
 mod batch_norm;
 mod batch_renorm;
+mod derf;
 mod dyt;
 mod elem;
+mod erf;
 mod error;
 mod exp;
 mod fold;
@@ -86,6 +88,7 @@ pub use batch_renorm::{
     batch_renorm_backward_eval, batch_renorm_backward_train, batch_renorm_forward_eval,
     batch_renorm_forward_train, BatchRenormConfig, RenormSchedule, RenormStats,
 };
+pub use derf::{derf_backward, derf_forward, DerfScalarGrads};
 pub use dyt::{dyt_backward, dyt_forward};
 pub use elem::Elem;
 pub use error::{NormError, Result};

@@ -71,6 +71,8 @@ pub(crate) fn expm1<S: Isa>(s: S, u: S::V) -> S::V {
 #[cfg(test)]
 pub(crate) mod testing {
     use crate::simd::{simd_level, Isa, Scalar, SimdLevel, LANES};
+    #[cfg(target_arch = "x86_64")]
+    use crate::simd::{Avx2, Avx512};
 
     /// A function of one vector.
     pub(crate) trait VecFn {
@@ -89,21 +91,27 @@ pub(crate) mod testing {
         match level {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 => {
+                /// # Safety
+                /// The CPU has AVX-512, as the token proves.
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-                unsafe fn go<F: VecFn>(f: &F, out: &mut [f32], xs: &[f32]) {
-                    run(crate::simd::Avx512, f, out, xs)
+                unsafe fn go<F: VecFn>(s: Avx512, f: &F, out: &mut [f32], xs: &[f32]) {
+                    run(s, f, out, xs)
                 }
-                // SAFETY: only called when the CPU has AVX-512.
-                unsafe { go(f, out, xs) }
+                let s = Avx512::detect().expect("asked for a level this CPU has");
+                // SAFETY: the token came from detection.
+                unsafe { go(s, f, out, xs) }
             }
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx2 => {
+                /// # Safety
+                /// The CPU has AVX2, FMA and F16C, as the token proves.
                 #[target_feature(enable = "avx2,fma,f16c")]
-                unsafe fn go<F: VecFn>(f: &F, out: &mut [f32], xs: &[f32]) {
-                    run(crate::simd::Avx2, f, out, xs)
+                unsafe fn go<F: VecFn>(s: Avx2, f: &F, out: &mut [f32], xs: &[f32]) {
+                    run(s, f, out, xs)
                 }
-                // SAFETY: only called when the CPU has AVX2 and FMA.
-                unsafe { go(f, out, xs) }
+                let s = Avx2::detect().expect("asked for a level this CPU has");
+                // SAFETY: the token came from detection.
+                unsafe { go(s, f, out, xs) }
             }
             _ => run(Scalar, f, out, xs),
         }

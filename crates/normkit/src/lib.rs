@@ -45,16 +45,24 @@
 //! and returns a [`NormError`] naming the op and the shapes, having written
 //! nothing.
 //!
-//! The [`reference`] module holds a plain `f64` twin of every op, used by
+//! The [`reference`](mod@reference) module holds a plain `f64` twin of every op, used by
 //! the tests as the yardstick.
+
+// Every `unsafe` block states why it is sound, and every `unsafe fn` what
+// its callers promise.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 mod ada_norm;
 mod adain;
 mod batch_norm;
 mod batch_renorm;
+mod derf;
 mod dyt;
 mod elem;
+mod erf;
 mod error;
+mod exp;
 mod fold;
 mod group_norm;
 mod instances;
@@ -65,6 +73,7 @@ mod moments;
 mod normalize;
 pub mod op;
 mod parallel;
+mod pointwise;
 pub mod reference;
 mod simd;
 mod switch_norm;
@@ -84,6 +93,7 @@ pub use batch_renorm::{
     batch_renorm_backward_eval, batch_renorm_backward_train, batch_renorm_forward_eval,
     batch_renorm_forward_train, BatchRenormConfig, RenormSchedule, RenormStats,
 };
+pub use derf::{derf_backward, derf_forward, DerfScalarGrads};
 pub use dyt::{dyt_backward, dyt_forward};
 pub use elem::Elem;
 pub use error::{NormError, Result};

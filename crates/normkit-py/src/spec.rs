@@ -11,7 +11,7 @@
 //! | `batch_norm` | `eps`, `momentum` (`none`: cumulative average), `training`, `weight`, `bias` |
 //! | `group_norm` | `groups`, `eps`, `weight`, `bias` |
 //! | `instance_norm` | `eps`, `momentum`, `training`, `weight`, `bias` |
-//! | `dyt` | `channels_last` (`[*, C]` input), `weight`, `bias` |
+//! | `dyt`, `derf` | `channels_last` (`[*, C]` input), `weight`, `bias` |
 //! | `weight_norm` | `dim` (`none`: one norm) |
 //! | `adain` | `style` (its logical shape), `eps`, `unbiased` |
 //! | `ada_norm` | `shape`, `eps` (`none` as RMSNorm), `rms`, `weight`, `bias` |
@@ -23,8 +23,8 @@
 use std::collections::HashMap;
 
 use normkit::op::{
-    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DytOp, ErasedOp, GroupNormOp, InstanceNormOp,
-    LayerNormOp, Precision, RmsNormOp, SwitchNormOp, WeightNormOp,
+    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DerfOp, DytOp, ErasedOp, GroupNormOp,
+    InstanceNormOp, LayerNormOp, Precision, RmsNormOp, SwitchNormOp, WeightNormOp,
 };
 use normkit::{
     AdaInConfig, BatchNormConfig, BatchRenormConfig, ChannelAxis, GroupNormConfig,
@@ -122,6 +122,20 @@ impl<'a> Spec<'a> {
             _ => Ok(Momentum::Exponential(self.f32("momentum")?)),
         }
     }
+
+    /// `weight` and `bias`.
+    fn affine(&self) -> PyResult<(bool, bool)> {
+        Ok((self.flag("weight")?, self.flag("bias")?))
+    }
+
+    /// `eps`, `momentum` and `training` of an op with running statistics.
+    fn running(&self, count: u64) -> PyResult<(f32, Momentum, bool)> {
+        Ok((
+            self.f32("eps")?,
+            self.momentum(count)?,
+            self.flag("training")?,
+        ))
+    }
 }
 
 fn bad(text: &str, why: &str) -> pyo3::PyErr {
@@ -163,16 +177,21 @@ pub fn build(text: &str, ctx: Context) -> PyResult<Box<dyn ErasedOp>> {
                 weight: s.flag("weight")?,
             })
         }
-        "batch_norm" => Box::new(BatchNormOp {
-            cfg: BatchNormConfig {
-                eps: s.f32("eps")?,
-                momentum: s.momentum(ctx.num_batches_tracked)?,
+        "batch_norm" => {
+            let (eps, momentum, training) = s.running(ctx.num_batches_tracked)?;
+            let (weight, bias) = s.affine()?;
+            let cfg = BatchNormConfig {
+                eps,
+                momentum,
                 channel_axis,
-            },
-            training: s.flag("training")?,
-            weight: s.flag("weight")?,
-            bias: s.flag("bias")?,
-        }),
+            };
+            Box::new(BatchNormOp {
+                cfg,
+                training,
+                weight,
+                bias,
+            })
+        }
         "group_norm" => Box::new(GroupNormOp {
             cfg: GroupNormConfig {
                 num_groups: s.parsed("groups", s.raw("groups")?)?,
@@ -182,30 +201,45 @@ pub fn build(text: &str, ctx: Context) -> PyResult<Box<dyn ErasedOp>> {
             weight: s.flag("weight")?,
             bias: s.flag("bias")?,
         }),
-        "instance_norm" => Box::new(InstanceNormOp {
-            cfg: InstanceNormConfig {
-                eps: s.f32("eps")?,
-                momentum: s.momentum(ctx.num_batches_tracked)?,
+        "instance_norm" => {
+            let (eps, momentum, training) = s.running(ctx.num_batches_tracked)?;
+            let (weight, bias) = s.affine()?;
+            let cfg = InstanceNormConfig {
+                eps,
+                momentum,
                 channel_axis,
-            },
-            training: s.flag("training")?,
-            weight: s.flag("weight")?,
-            bias: s.flag("bias")?,
-        }),
-        "dyt" => {
+            };
+            Box::new(InstanceNormOp {
+                cfg,
+                training,
+                weight,
+                bias,
+            })
+        }
+        "dyt" | "derf" => {
             let rows = s.flag("channels_last")?;
             if rows {
-                row_op("dyt with channels_last=True")?;
+                row_op("an elementwise op with channels_last=True")?;
             }
-            Box::new(DytOp {
-                channel_axis: if rows {
-                    ChannelAxis::Last
-                } else {
-                    channel_axis
-                },
-                weight: s.flag("weight")?,
-                bias: s.flag("bias")?,
-            })
+            let channel_axis = if rows {
+                ChannelAxis::Last
+            } else {
+                channel_axis
+            };
+            let (weight, bias) = s.affine()?;
+            if s.kind == "dyt" {
+                Box::new(DytOp {
+                    channel_axis,
+                    weight,
+                    bias,
+                })
+            } else {
+                Box::new(DerfOp {
+                    channel_axis,
+                    weight,
+                    bias,
+                })
+            }
         }
         "weight_norm" => {
             row_op("weight_norm")?;
@@ -242,28 +276,38 @@ pub fn build(text: &str, ctx: Context) -> PyResult<Box<dyn ErasedOp>> {
                 bias: s.flag("bias")?,
             })
         }
-        "switch_norm" => Box::new(SwitchNormOp {
-            cfg: SwitchNormConfig {
-                eps: s.f32("eps")?,
-                momentum: s.momentum(ctx.num_batches_tracked)?,
+        "switch_norm" => {
+            let (eps, momentum, training) = s.running(ctx.num_batches_tracked)?;
+            let (weight, bias) = s.affine()?;
+            let cfg = SwitchNormConfig {
+                eps,
+                momentum,
                 channel_axis,
-            },
-            training: s.flag("training")?,
-            weight: s.flag("weight")?,
-            bias: s.flag("bias")?,
-        }),
-        "batch_renorm" => Box::new(BatchRenormOp {
-            cfg: BatchRenormConfig {
-                eps: s.f32("eps")?,
-                momentum: s.momentum(ctx.num_batches_tracked)?,
+            };
+            Box::new(SwitchNormOp {
+                cfg,
+                training,
+                weight,
+                bias,
+            })
+        }
+        "batch_renorm" => {
+            let (eps, momentum, training) = s.running(ctx.num_batches_tracked)?;
+            let (weight, bias) = s.affine()?;
+            let cfg = BatchRenormConfig {
+                eps,
+                momentum,
                 channel_axis,
                 r_max: s.f32("r_max")?,
                 d_max: s.f32("d_max")?,
-            },
-            training: s.flag("training")?,
-            weight: s.flag("weight")?,
-            bias: s.flag("bias")?,
-        }),
+            };
+            Box::new(BatchRenormOp {
+                cfg,
+                training,
+                weight,
+                bias,
+            })
+        }
         other => return Err(bad(text, &format!("unknown op `{other}`"))),
     };
     Ok(op)
@@ -302,6 +346,7 @@ mod tests {
                 "instance_norm",
             ),
             ("dyt;channels_last=1;weight=1;bias=1", "dyt"),
+            ("derf;channels_last=0;weight=0;bias=1", "derf"),
             ("weight_norm;dim=0", "weight_norm"),
             ("adain;style=2,3,4;eps=1e-05;unbiased=1", "adain"),
             (

@@ -46,22 +46,29 @@ def _param_grads(module, p64, pd, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_dyt(dtype, channels_last):
+@pytest.mark.parametrize("kind", ["dyt", "derf"])
+def test_elementwise(kind, dtype, channels_last):
+    """DyT and Derf against their papers' formulas."""
     c = 24
-    m = nkt.DyT(c, channels_last=channels_last, alpha_init_value=0.7)
+    if kind == "dyt":
+        m = nkt.DyT(c, channels_last=channels_last, alpha_init_value=0.7)
+    else:
+        m = nkt.Derf(c, channels_last=channels_last, alpha_init_value=0.7, shift_init_value=0.2)
     with torch.no_grad():
         m.weight.normal_()
         m.bias.normal_()
     shape = (3, 5, c) if channels_last else (2, c, 3, 4)
 
-    def ref(x, alpha, weight, bias):
-        b = (slice(None),) + (None,) * (x.dim() - 2) if not channels_last else ...
-        w = weight if channels_last else weight[b]
-        bb = bias if channels_last else bias[b]
-        return torch.tanh(alpha * x) * w + bb
+    def ref(x, alpha, weight, bias, shift=None):
+        if not channels_last:
+            b = (slice(None),) + (None,) * (x.dim() - 2)
+            weight, bias = weight[b], bias[b]
+        if kind == "dyt":
+            return torch.tanh(alpha * x) * weight + bias
+        return torch.erf(alpha * x + shift) * weight + bias
 
     m = m.to(dtype)
-    params = {n: p for n, p in m.named_parameters()}
+    params = dict(m.named_parameters())
     p64, pd = _check(m, ref, [torch.randn(shape) * 2], params, dtype)
     _param_grads(m, p64, pd, dtype)
     if not channels_last:  # [N, C, *] stored channels last is read in place

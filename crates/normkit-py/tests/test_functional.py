@@ -77,3 +77,21 @@ def test_group_instance_and_the_rest_run():
     y, vjp = F.adain(x, s, with_vjp=True)
     dx, grads = vjp(np.ones_like(y))
     assert dx.shape == x.shape and grads["style"].shape == s.shape
+
+
+def test_derf_and_signature():
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    w = rng.standard_normal(8).astype(np.float32)
+    y, vjp = F.derf(x, 0.7, 0.2, w, None, with_vjp=True)
+    tx, tw = _t(x), _t(w)
+    ty = torch.erf(0.7 * tx + 0.2) * tw
+    _close(y, ty, np.float32, "derf")
+    ty.sum().backward()
+    dx, g = vjp(np.ones_like(y))
+    _close(dx, tx.grad, np.float32, "derf dx")
+    _close(g["weight"], tw.grad, np.float32, "derf dweight")
+    assert set(g) == {"alpha", "shift", "weight"}
+    import normkit
+
+    assert normkit.signature("derf;channels_last=1;weight=1;bias=0", "contiguous", [3, 8]) == [
+        ("alpha", 1), ("shift", 1), ("weight", 8)]

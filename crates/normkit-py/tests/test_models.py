@@ -180,6 +180,7 @@ def test_torch_compile_runs_and_matches_eager():
         nkt.LayerNorm(16),
         nkt.RMSNorm(16),
         nkt.DyT(16),
+        nkt.Derf(16),
     )
     eager = copy.deepcopy(model)
     compiled = torch.compile(model, fullgraph=True)

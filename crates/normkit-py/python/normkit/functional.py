@@ -20,20 +20,13 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _normkit
+from . import _spec as S
 
 Params = Sequence[Tuple[str, Optional[np.ndarray]]]
 
 
-def _b(v) -> str:
-    return "1" if v else "0"
-
-
-def _f(v) -> str:
-    return "none" if v is None else repr(float(v))
-
-
-def _shape(s) -> str:
-    return ",".join(str(int(d)) for d in s)
+def _ns(normalized_shape) -> Tuple[int, ...]:
+    return (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
 
 
 def _dense(x: np.ndarray, channel_axis: int) -> Tuple[np.ndarray, str]:
@@ -91,24 +84,15 @@ def _run(
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5, *, threads=0, with_vjp=False):
     """``torch.nn.functional.layer_norm``."""
-    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    spec = f"layer_norm;shape={_shape(ns)};eps={_f(eps)};weight={_b(weight is not None)};bias={_b(bias is not None)}"
+    spec = S.layer_norm(_ns(normalized_shape), eps, weight is not None, bias is not None)
     return _run(spec, np.ascontiguousarray(x), [("weight", weight), ("bias", bias)],
                 threads=threads, with_vjp=with_vjp)
 
 
 def rms_norm(x, normalized_shape, weight=None, eps=None, *, threads=0, with_vjp=False):
     """``torch.nn.functional.rms_norm``; ``eps=None`` is the dtype's machine eps."""
-    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    spec = f"rms_norm;shape={_shape(ns)};eps={_f(eps)};weight={_b(weight is not None)}"
+    spec = S.rms_norm(_ns(normalized_shape), eps, weight is not None)
     return _run(spec, np.ascontiguousarray(x), [("weight", weight)], threads=threads, with_vjp=with_vjp)
-
-
-def _running_spec(kind, training, momentum, eps, weight, bias, extra=""):
-    return (
-        f"{kind};eps={_f(eps)};momentum={_f(momentum)};training={_b(training)};{extra}"
-        f"weight={_b(weight is not None)};bias={_b(bias is not None)}"
-    )
 
 
 def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False,
@@ -119,7 +103,7 @@ def batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, t
     ``num_batches_tracked`` earlier steps); evaluation reads them."""
     x, layout = _dense(x, channel_axis)
     running = None if running_mean is None else (running_mean, running_var)
-    spec = _running_spec("batch_norm", training, momentum, eps, weight, bias)
+    spec = S.running("batch_norm", eps, momentum, training, weight is not None, bias is not None)
     return _run(spec, x, [("weight", weight), ("bias", bias)], layout=layout, running=running,
                 count=num_batches_tracked, threads=threads, with_vjp=with_vjp)
 
@@ -128,7 +112,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=
                with_vjp=False):
     """``torch.nn.functional.group_norm``."""
     x, layout = _dense(x, channel_axis)
-    spec = f"group_norm;groups={int(num_groups)};eps={_f(eps)};weight={_b(weight is not None)};bias={_b(bias is not None)}"
+    spec = S.group_norm(num_groups, eps, weight is not None, bias is not None)
     return _run(spec, x, [("weight", weight), ("bias", bias)], layout=layout, threads=threads,
                 with_vjp=with_vjp)
 
@@ -139,7 +123,8 @@ def instance_norm(x, running_mean=None, running_var=None, weight=None, bias=None
     """``torch.nn.functional.instance_norm``."""
     x, layout = _dense(x, channel_axis)
     running = None if running_mean is None else (running_mean, running_var)
-    spec = _running_spec("instance_norm", use_input_stats, momentum, eps, weight, bias)
+    spec = S.running("instance_norm", eps, momentum, use_input_stats, weight is not None,
+                     bias is not None)
     return _run(spec, x, [("weight", weight), ("bias", bias)], layout=layout, running=running,
                 threads=threads, with_vjp=with_vjp)
 
@@ -148,15 +133,26 @@ def dyt(x, alpha, weight=None, bias=None, *, channels_last=True, threads=0, with
     """Dynamic Tanh ``weight · tanh(alpha · x) + bias``, per channel of
     ``[*, C]`` (``channels_last=True``) or ``[N, C, *]``."""
     x = np.ascontiguousarray(x)
-    spec = f"dyt;channels_last={_b(channels_last)};weight={_b(weight is not None)};bias={_b(bias is not None)}"
+    spec = S.pointwise("dyt", channels_last, weight is not None, bias is not None)
     alpha = np.asarray(alpha, dtype=np.float32).reshape(1)
     return _run(spec, x, [("alpha", alpha), ("weight", weight), ("bias", bias)], threads=threads,
                 with_vjp=with_vjp)
 
 
+def derf(x, alpha, shift, weight=None, bias=None, *, channels_last=True, threads=0,
+         with_vjp=False):
+    """Dynamic erf ``weight · erf(alpha · x + shift) + bias``, per channel of
+    ``[*, C]`` (``channels_last=True``) or ``[N, C, *]``."""
+    x = np.ascontiguousarray(x)
+    spec = S.pointwise("derf", channels_last, weight is not None, bias is not None)
+    scalars = [(n, np.asarray(v, dtype=np.float32).reshape(1)) for n, v in (("alpha", alpha), ("shift", shift))]
+    return _run(spec, x, scalars + [("weight", weight), ("bias", bias)], threads=threads,
+                with_vjp=with_vjp)
+
+
 def weight_norm(v, g, dim: Optional[int] = 0, *, threads=0, with_vjp=False):
     """``w = g · v / ‖v‖`` with one norm per index of `dim` (``None``: one)."""
-    spec = f"weight_norm;dim={'none' if dim is None else int(dim)}"
+    spec = S.weight_norm(dim)
     return _run(spec, np.ascontiguousarray(v), [("g", g)], threads=threads, with_vjp=with_vjp)
 
 
@@ -164,16 +160,14 @@ def adain(content, style, eps=1e-5, unbiased=True, *, channel_axis=1, threads=0,
     """Adaptive Instance Normalization; ``vjp`` also gives ``grads['style']``."""
     x, layout = _dense(content, channel_axis)
     s, _ = _dense(style, channel_axis)
-    spec = f"adain;style={_shape(s.shape)};eps={_f(eps)};unbiased={_b(unbiased)}"
+    spec = S.adain(s.shape, eps, unbiased)
     s_mem = np.moveaxis(s, 1, -1) if layout == "channels_last" else s
     return _run(spec, x, [("style", np.ascontiguousarray(s_mem))], layout=layout, threads=threads,
                 with_vjp=with_vjp)
 
 
 def _ada(rms, x, normalized_shape, scale, shift, weight, bias, eps, threads, with_vjp):
-    ns = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    spec = (f"ada_norm;shape={_shape(ns)};eps={_f(eps)};rms={_b(rms)};"
-            f"weight={_b(weight is not None)};bias={_b(bias is not None)}")
+    spec = S.ada_norm(_ns(normalized_shape), eps, rms, weight is not None, bias is not None)
     params = [("weight", weight), ("bias", bias), ("scale", scale), ("shift", shift)]
     return _run(spec, np.ascontiguousarray(x), params, threads=threads, with_vjp=with_vjp)
 
@@ -196,7 +190,7 @@ def switch_norm(x, mean_weight, var_weight, running_mean=None, running_var=None,
     """Switchable Normalization with importance logits (IN, LN, BN)."""
     x, layout = _dense(x, channel_axis)
     running = None if running_mean is None else (running_mean, running_var)
-    spec = _running_spec("switch_norm", training, momentum, eps, weight, bias)
+    spec = S.running("switch_norm", eps, momentum, training, weight is not None, bias is not None)
     params = [("weight", weight), ("bias", bias), ("mean_weight", mean_weight),
               ("var_weight", var_weight)]
     return _run(spec, x, params, layout=layout, running=running, count=num_batches_tracked,
@@ -208,8 +202,8 @@ def batch_renorm(x, running_mean, running_var, weight=None, bias=None, training=
                  channel_axis=1, threads=0, with_vjp=False):
     """Batch Renormalization; training needs and updates the running statistics."""
     x, layout = _dense(x, channel_axis)
-    extra = f"r_max={_f(r_max)};d_max={_f(d_max)};"
-    spec = _running_spec("batch_renorm", training, momentum, eps, weight, bias, extra)
+    spec = S.running("batch_renorm", eps, momentum, training, weight is not None,
+                     bias is not None, r_max, d_max)
     return _run(spec, x, [("weight", weight), ("bias", bias)], layout=layout,
                 running=(running_mean, running_var), count=num_batches_tracked, threads=threads,
                 with_vjp=with_vjp)
@@ -221,6 +215,7 @@ __all__ = [
     "ada_rms_norm",
     "batch_norm",
     "batch_renorm",
+    "derf",
     "dyt",
     "group_norm",
     "instance_norm",

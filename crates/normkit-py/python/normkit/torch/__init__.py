@@ -2,7 +2,7 @@
 
 ``LayerNorm``, ``RMSNorm``, ``BatchNorm1d/2d/3d``, ``GroupNorm`` and
 ``InstanceNorm1d/2d/3d`` subclass their ``torch.nn`` namesakes (same
-arguments, parameters, buffers, ``state_dict`` keys); ``DyT``, ``AdaIN``,
+arguments, parameters, buffers, ``state_dict`` keys); ``DyT``, ``Derf``, ``AdaIN``,
 ``AdaLayerNorm``, ``AdaRMSNorm``, ``SwitchNorm``, ``BatchRenorm`` and
 ``weight_norm`` add what ``torch.nn`` lacks. :func:`replace_norms` swaps a
 model's ``torch.nn`` norms in place. CPU tensors only: a tensor on another
@@ -14,6 +14,7 @@ from .adaptive import (
     AdaLayerNorm,
     AdaRMSNorm,
     BatchRenorm,
+    Derf,
     DyT,
     SwitchNorm,
     weight_norm,
@@ -41,6 +42,7 @@ __all__ = [
     "BatchNorm3d",
     "BatchRenorm",
     "DROP_IN",
+    "Derf",
     "DyT",
     "GroupNorm",
     "InstanceNorm1d",

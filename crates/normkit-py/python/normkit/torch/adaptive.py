@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations as _P
 
+from .. import _spec
 from ._ops import check, layout_of, normalize, pack
-from .norms import _b, _f, _shape
 
 
 class DyT(nn.Module):
@@ -53,14 +53,18 @@ class DyT(nn.Module):
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
+    kind = "dyt"
+
+    def _scalars(self):
+        return (self.alpha,)
+
     def forward(self, input: Tensor) -> Tensor:
-        check("dyt", input, self.alpha, self.weight, self.bias)
+        check(self.kind, input, self.alpha, self.weight, self.bias)
         x, layout = layout_of(input, channel_op=not self.channels_last)
-        spec = (
-            f"dyt;channels_last={_b(self.channels_last)};"
-            f"weight={_b(self.weight is not None)};bias={_b(self.bias is not None)}"
-        )
-        return normalize(spec, layout, x, pack(x, (self.alpha, self.weight, self.bias)))
+        spec = _spec.pointwise(self.kind, self.channels_last, self.weight is not None,
+                               self.bias is not None)
+        params = pack(x, self._scalars() + (self.weight, self.bias))
+        return normalize(spec, layout, x, params)
 
     def extra_repr(self) -> str:
         return (
@@ -68,6 +72,35 @@ class DyT(nn.Module):
             f"alpha_init_value={self.alpha_init_value}, "
             f"elementwise_affine={self.elementwise_affine}"
         )
+
+
+class Derf(DyT):
+    """Dynamic erf (Chen et al., 2025, "Stronger Normalization-Free
+    Transformers"): ``y = weight · erf(alpha · x + shift) + bias``, DyT's
+    arguments plus the learnable scalar ``shift`` (``state_dict`` keys
+    ``alpha``, ``shift``, ``weight``, ``bias``)."""
+
+    kind = "derf"
+
+    def __init__(self, normalized_shape: int, channels_last: bool = True,
+                 alpha_init_value: float = 0.5, shift_init_value: float = 0.0,
+                 elementwise_affine: bool = True, device=None, dtype=None) -> None:
+        super().__init__(normalized_shape, channels_last, alpha_init_value, elementwise_affine,
+                         device, dtype)
+        self.shift_init_value = shift_init_value
+        self.shift = nn.Parameter(torch.full((1,), float(shift_init_value), device=device,
+                                             dtype=dtype))
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        if hasattr(self, "shift"):
+            nn.init.constant_(self.shift, self.shift_init_value)
+
+    def _scalars(self):
+        return (self.alpha, self.shift)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", shift_init_value={self.shift_init_value}"
 
 
 class AdaIN(nn.Module):
@@ -85,10 +118,7 @@ class AdaIN(nn.Module):
         check("adain", content, style)
         x, layout = layout_of(content, channel_op=True)
         s = style.movedim(1, -1) if layout == "channels_last" else style
-        spec = (
-            f"adain;style={_shape(style.shape)};eps={_f(self.eps)};"
-            f"unbiased={_b(self.unbiased)}"
-        )
+        spec = _spec.adain(style.shape, self.eps, self.unbiased)
         return normalize(spec, layout, x, pack(x, (s,)))
 
     def extra_repr(self) -> str:
@@ -130,11 +160,8 @@ class _AdaNorm(nn.Module):
         op = "ada_rms_norm" if self.rms else "ada_layer_norm"
         check(op, input, scale, shift, self.weight, self.bias)
         x, layout = layout_of(input, channel_op=False)
-        spec = (
-            f"ada_norm;shape={_shape(self.normalized_shape)};eps={_f(self.eps)};"
-            f"rms={_b(self.rms)};weight={_b(self.weight is not None)};"
-            f"bias={_b(self.bias is not None)}"
-        )
+        spec = _spec.ada_norm(self.normalized_shape, self.eps, self.rms,
+                              self.weight is not None, self.bias is not None)
         return normalize(spec, layout, x, pack(x, (self.weight, self.bias, scale, shift)))
 
     def extra_repr(self) -> str:
@@ -207,6 +234,10 @@ class _RunningNorm(nn.Module):
             momentum = 0.0
         return training, momentum, nbt
 
+    def _spec(self, kind, training, momentum, r_max=None, d_max=None) -> str:
+        return _spec.running(kind, self.eps, momentum, training, self.weight is not None,
+                             self.bias is not None, r_max, d_max)
+
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -231,10 +262,7 @@ class SwitchNorm(_RunningNorm):
         check("switch_norm", input, self.weight, self.running_mean)
         training, momentum, nbt = self._step()
         x, layout = layout_of(input, channel_op=True)
-        spec = (
-            f"switch_norm;eps={_f(self.eps)};momentum={_f(momentum)};training={_b(training)};"
-            f"weight={_b(self.weight is not None)};bias={_b(self.bias is not None)}"
-        )
+        spec = self._spec("switch_norm", training, momentum)
         params = pack(x, (self.weight, self.bias, self.mean_weight, self.var_weight))
         return normalize(spec, layout, x, params, self.running_mean, self.running_var, nbt)
 
@@ -256,11 +284,7 @@ class BatchRenorm(_RunningNorm):
         check("batch_renorm", input, self.weight, self.running_mean)
         training, momentum, nbt = self._step()
         x, layout = layout_of(input, channel_op=True)
-        spec = (
-            f"batch_renorm;eps={_f(self.eps)};momentum={_f(momentum)};"
-            f"training={_b(training)};r_max={_f(self.r_max)};d_max={_f(self.d_max)};"
-            f"weight={_b(self.weight is not None)};bias={_b(self.bias is not None)}"
-        )
+        spec = self._spec("batch_renorm", training, momentum, self.r_max, self.d_max)
         params = pack(x, (self.weight, self.bias))
         return normalize(spec, layout, x, params, self.running_mean, self.running_var, nbt)
 
@@ -274,9 +298,9 @@ class _WeightNorm(_P._WeightNorm):
     def forward(self, weight_g: Tensor, weight_v: Tensor) -> Tensor:
         check("weight_norm", weight_v, weight_g)
         # PyTorch's dim -1 (also what dim=None becomes) is one norm over all.
-        dim = "none" if self.dim == -1 else str(int(self.dim))
+        dim = None if self.dim == -1 else int(self.dim)
         v, layout = layout_of(weight_v, channel_op=False)
-        return normalize(f"weight_norm;dim={dim}", layout, v, pack(v, (weight_g,)))
+        return normalize(_spec.weight_norm(dim), layout, v, pack(v, (weight_g,)))
 
 
 def weight_norm(module: nn.Module, name: str = "weight", dim: Optional[int] = 0) -> nn.Module:

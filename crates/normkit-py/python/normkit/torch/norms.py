@@ -12,19 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .. import _spec
 from ._ops import check, layout_of, normalize, pack
-
-
-def _b(v) -> str:
-    return "1" if v else "0"
-
-
-def _f(v) -> str:
-    return "none" if v is None else repr(float(v))
-
-
-def _shape(s) -> str:
-    return ",".join(str(int(d)) for d in s)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -33,10 +22,8 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, input: Tensor) -> Tensor:
         check("layer_norm", input, self.weight, self.bias)
         x, layout = layout_of(input, channel_op=False)
-        spec = (
-            f"layer_norm;shape={_shape(self.normalized_shape)};eps={_f(self.eps)};"
-            f"weight={_b(self.weight is not None)};bias={_b(self.bias is not None)}"
-        )
+        spec = _spec.layer_norm(self.normalized_shape, self.eps, self.weight is not None,
+                                self.bias is not None)
         return normalize(spec, layout, x, pack(x, (self.weight, self.bias)))
 
 
@@ -47,10 +34,7 @@ class RMSNorm(nn.RMSNorm):
     def forward(self, x: Tensor) -> Tensor:
         check("rms_norm", x, self.weight)
         x, layout = layout_of(x, channel_op=False)
-        spec = (
-            f"rms_norm;shape={_shape(self.normalized_shape)};eps={_f(self.eps)};"
-            f"weight={_b(self.weight is not None)}"
-        )
+        spec = _spec.rms_norm(self.normalized_shape, self.eps, self.weight is not None)
         return normalize(spec, layout, x, pack(x, (self.weight,)))
 
 
@@ -71,10 +55,8 @@ def _batch_norm(m, input: Tensor) -> Tensor:
     running_mean = m.running_mean if use_running else None
     running_var = m.running_var if use_running else None
     x, layout = layout_of(input, channel_op=True)
-    spec = (
-        f"batch_norm;eps={_f(m.eps)};momentum={_f(momentum)};training={_b(training)};"
-        f"weight={_b(m.weight is not None)};bias={_b(m.bias is not None)}"
-    )
+    spec = _spec.running("batch_norm", m.eps, momentum, training, m.weight is not None,
+                         m.bias is not None)
     return normalize(
         spec, layout, x, pack(x, (m.weight, m.bias)), running_mean, running_var, nbt
     )
@@ -105,10 +87,8 @@ class GroupNorm(nn.GroupNorm):
     def forward(self, input: Tensor) -> Tensor:
         check("group_norm", input, self.weight, self.bias)
         x, layout = layout_of(input, channel_op=True)
-        spec = (
-            f"group_norm;groups={int(self.num_groups)};eps={_f(self.eps)};"
-            f"weight={_b(self.weight is not None)};bias={_b(self.bias is not None)}"
-        )
+        spec = _spec.group_norm(self.num_groups, self.eps, self.weight is not None,
+                                self.bias is not None)
         return normalize(spec, layout, x, pack(x, (self.weight, self.bias)))
 
 
@@ -120,10 +100,8 @@ def _instance_norm(m, input: Tensor) -> Tensor:
         training = True
     x, layout = layout_of(input, channel_op=True)
     momentum = m.momentum if m.momentum is not None else 0.0
-    spec = (
-        f"instance_norm;eps={_f(m.eps)};momentum={_f(momentum)};training={_b(training)};"
-        f"weight={_b(m.weight is not None)};bias={_b(m.bias is not None)}"
-    )
+    spec = _spec.running("instance_norm", m.eps, momentum, training, m.weight is not None,
+                         m.bias is not None)
     return normalize(
         spec, layout, x, pack(x, (m.weight, m.bias)), m.running_mean, m.running_var
     )

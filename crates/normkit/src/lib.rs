@@ -58,9 +58,12 @@ mod adain;
 mod batch_norm;
 mod batch_renorm;
 pub mod comm;
+mod derf;
 mod dyt;
 mod elem;
+mod erf;
 mod error;
+mod exp;
 mod fold;
 mod group_norm;
 mod instances;
@@ -71,6 +74,7 @@ mod moments;
 mod normalize;
 pub mod op;
 mod parallel;
+mod pointwise;
 pub mod reference;
 mod simd;
 mod switch_norm;
@@ -91,6 +95,7 @@ pub use batch_renorm::{
     batch_renorm_backward_eval, batch_renorm_backward_train, batch_renorm_forward_eval,
     batch_renorm_forward_train, BatchRenormConfig, RenormSchedule, RenormStats,
 };
+pub use derf::{derf_backward, derf_forward, DerfScalarGrads};
 pub use dyt::{dyt_backward, dyt_forward};
 pub use elem::Elem;
 pub use error::{NormError, Result};

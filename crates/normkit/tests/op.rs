@@ -4,9 +4,9 @@
 //! running statistics, writing nothing.
 
 use normkit::op::{
-    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DytOp, ElemSlice, ElemSliceMut, ErasedOp,
-    GroupNormOp, InstanceNormOp, LayerNormOp, NormOp, OpGrads, RmsNormOp, Running, SwitchNormOp,
-    WeightNormOp,
+    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DerfOp, DytOp, ElemSlice, ElemSliceMut,
+    ErasedOp, GroupNormOp, InstanceNormOp, LayerNormOp, NormOp, OpGrads, RmsNormOp, Running,
+    SwitchNormOp, WeightNormOp,
 };
 use normkit::*;
 
@@ -271,6 +271,54 @@ fn every_op_matches_its_entry_points() {
     dp.extend(dw);
     dp.extend(db);
     assert_eq!((got.0, got.1, got.2), (y, dx, dp), "dyt");
+
+    // Derf: alpha and shift first, then the bias alone (channels first).
+    let op = DerfOp {
+        channel_axis: ChannelAxis::First,
+        weight: false,
+        bias: true,
+    };
+    let sig = op.signature(&shape).unwrap();
+    let names: Vec<_> = sig.params.iter().map(|p| p.name).collect();
+    assert_eq!(names, ["alpha", "shift", "bias"]);
+    let got = through_op(&op, &shape, 9);
+    let i = inputs(&op, &shape, 9);
+    let (alpha, shift, b) = (i.p[0], i.p[1], &i.p[2..]);
+    let affine = Affine {
+        weight: None,
+        bias: Some(b),
+    };
+    let mut y = vec![0.0f32; i.x.len()];
+    derf_forward(
+        &mut y,
+        &i.x,
+        &shape,
+        alpha,
+        shift,
+        affine,
+        ChannelAxis::First,
+    )
+    .unwrap();
+    let (mut dx, mut db) = (vec![0.0; i.x.len()], vec![0.0; 4]);
+    let grads = Grads {
+        dx: &mut dx,
+        dweight: None,
+        dbias: Some(&mut db),
+    };
+    let d = derf_backward(
+        grads,
+        &i.dy,
+        &i.x,
+        &shape,
+        alpha,
+        shift,
+        None,
+        ChannelAxis::First,
+    )
+    .unwrap();
+    let mut dp = vec![d.dalpha, d.dshift];
+    dp.extend(db);
+    assert_eq!((got.0, got.1, got.2), (y, dx, dp), "derf");
 
     // WeightNorm: the input is v, the parameter g.
     let op = WeightNormOp { dim: Some(0) };

@@ -6,9 +6,9 @@ use crate::common::{wide, Rng};
 use normkit::*;
 use std::sync::Mutex;
 
-/// Both tests here touch process-wide state (the SIMD level); they take
-/// turns so one never changes the level under the other.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// Tests that touch process-wide state (the SIMD level) take turns so one
+/// never changes the level under another.
+pub static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Every output of every op on inputs large enough to be split into many
 /// chunks (each above the single-thread threshold).

@@ -4,6 +4,7 @@
 
 mod adaptive;
 mod common;
+mod derf;
 mod errors;
 mod large;
 mod numerics;

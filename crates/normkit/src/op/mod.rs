@@ -22,6 +22,7 @@
 //! | [`GroupNormOp`] | `weight`?, `bias`? | — |
 //! | [`InstanceNormOp`] | `weight`?, `bias`? | as BatchNorm |
 //! | [`DytOp`] | `alpha`, `weight`?, `bias`? | — |
+//! | [`DerfOp`] | `alpha`, `shift`, `weight`?, `bias`? | — |
 //! | [`WeightNormOp`] | `g` (the input is `v`) | — |
 //! | [`AdaInOp`] | `style` | — |
 //! | [`AdaNormOp`] | `weight`?, `bias`?, `scale`, `shift` | — |
@@ -42,6 +43,7 @@ pub use crate::ada_norm::AdaNormOp;
 pub use crate::adain::AdaInOp;
 pub use crate::batch_norm::BatchNormOp;
 pub use crate::batch_renorm::BatchRenormOp;
+pub use crate::derf::DerfOp;
 pub use crate::dyt::DytOp;
 pub use crate::group_norm::{GroupNormOp, InstanceNormOp};
 pub use crate::layer_norm::{LayerNormOp, RmsNormOp};

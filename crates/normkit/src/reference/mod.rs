@@ -20,7 +20,9 @@
 use crate::ChannelAxis;
 
 mod adaptive;
+mod derf;
 pub use adaptive::*;
+pub use derf::*;
 
 /// A per-channel input seen as `n` samples × `c` channels × `s` spatial
 /// positions, stored `[n, c, s]` (channels first) or `[n, s, c]` (channels
@@ -703,10 +705,10 @@ mod tests {
     use super::*;
 
     /// A tiny deterministic generator (64-bit LCG, top bits) for inputs.
-    struct Lcg(u64);
+    pub(super) struct Lcg(pub(super) u64);
 
     impl Lcg {
-        fn next(&mut self) -> f64 {
+        pub(super) fn next(&mut self) -> f64 {
             self.0 = self
                 .0
                 .wrapping_mul(6364136223846793005)
@@ -715,18 +717,18 @@ mod tests {
             (self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
         }
 
-        fn vec(&mut self, n: usize) -> Vec<f64> {
+        pub(super) fn vec(&mut self, n: usize) -> Vec<f64> {
             (0..n).map(|_| self.next()).collect()
         }
     }
 
     /// `Σ y · dy`, the scalar whose gradients the backward functions give.
-    fn loss(y: &[f64], dy: &[f64]) -> f64 {
+    pub(super) fn loss(y: &[f64], dy: &[f64]) -> f64 {
         y.iter().zip(dy).map(|(a, b)| a * b).sum()
     }
 
     /// Central differences of `f` at `p`, one per coordinate.
-    fn numeric_grad(p: &[f64], mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
+    pub(super) fn numeric_grad(p: &[f64], mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
         // Truncation error ~h² · f''' and rounding error ~1e-16 · |f| / h
         // balance near h = 1e-5 for values of order 1.
         let h = 1e-5;
@@ -742,7 +744,7 @@ mod tests {
             .collect()
     }
 
-    fn assert_grad(what: &str, analytic: &[f64], numeric: &[f64]) {
+    pub(super) fn assert_grad(what: &str, analytic: &[f64], numeric: &[f64]) {
         assert_eq!(analytic.len(), numeric.len(), "{what}: length");
         for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
             // Both agree to ~1e-9 when the analytic formula is right; a

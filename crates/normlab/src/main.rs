@@ -175,12 +175,19 @@ fn run_study(args: StudyArgs) -> ExitCode {
     bar.enable_steady_tick(Duration::from_millis(200));
     let printer = bar.clone();
     study::train::set_progress_printer(move |line| printer.println(line));
+    // Without a terminal the bar is hidden: sections and failed jobs are
+    // printed as lines instead.
+    let lines = bar.is_hidden();
     let mut progress = |p: Progress<'_>| match p {
         Progress::Planned { jobs } => bar.set_length(jobs as u64),
-        Progress::JobDone { .. } => {
+        Progress::JobDone { failed, .. } => {
             bar.inc(1);
             bar.set_message(p.to_string());
+            if lines && failed {
+                eprintln!("{p}");
+            }
         }
+        Progress::Section { .. } if lines => eprintln!("{p}"),
         Progress::Section { .. } => bar.println(p.to_string()),
     };
     let result = study::study(options, &refs, &mut progress);

@@ -91,6 +91,12 @@ impl JobOutput {
     }
 }
 
+/// A job's output, or why it failed.
+pub type JobResult = Result<JobOutput, String>;
+
+/// What hears of each finished job: its index, the job, its result.
+pub type OnDone<'a> = dyn FnMut(usize, &Job, &JobResult) + 'a;
+
 /// A job's outputs as report.json keeps them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobRecord {
@@ -203,7 +209,7 @@ pub fn run_jobs(
     jobs: &[Job],
     workers: usize,
     run: &(dyn Fn(&Job) -> Result<JobOutput, String> + Sync),
-    done: &mut dyn FnMut(usize, &Job, &Result<JobOutput, String>),
+    done: &mut OnDone<'_>,
 ) -> Vec<Result<JobOutput, String>> {
     let (alone, shared): (Vec<usize>, Vec<usize>) =
         (0..jobs.len()).partition(|&i| jobs[i].exclusive);
@@ -225,7 +231,7 @@ fn run_pool(
     jobs: &[Job],
     workers: usize,
     run: &(dyn Fn(&Job) -> Result<JobOutput, String> + Sync),
-    done: &mut dyn FnMut(usize, &Job, &Result<JobOutput, String>),
+    done: &mut OnDone<'_>,
 ) -> Vec<Result<JobOutput, String>> {
     let mut outputs: Vec<Option<Result<JobOutput, String>>> = vec![None; jobs.len()];
     let next = AtomicUsize::new(0);

@@ -104,7 +104,7 @@ impl Optim {
     pub fn new(spec: OptimSpec) -> Self {
         let inner = match spec {
             OptimSpec::Adam { .. } => AdamConfig::new().with_epsilon(1e-8).init(),
-            OptimSpec::Sgd { momentum, .. } if momentum == 0.0 => SgdConfig::new().init(),
+            OptimSpec::Sgd { momentum: 0.0, .. } => SgdConfig::new().init(),
             OptimSpec::Sgd { momentum, .. } => SgdConfig::new()
                 .with_momentum(Some(
                     MomentumConfig::new()

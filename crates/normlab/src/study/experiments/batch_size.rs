@@ -2,7 +2,9 @@
 //! batch shrinks, with BatchNorm read three ways (running, recomputed
 //! population and batch statistics).
 
-use super::common::{config, grid, or_chance, points, replicate, seeds_sentence, sized};
+use super::common::{
+    config, grid, kind_named, or_chance, points, replicate, seeds_sentence, sized,
+};
 use crate::study::data::{Split, SplitMix64};
 use crate::study::fmt::{fmt_num, num, pct};
 use crate::study::jobs::{Job, JobOutput, Results};
@@ -105,13 +107,6 @@ fn sizes(mode: Mode, data: Data) -> (Vec<usize>, usize, usize, usize) {
 
 fn arm_name(data: Data, kind: NormKind, batch: usize) -> String {
     format!("{}/{}/b{batch}", data.slug(), kind.slug())
-}
-
-fn kind_of(data: Data, slug: &str) -> NormKind {
-    data.kinds()
-        .into_iter()
-        .find(|k| k.slug() == slug)
-        .unwrap_or(NormKind::None)
 }
 
 /// The data sets this run uses: Fashion-MNIST when it can be read.
@@ -299,7 +294,7 @@ impl Experiment for BatchSize {
         let arm: Arm = config(job)?;
         let device = device();
         let (init, order) = replicate(ctx, ID, job.replicate);
-        let kind = kind_of(arm.data, &arm.kind);
+        let kind = kind_named(&arm.data.kinds(), &arm.kind);
         let split = match arm.data {
             Data::Mnist1d => {
                 let full = ctx.mnist1d()?;
@@ -481,11 +476,20 @@ impl Experiment for BatchSize {
             .filter(|k| k.starts_with("bn-degrades") || k.starts_with("gn-beats"))
             .cloned()
             .collect();
+        let short = |k: &str| {
+            let (what, data) = k.split_once('/').unwrap_or((k, ""));
+            let what = if what.starts_with("bn-degrades") {
+                "BN's rise − GN's"
+            } else {
+                "BN − GN at 2"
+            };
+            format!("{what}, {data}")
+        };
         let mut bars = Plot::bars(
             "Batch-size effects (points, 95% intervals)",
             "effect",
             "points",
-            keys.clone(),
+            keys.iter().map(|k| short(k)),
         )
         .guide(2.0, "margin: 2 points");
         bars = bars.seeded_bars(

@@ -3,7 +3,7 @@
 //! for per-seed numbers.
 
 use crate::study::data::Split;
-use crate::study::jobs::Job;
+use crate::study::jobs::{Job, Results};
 use crate::study::models::{Activation, Cnn1d, Mlp, MlpSpec, NormKind, CNN1D_CHANNELS};
 use crate::study::train::{train_classifier, Curve, Schedule};
 use crate::study::{ExperimentError, Mode, StudyContext};
@@ -78,6 +78,56 @@ pub fn or_chance(x: f64) -> f64 {
 /// `f` applied seed by seed.
 pub fn per_seed(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
     a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect()
+}
+
+/// The kind among `kinds` whose slug is `slug` (none when no kind's is).
+pub fn kind_named(kinds: &[NormKind], slug: &str) -> NormKind {
+    kinds
+        .iter()
+        .copied()
+        .find(|k| k.slug() == slug)
+        .unwrap_or(NormKind::None)
+}
+
+/// An arm that only names its normalization.
+#[derive(Serialize, serde::Deserialize)]
+pub struct KindArm {
+    pub kind: String,
+}
+
+/// One [`KindArm`] per kind, named by its slug.
+pub fn kind_arms(kinds: &[NormKind]) -> Vec<(String, KindArm)> {
+    kinds
+        .iter()
+        .map(|k| (k.slug(), KindArm { kind: k.slug() }))
+        .collect()
+}
+
+/// Curve `key` of `arm`, recorded by every seed at the steps of its
+/// `steps` curve, as the points of a seeded plot series.
+pub fn seeded_curve(results: &Results, arm: &str, key: &str) -> Vec<(f64, Vec<f64>)> {
+    let curves = results.curves(arm, key);
+    let steps = results
+        .curves(arm, "steps")
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or_default();
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            let v = curves
+                .iter()
+                .map(|c| c.get(i).copied().unwrap_or(f64::NAN))
+                .collect();
+            (s, v)
+        })
+        .collect()
+}
+
+/// `points(a − b)`, seed by seed: a difference of accuracies in points.
+pub fn diff_points(a: &[f64], b: &[f64]) -> Vec<f64> {
+    per_seed(a, b, |x, y| points(x - y))
 }
 
 /// The classifier architectures on MNIST-1D.

@@ -1,7 +1,9 @@
 //! Conditioning through the norm: adaLN-Zero against the condition fed
 //! as input and against FiLM (adaLN with a random start).
 
-use super::common::{config, grid, or_chance, points, replicate, seeds_sentence, sized};
+use super::common::{
+    config, grid, or_chance, points, replicate, seeded_curve, seeds_sentence, sized,
+};
 use crate::study::data::{Dataset, Split, SplitMix64};
 use crate::study::fmt::{num, pct};
 use crate::study::jobs::{Job, JobOutput, Results};
@@ -347,25 +349,7 @@ impl Experiment for Conditioning {
             };
             table = table.row([v.label().to_string(), task.to_string(), pct(mean(&acc(v)))]);
             a.metrics.insert(format!("{}/accuracy", v.slug()), acc(v));
-            let cs = results.curves(v.slug(), "accuracy");
-            let xs = results
-                .curves(v.slug(), "steps")
-                .first()
-                .cloned()
-                .unwrap_or_default();
-            let pts = xs
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| {
-                    (
-                        s,
-                        cs.iter()
-                            .map(|c| c.get(i).copied().unwrap_or(f64::NAN))
-                            .collect(),
-                    )
-                })
-                .collect();
-            plot = plot.seeded_series(v.label(), pts);
+            plot = plot.seeded_series(v.label(), seeded_curve(results, v.slug(), "accuracy"));
         }
         a.tables.push(table);
         a.plots.push(plot);

@@ -1,7 +1,10 @@
 //! Convergence: steps each normalization needs to reach a fixed fraction
 //! of the unnormalized network's smoothed final accuracy.
 
-use super::common::{config, grid, or_chance, replicate, seeds_sentence, sized, train_arch, Arch};
+use super::common::{
+    config, grid, kind_named, or_chance, replicate, seeded_curve, seeds_sentence, sized,
+    train_arch, Arch,
+};
 use crate::study::fmt::{num, pct};
 use crate::study::jobs::{Job, JobOutput, Results, TIME_PREFIX};
 use crate::study::models::{HasNorms, NormKind};
@@ -43,13 +46,6 @@ struct Arm {
 
 fn arm(arch: Arch, kind: NormKind) -> String {
     format!("{}/{}", arch.slug(), kind.slug())
-}
-
-fn kind_of(slug: &str) -> NormKind {
-    KINDS
-        .into_iter()
-        .find(|k| k.slug() == slug)
-        .unwrap_or(NormKind::None)
 }
 
 fn schedule(ctx: &StudyContext) -> (usize, usize) {
@@ -184,7 +180,7 @@ impl Experiment for Convergence {
         };
         let (curve, switch) = train_arch(
             arm.arch,
-            kind_of(&arm.kind),
+            kind_named(&KINDS, &arm.kind),
             split,
             &schedule,
             init,
@@ -288,24 +284,7 @@ impl Experiment for Convergence {
                     format!("{key}/final_accuracy"),
                     results.values(&key, "final"),
                 );
-                let curves = results.curves(&key, "accuracy");
-                let xs = results
-                    .curves(&key, "steps")
-                    .first()
-                    .cloned()
-                    .unwrap_or_default();
-                let pts = xs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &x)| {
-                        let v = curves
-                            .iter()
-                            .map(|c| c.get(i).copied().unwrap_or(f64::NAN))
-                            .collect();
-                        (x, v)
-                    })
-                    .collect();
-                plot = plot.seeded_series(kind.label(), pts);
+                plot = plot.seeded_series(kind.label(), seeded_curve(results, &key, "accuracy"));
             }
             let target = FRACTION * mean(&base);
             a.plots

@@ -2,7 +2,10 @@
 //! signals and gradients grow layer by layer, with and without
 //! normalization.
 
-use super::common::{config, grid, or_chance, points, replicate, seeds_sentence, sized, CHANCE};
+use super::common::{
+    config, grid, kind_arms, kind_named, or_chance, points, replicate, seeded_curve,
+    seeds_sentence, sized, KindArm, CHANCE,
+};
 use super::gradient_flow::grads_at;
 use crate::study::fmt::{num, pct};
 use crate::study::jobs::{Job, JobOutput, Results};
@@ -12,7 +15,6 @@ use crate::study::stats::mean;
 use crate::study::train::{device, train_classifier, OptimSpec, Schedule};
 use crate::study::verdict::{Claim, Direction};
 use crate::study::{Analysis, Experiment, ExperimentError, StudyContext};
-use serde::{Deserialize, Serialize};
 
 pub struct Exploding;
 
@@ -23,18 +25,6 @@ const DEPTH: usize = 20;
 /// layer multiplies the signal's scale by `GAIN / √2 = √2`.
 const GAIN: f64 = 2.0;
 const LR: f64 = 0.01;
-
-#[derive(Serialize, Deserialize)]
-struct Arm {
-    kind: String,
-}
-
-fn kind_of(slug: &str) -> NormKind {
-    KINDS
-        .into_iter()
-        .find(|k| k.slug() == slug)
-        .unwrap_or(NormKind::None)
-}
 
 /// log10 of the whole gradient's norm over the hidden layers.
 fn log_total(profile: &[f64]) -> f64 {
@@ -119,15 +109,11 @@ impl Experiment for Exploding {
     }
 
     fn jobs(&self, ctx: &StudyContext) -> Result<Vec<Job>, ExperimentError> {
-        let arms: Vec<(String, Arm)> = KINDS
-            .iter()
-            .map(|k| (k.slug(), Arm { kind: k.slug() }))
-            .collect();
-        Ok(grid(ID, &arms, ctx.seeds()))
+        Ok(grid(ID, &kind_arms(&KINDS), ctx.seeds()))
     }
 
     fn run_job(&self, ctx: &StudyContext, job: &Job) -> Result<JobOutput, ExperimentError> {
-        let arm: Arm = config(job)?;
+        let arm: KindArm = config(job)?;
         let split = ctx.mnist1d()?;
         let device = device();
         let (init, order) = replicate(ctx, ID, job.replicate);
@@ -142,7 +128,7 @@ impl Experiment for Exploding {
                 Activation::Relu,
             )
         };
-        let model = Mlp::new(spec, kind_of(&arm.kind), init, &device)?;
+        let model = Mlp::new(spec, kind_named(&KINDS, &arm.kind), init, &device)?;
         let at_init = grads_at(&model, &split.train, 4, order, &device);
         let schedule = Schedule {
             name: format!("{ID} {}", job.arm),
@@ -244,21 +230,7 @@ impl Experiment for Exploding {
                 })
                 .collect();
             profile = profile.seeded_series(k.label(), pts);
-            let accs = results.curves(&k.slug(), "accuracy");
-            let xs = results.curves(&k.slug(), "steps");
-            let at = xs.first().cloned().unwrap_or_default();
-            let pts = at
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| {
-                    let v = accs
-                        .iter()
-                        .map(|c| c.get(i).copied().unwrap_or(CHANCE))
-                        .collect();
-                    (s, v)
-                })
-                .collect();
-            curve = curve.seeded_series(k.label(), pts);
+            curve = curve.seeded_series(k.label(), seeded_curve(results, &k.slug(), "accuracy"));
         }
         a.plots.push(profile);
         a.plots.push(curve);

@@ -2,7 +2,7 @@
 //! normalization against none for the same nonlinearity, at depth 20 and
 //! 32.
 
-use super::common::{config, grid, replicate, seeds_sentence, sized};
+use super::common::{config, grid, kind_named, replicate, seeds_sentence, sized};
 use crate::study::data::{Dataset, Order};
 use crate::study::fmt::num;
 use crate::study::jobs::{Job, JobOutput, Results};
@@ -24,6 +24,13 @@ const ID: &str = "gradient-flow";
 const DEPTHS: [usize; 2] = [20, 32];
 const ACTIVATIONS: [Activation; 3] = [Activation::Sigmoid, Activation::Tanh, Activation::Relu];
 const NORMS: [NormKind; 3] = [NormKind::Batch, NormKind::Layer, NormKind::Rms];
+/// Every arm's normalization: none and the judged ones.
+const ARMS: [NormKind; 4] = [
+    NormKind::None,
+    NormKind::Batch,
+    NormKind::Layer,
+    NormKind::Rms,
+];
 /// Batches the gradient at initialization is averaged over.
 const PROBES: usize = 4;
 
@@ -40,18 +47,6 @@ fn activation(name: &str) -> Activation {
         .chain([Activation::Gelu])
         .find(|a| a.label() == name)
         .unwrap_or(Activation::Relu)
-}
-
-fn kind_of(slug: &str) -> NormKind {
-    [
-        NormKind::None,
-        NormKind::Batch,
-        NormKind::Layer,
-        NormKind::Rms,
-    ]
-    .into_iter()
-    .find(|k| k.slug() == slug)
-    .unwrap_or(NormKind::None)
 }
 
 fn arm(depth: usize, act: Activation, kind: NormKind) -> String {
@@ -225,7 +220,7 @@ impl Experiment for GradientFlow {
         let mut arms = Vec::new();
         for depth in DEPTHS {
             for act in ACTIVATIONS {
-                for kind in [NormKind::None].into_iter().chain(NORMS) {
+                for kind in ARMS {
                     arms.push((
                         arm(depth, act, kind),
                         Arm {
@@ -248,7 +243,7 @@ impl Experiment for GradientFlow {
         let width = sized(ctx.mode(), 32, 64, 128);
         let steps = sized(ctx.mode(), 5, 40, 300);
         let spec = MlpSpec::new(40, width, arm.depth, 10, activation(&arm.activation));
-        let model = Mlp::new(spec, kind_of(&arm.kind), init, &device)?;
+        let model = Mlp::new(spec, kind_named(&ARMS, &arm.kind), init, &device)?;
         let at_init = grads_at(&model, &split.train, PROBES, order, &device);
         let mut late: Vec<Vec<f64>> = Vec::new();
         let mut hook = |step: usize, m: &Mlp, g: &Gradients| {
@@ -358,7 +353,7 @@ impl Experiment for GradientFlow {
                         "gradient norm",
                     )
                     .log_y();
-                    for kind in [NormKind::None].into_iter().chain(NORMS) {
+                    for kind in ARMS {
                         let curves =
                             results.curves(&arm(depth, act, kind), &format!("{when}/profile"));
                         let pts = (0..depth)

@@ -1,7 +1,7 @@
 //! Learning-rate robustness: the largest learning rate that still trains,
 //! with and without normalization.
 
-use super::common::{config, grid, replicate, seeds_sentence, sized, train_arch, Arch};
+use super::common::{config, grid, kind_named, replicate, seeds_sentence, sized, train_arch, Arch};
 use crate::study::fmt::{fmt_num, num, pct};
 use crate::study::jobs::{Job, JobOutput, Results};
 use crate::study::models::NormKind;
@@ -52,13 +52,6 @@ fn archs(mode: Mode) -> Vec<Arch> {
 
 fn arm(arch: Arch, kind: NormKind, lr: f64) -> String {
     format!("{}/{}/lr{}", arch.slug(), kind.slug(), fmt_num(lr))
-}
-
-fn kind_of(slug: &str) -> NormKind {
-    KINDS
-        .into_iter()
-        .find(|k| k.slug() == slug)
-        .unwrap_or(NormKind::None)
 }
 
 /// Per seed, log10 of the largest learning rate whose run trained; half a
@@ -173,7 +166,7 @@ impl Experiment for LrRobustness {
         let device = device();
         let (init, order) = replicate(ctx, ID, job.replicate);
         let steps = sized(ctx.mode(), 30, 200, 1500);
-        let kind = kind_of(&arm.kind);
+        let kind = kind_named(&KINDS, &arm.kind);
         let schedule = Schedule {
             name: format!("{ID} {}", job.arm),
             steps,

@@ -2,7 +2,9 @@
 //! a plain network to overfit, the gap between training and test accuracy
 //! for every normalization, and BatchNorm against dropout.
 
-use super::common::{config, grid, or_chance, points, replicate, seeds_sentence, sized};
+use super::common::{
+    config, grid, kind_named, or_chance, points, replicate, seeds_sentence, sized,
+};
 use crate::study::data::{Split, SplitMix64};
 use crate::study::fmt::{num, pct};
 use crate::study::jobs::{Job, JobOutput, Results};
@@ -57,13 +59,6 @@ fn arms() -> Vec<(String, Arm)> {
         },
     ));
     arms
-}
-
-fn kind_of(slug: &str) -> NormKind {
-    KINDS
-        .into_iter()
-        .find(|k| k.slug() == slug)
-        .unwrap_or(NormKind::None)
 }
 
 impl Experiment for Regularization {
@@ -169,7 +164,7 @@ impl Experiment for Regularization {
             dropout: if arm.dropout { DROPOUT } else { 0.0 },
             ..MlpSpec::new(40, WIDTH, 3, 10, Activation::Relu)
         };
-        let model = Mlp::new(spec, kind_of(&arm.kind), init, &device)?;
+        let model = Mlp::new(spec, kind_named(&KINDS, &arm.kind), init, &device)?;
         let schedule = Schedule {
             name: format!("{ID} {}", job.arm),
             steps,
@@ -244,7 +239,7 @@ impl Experiment for Regularization {
                 if n == "dropout" {
                     "dropout".to_string()
                 } else {
-                    kind_of(n).label()
+                    kind_named(&KINDS, n).label()
                 }
             })
             .collect();

@@ -2,7 +2,9 @@
 //! covariate shift, not less) against BatchNorm and none, and the loss
 //! landscape's smoothness along the gradient.
 
-use super::common::{config, grid, or_chance, points, replicate, seeds_sentence, sized};
+use super::common::{
+    config, grid, or_chance, points, replicate, seeded_curve, seeds_sentence, sized,
+};
 use crate::study::data::{Dataset, Order};
 use crate::study::fmt::{num, pct};
 use crate::study::jobs::{Job, JobOutput, Results};
@@ -190,8 +192,10 @@ impl Experiment for Smoothness {
     fn caveats(&self) -> Vec<&'static str> {
         vec![
             "The paper trains VGG on CIFAR-10; this is a 4-layer MLP on MNIST-1D.",
-            "The noise is a per-unit scale U(0.5, 2) and shift U(−1, 1), redrawn every step, \
-             after every BN layer; the paper's noise has a different scale.",
+            "The noise is a per-unit scale U(0.5, 1.5) and shift U(−1, 1), redrawn every step, \
+             after every BN layer; the paper's noise has a different scale. (The study's first \
+             version drew the scale from U(0.5, 2), whose mean 1.25 left a systematic gap \
+             between training and noise-free inference; it was changed for that reason.)",
             "The landscape is probed on one fixed batch of 256 at a few checkpoints, in training \
              mode, with steps of 0.05 to 0.4 along the gradient.",
         ]
@@ -322,23 +326,7 @@ impl Experiment for Smoothness {
             for key in ["accuracy", "log_spread", "log_beta"] {
                 a.metrics.insert(format!("{arm}/{key}"), v(&arm, key));
             }
-            let accs = results.curves(&arm, "accuracy");
-            let xs = results
-                .curves(&arm, "steps")
-                .first()
-                .cloned()
-                .unwrap_or_default();
-            let pts = xs
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| {
-                    let vals = accs
-                        .iter()
-                        .map(|c| c.get(i).copied().unwrap_or(f64::NAN))
-                        .collect();
-                    (s, vals)
-                })
-                .collect();
+            let pts = seeded_curve(results, &arm, "accuracy");
             curve = curve.seeded_series(arm, pts);
         }
         let smooth = Plot::bars(

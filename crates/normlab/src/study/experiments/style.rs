@@ -2,7 +2,10 @@
 //! with per-example contrast and brightness changes of the test set, and
 //! AdaIN moving channel statistics from one example to another.
 
-use super::common::{config, grid, or_chance, points, replicate, seeds_sentence, sized};
+use super::common::{
+    config, grid, kind_arms, kind_named, or_chance, points, replicate, seeds_sentence, sized,
+    KindArm,
+};
 use crate::study::data::{Dataset, Order, SplitMix64};
 use crate::study::fmt::{fmt_num, num, pct};
 use crate::study::jobs::{Job, JobOutput, Results};
@@ -17,7 +20,6 @@ use crate::study::{Analysis, Experiment, ExperimentError, StudyContext};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use normkit_burn::AdaInConfig;
-use serde::{Deserialize, Serialize};
 
 pub struct Style;
 
@@ -33,18 +35,6 @@ const KINDS: [NormKind; 5] = [
 /// uniform in ±2 (the data are standardized).
 const CONTRAST: f64 = 3.0;
 const BRIGHTNESS: f64 = 2.0;
-
-#[derive(Serialize, Deserialize)]
-struct Arm {
-    kind: String,
-}
-
-fn kind_of(slug: &str) -> NormKind {
-    KINDS
-        .into_iter()
-        .find(|k| k.slug() == slug)
-        .unwrap_or(NormKind::None)
-}
 
 /// `data` with each example `x ↦ a·x + b`, a and b drawn per example.
 fn restyled(data: &Dataset, seed: u64) -> Result<Dataset, ExperimentError> {
@@ -217,20 +207,16 @@ impl Experiment for Style {
     }
 
     fn jobs(&self, ctx: &StudyContext) -> Result<Vec<Job>, ExperimentError> {
-        let arms: Vec<(String, Arm)> = KINDS
-            .iter()
-            .map(|k| (k.slug(), Arm { kind: k.slug() }))
-            .collect();
-        Ok(grid(ID, &arms, ctx.seeds()))
+        Ok(grid(ID, &kind_arms(&KINDS), ctx.seeds()))
     }
 
     fn run_job(&self, ctx: &StudyContext, job: &Job) -> Result<JobOutput, ExperimentError> {
-        let arm: Arm = config(job)?;
+        let arm: KindArm = config(job)?;
         let split = ctx.mnist1d()?;
         let device = device();
         let (init, order) = replicate(ctx, ID, job.replicate);
         let steps = sized(ctx.mode(), 20, 450, 3000);
-        let kind = kind_of(&arm.kind);
+        let kind = kind_named(&KINDS, &arm.kind);
         let model = Cnn1d::new(40, CNN1D_CHANNELS, 10, kind, init, &device)?;
         let schedule = Schedule {
             name: format!("{ID} {}", job.arm),

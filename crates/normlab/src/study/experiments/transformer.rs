@@ -2,7 +2,7 @@
 //! LayerNorm, RMSNorm, DyT (alpha0 0.5, 1, 2) and nothing, and a
 //! learning-rate sweep for LayerNorm and nothing.
 
-use super::common::{config, grid, replicate, seeds_sentence, sized};
+use super::common::{config, grid, kind_named, replicate, seeded_curve, seeds_sentence, sized};
 use crate::study::data::{CharCorpus, Part, SplitMix64, TokenBatch};
 use crate::study::fmt::{fmt_num, num};
 use crate::study::jobs::{Job, JobOutput, Results};
@@ -25,6 +25,12 @@ const ID: &str = "transformer";
 /// sweep `LRS`.
 const BASE_LR: f64 = 2e-3;
 const ALPHAS: [f64; 3] = [0.5, 1.0, 2.0];
+const KINDS: [NormKind; 4] = [
+    NormKind::Layer,
+    NormKind::Rms,
+    NormKind::Dyt,
+    NormKind::None,
+];
 /// DyT's equivalence margin against LN, in nats.
 const MARGIN: f64 = 0.05;
 
@@ -61,18 +67,6 @@ fn arm_name(kind: NormKind, alpha0: f64, lr: f64) -> String {
     } else {
         format!("{}/lr{}", kind.slug(), fmt_num(lr))
     }
-}
-
-fn kind_of(slug: &str) -> NormKind {
-    [
-        NormKind::Layer,
-        NormKind::Rms,
-        NormKind::Dyt,
-        NormKind::None,
-    ]
-    .into_iter()
-    .find(|k| k.slug() == slug)
-    .unwrap_or(NormKind::None)
 }
 
 fn int_tensor(ids: &[usize], shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
@@ -205,7 +199,7 @@ impl Experiment for Transformer {
         let val: Vec<TokenBatch> = (0..sized(ctx.mode(), 2, 8, 20))
             .map(|_| corpus.sample(Part::Val, batch, spec.context, &mut val_rng))
             .collect::<Result<_, _>>()?;
-        let kind = kind_of(&arm.kind);
+        let kind = kind_named(&KINDS, &arm.kind);
         let mut model = Gpt::new(spec, kind, arm.alpha0, init, &device);
         let mut optim = Optim::new(OptimSpec::Adam { lr: arm.lr });
         let mut rng = SplitMix64::new(order);
@@ -336,25 +330,8 @@ impl Experiment for Transformer {
             table = table.row([label.clone(), num(mean(&loss(name))), format!("{diverged}")]);
             a.metrics.insert(format!("{name}/val_loss"), loss(name));
             if name.contains(&format!("lr{}", fmt_num(BASE_LR))) {
-                let cs = results.curves(name, "val_loss");
-                let xs = results
-                    .curves(name, "steps")
-                    .first()
-                    .cloned()
-                    .unwrap_or_default();
-                let pts = xs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &s)| {
-                        (
-                            s,
-                            cs.iter()
-                                .map(|c| c.get(i).copied().unwrap_or(f64::NAN))
-                                .collect(),
-                        )
-                    })
-                    .collect();
-                curves = curves.seeded_series(label.clone(), pts);
+                curves =
+                    curves.seeded_series(label.clone(), seeded_curve(results, name, "val_loss"));
             }
         }
         let keys: Vec<String> = [

@@ -1,7 +1,10 @@
 //! Variable-length sequences: BatchNorm against LayerNorm when batches mix
 //! sequences of different lengths, padded to the longest.
 
-use super::common::{config, grid, or_chance, points, replicate, seeds_sentence, sized};
+use super::common::{
+    config, grid, kind_arms, kind_named, or_chance, points, replicate, seeded_curve,
+    seeds_sentence, sized, KindArm,
+};
 use crate::study::data::mnist1d::interpolate;
 use crate::study::data::{Dataset, Split, SplitMix64};
 use crate::study::fmt::{num, pct};
@@ -12,7 +15,6 @@ use crate::study::stats::mean;
 use crate::study::train::{device, train_classifier, OptimSpec, Schedule};
 use crate::study::verdict::{Claim, Direction};
 use crate::study::{Analysis, Experiment, ExperimentError, StudyContext};
-use serde::{Deserialize, Serialize};
 
 pub struct VariableLength;
 
@@ -26,18 +28,6 @@ const KINDS: [NormKind; 4] = [
 const MAX_LEN: usize = 40;
 const MIN_LEN: usize = 10;
 const CHANNELS: usize = 32;
-
-#[derive(Serialize, Deserialize)]
-struct Arm {
-    kind: String,
-}
-
-fn kind_of(slug: &str) -> NormKind {
-    KINDS
-        .into_iter()
-        .find(|k| k.slug() == slug)
-        .unwrap_or(NormKind::None)
-}
 
 /// Each sequence resampled to a random length in `MIN_LEN..=MAX_LEN`,
 /// zero-padded to `MAX_LEN`, its length appended.
@@ -128,15 +118,11 @@ impl Experiment for VariableLength {
     }
 
     fn jobs(&self, ctx: &StudyContext) -> Result<Vec<Job>, ExperimentError> {
-        let arms: Vec<(String, Arm)> = KINDS
-            .iter()
-            .map(|k| (k.slug(), Arm { kind: k.slug() }))
-            .collect();
-        Ok(grid(ID, &arms, ctx.seeds()))
+        Ok(grid(ID, &kind_arms(&KINDS), ctx.seeds()))
     }
 
     fn run_job(&self, ctx: &StudyContext, job: &Job) -> Result<JobOutput, ExperimentError> {
-        let arm: Arm = config(job)?;
+        let arm: KindArm = config(job)?;
         let base = ctx.mnist1d()?;
         let mut rng = SplitMix64::new(ctx.seed_for(&format!("{ID}/lengths")));
         let split = Split {
@@ -146,7 +132,14 @@ impl Experiment for VariableLength {
         let device = device();
         let (init, order) = replicate(ctx, ID, job.replicate);
         let steps = sized(ctx.mode(), 20, 400, 3000);
-        let model = SeqNet::new(MAX_LEN, CHANNELS, 10, kind_of(&arm.kind), init, &device)?;
+        let model = SeqNet::new(
+            MAX_LEN,
+            CHANNELS,
+            10,
+            kind_named(&KINDS, &arm.kind),
+            init,
+            &device,
+        )?;
         let schedule = Schedule {
             name: format!("{ID} {}", job.arm),
             steps,
@@ -199,26 +192,7 @@ impl Experiment for VariableLength {
         for k in KINDS {
             table = table.row([k.label(), pct(mean(&acc(k)))]);
             a.metrics.insert(format!("{}/accuracy", k.slug()), acc(k));
-            let curves = results.curves(&k.slug(), "accuracy");
-            let xs = results
-                .curves(&k.slug(), "steps")
-                .first()
-                .cloned()
-                .unwrap_or_default();
-            let pts = xs
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| {
-                    (
-                        s,
-                        curves
-                            .iter()
-                            .map(|c| c.get(i).copied().unwrap_or(f64::NAN))
-                            .collect(),
-                    )
-                })
-                .collect();
-            plot = plot.seeded_series(k.label(), pts);
+            plot = plot.seeded_series(k.label(), seeded_curve(results, &k.slug(), "accuracy"));
         }
         a.tables.push(table);
         a.plots.push(plot);

@@ -85,8 +85,10 @@ impl MlpSpec {
 
 /// Noise injected after each normalization in training (Santurkar et al.
 /// 2018's "noisy BatchNorm"): every step draws, per unit, a scale
-/// `U(0.5, 2)` and a shift `U(−1, 1)`, so each layer's input distribution
-/// moves at every step.
+/// `U(0.5, 1.5)` and a shift `U(−1, 1)`, so each layer's input
+/// distribution moves at every step; both average to the identity, so
+/// inference (without noise) sees the distribution training saw on
+/// average.
 #[derive(Debug, Clone)]
 pub struct StepNoise(Arc<Mutex<SplitMix64>>);
 
@@ -104,7 +106,7 @@ impl StepNoise {
     fn apply(&self, y: Tensor<2>) -> Tensor<2> {
         let [_, c] = y.dims();
         let device = y.device();
-        let scale = self.draw(c, |r| (0.5 + 1.5 * r.next_f64()) as f32);
+        let scale = self.draw(c, |r| (0.5 + r.next_f64()) as f32);
         let shift = self.draw(c, |r| (2.0 * r.next_f64() - 1.0) as f32);
         let row = |v: Vec<f32>| Tensor::<2>::from_data(TensorData::new(v, [1, c]), &device);
         y * row(scale) + row(shift)

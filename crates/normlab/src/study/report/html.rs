@@ -106,7 +106,8 @@ fn claims_table(out: &mut String, report: &Report) {
     );
     for s in &report.sections {
         for (i, j) in s.claims().enumerate() {
-            let (class, name) = if i == 0 {
+            // The topic and the experiment once, on the primary claim's row.
+            let (class, name, experiment) = if i == 0 {
                 (
                     "primary",
                     format!(
@@ -114,16 +115,15 @@ fn claims_table(out: &mut String, report: &Report) {
                         escape(&s.topic),
                         escape(&j.claim.key)
                     ),
+                    format!("<a href=\"#{}\">{}</a>", escape(&s.id), escape(&s.title)),
                 )
             } else {
-                ("secondary", escape(&j.claim.key))
+                ("secondary", escape(&j.claim.key), String::new())
             };
             let _ = writeln!(
                 out,
-                "<tr class=\"{class}\"><td>{name}</td><td><a href=\"#{}\">{}</a></td><td>{}</td>\
+                "<tr class=\"{class}\"><td>{name}</td><td>{experiment}</td><td>{}</td>\
                  <td class=\"num\">{}</td><td>{}</td></tr>",
-                escape(&s.id),
-                escape(&s.title),
                 escape(&j.claim.threshold()),
                 escape(&j.interval_text()),
                 badge(j.verdict)

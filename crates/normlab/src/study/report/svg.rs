@@ -226,9 +226,10 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(plot: &Plot, rotated_ticks: bool) -> Self {
+    /// `tick_labels`: the height the x tick labels take.
+    fn new(plot: &Plot, tick_labels: f64) -> Self {
         let bottom = TOP + AREA;
-        let x_label = bottom + if rotated_ticks { 62.0 } else { 36.0 };
+        let x_label = bottom + tick_labels + 16.0;
         let legend = x_label + 22.0;
         let mut entries = Vec::new();
         let (mut x, mut row) = (LEFT, 0usize);
@@ -258,8 +259,17 @@ impl Layout {
 
 /// Renders `plot` as one `<svg>` element.
 pub fn render(plot: &Plot) -> String {
-    let rotated = plot.kind == PlotKind::Bar && bar_count(plot) > 6;
-    let layout = Layout::new(plot, rotated);
+    // Bar categories that do not fit their slot side by side stand
+    // upright, and the picture grows to hold the longest.
+    let longest = plot
+        .categories
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0) as f64;
+    let slot = (RIGHT - LEFT) / bar_count(plot).max(1) as f64;
+    let rotated = plot.kind == PlotKind::Bar && longest * CHAR > slot - 4.0;
+    let layout = Layout::new(plot, if rotated { longest * CHAR + 8.0 } else { 20.0 });
     let height = layout.height;
     let mut out = String::new();
     let title = escape(&plot.title);
@@ -486,15 +496,21 @@ fn draw_bars(out: &mut String, plot: &Plot, layout: &Layout, rotate: bool) -> bo
             .cloned()
             .unwrap_or_else(|| c.to_string());
         let cx = LEFT + slot * (c as f64 + 0.5);
-        let cy = layout.bottom + 16.0;
-        let (anchor, transform) = if rotate {
-            ("end", format!(" transform=\"rotate(-35 {cx:.1} {cy:.1})\""))
+        // Upright labels end just under the axis and read bottom to top.
+        let (x, y, anchor, transform) = if rotate {
+            let (x, y) = (cx + 4.0, layout.bottom + 6.0);
+            (
+                x,
+                y,
+                "end",
+                format!(" transform=\"rotate(-90 {x:.1} {y:.1})\""),
+            )
         } else {
-            ("middle", String::new())
+            (cx, layout.bottom + 16.0, "middle", String::new())
         };
         let _ = writeln!(
             out,
-            "<text x=\"{cx:.1}\" y=\"{cy:.1}\" text-anchor=\"{anchor}\"{transform}>{}</text>",
+            "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"{anchor}\"{transform}>{}</text>",
             escape(&label)
         );
     }

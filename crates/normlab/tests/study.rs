@@ -329,7 +329,7 @@ fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
 fn fake_fashion(dir: &Path, count: u32) {
     for split in ["train", "t10k"] {
         let pixels: Vec<u8> = (0..count)
-            .flat_map(|i| std::iter::repeat((i * 37 % 256) as u8).take(784))
+            .flat_map(|i| std::iter::repeat_n((i * 37 % 256) as u8, 784))
             .collect();
         let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
         std::fs::write(

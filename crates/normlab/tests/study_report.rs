@@ -169,7 +169,7 @@ fn html_has_the_claims_table_every_section_part_and_plot() {
     assert_eq!(
         html.matches("practical threshold: a number said as such")
             .count(),
-        9 + 0
+        9
     );
     assert!(html.contains("Expected here:</em> an exception."));
     assert!(

@@ -59,9 +59,16 @@ struct BenchArgs {
 
 #[derive(clap::Args)]
 struct StudyArgs {
-    /// Every experiment at reduced size: a few minutes on two cores.
+    /// Every experiment at reduced size, 3 seeds: about five minutes on
+    /// two cores.
     #[arg(long)]
     quick: bool,
+    /// Replicates per arm (default: 3 with --quick, 5 without).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(2..))]
+    seeds: Option<u64>,
+    /// Training jobs run at once (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    workers: Option<u64>,
     /// Run only these experiments (ids, comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "EXP")]
     only: Vec<String>,
@@ -153,29 +160,39 @@ fn run_study(args: StudyArgs) -> ExitCode {
         out: args.out.clone(),
         seed: args.seed,
         mode: if args.quick { Mode::Quick } else { Mode::Full },
+        seeds: args.seeds.map(|k| k as usize),
+        workers: args.workers.map(|n| n as usize),
         fashion_mnist: args.data,
         text: args.text,
         only: args.only,
     };
     let experiments = study::all_experiments();
     let refs: Vec<&dyn study::Experiment> = experiments.iter().map(|e| e.as_ref()).collect();
-    let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_spinner());
-    let mut bar: Option<ProgressBar> = None;
+    let style =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let bar = ProgressBar::new(0).with_style(style);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let printer = bar.clone();
+    study::train::set_progress_printer(move |line| printer.println(line));
+    // Without a terminal the bar is hidden: sections and failed jobs are
+    // printed as lines instead.
+    let lines = bar.is_hidden();
     let mut progress = |p: Progress<'_>| match p {
-        Progress::Started { .. } => {
-            let b = ProgressBar::new_spinner().with_style(style.clone());
-            b.set_message(p.to_string());
-            b.enable_steady_tick(Duration::from_millis(200));
-            bar = Some(b);
-        }
-        Progress::Finished { .. } => {
-            if let Some(b) = bar.take() {
-                b.finish_with_message(p.to_string());
+        Progress::Planned { jobs } => bar.set_length(jobs as u64),
+        Progress::JobDone { failed, .. } => {
+            bar.inc(1);
+            bar.set_message(p.to_string());
+            if lines && failed {
+                eprintln!("{p}");
             }
         }
+        Progress::Section { .. } if lines => eprintln!("{p}"),
+        Progress::Section { .. } => bar.println(p.to_string()),
     };
-    match study::study(options, &refs, &mut progress) {
+    let result = study::study(options, &refs, &mut progress);
+    bar.finish_and_clear();
+    match result {
         Ok(_) => {
             println!(
                 "report written to {}",

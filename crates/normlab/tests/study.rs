@@ -1,21 +1,18 @@
-//! The study's parts that do not train: data loaders (including broken
-//! files), MNIST-1D, verdicts, the report and the experiment runner.
+//! The study's parts that do not train: data (MNIST-1D, datasets and
+//! batches, Fashion-MNIST from IDX files, text), the context and the job
+//! runner with fake experiments.
 
 use normlab::study::data::{
-    self, fashion_mnist, mnist1d, read_idx, read_idx_pair, CharCorpus, DataError, Dataset,
-    Mnist1dConfig, Order, Part, SplitMix64,
+    self, fashion_mnist, mnist1d, CharCorpus, DataError, Dataset, FashionArm, Mnist1dConfig, Order,
+    Part, SplitMix64,
 };
-use normlab::study::report::{Plot, Report, Section, Table};
-use normlab::study::verdict::{
-    all_of, close_to, compare_higher_is_better, compare_lower_is_better, monotonic_trend,
-    ratio_at_least, ratio_at_most, stays_flat, Direction, Judgement, Verdict,
-};
+use normlab::study::jobs::{Job, JobOutput, Results};
+use normlab::study::verdict::{Claim, Direction, Verdict};
 use normlab::study::{
-    run_study, study, Experiment, ExperimentError, Mode, Progress, StudyContext, StudyError,
-    StudyOptions,
+    run_study, study, Analysis, Experiment, ExperimentError, Mode, Progress, StudyContext,
+    StudyError, StudyOptions,
 };
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 // ---------------------------------------------------------------------------
 // MNIST-1D
@@ -315,7 +312,7 @@ fn standardize_uses_the_training_statistics() {
 }
 
 // ---------------------------------------------------------------------------
-// IDX files
+// Fashion-MNIST through the one IDX reader
 // ---------------------------------------------------------------------------
 
 fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
@@ -327,74 +324,58 @@ fn idx_bytes(magic: u32, dims: &[u32], data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
-
-/// Writes a Fashion-MNIST-shaped directory of `count` 2x3 images per split;
-/// `edit` may replace any file's bytes.
-fn fake_fashion(dir: &Path, count: u32, gz: bool, edit: impl Fn(&str, Vec<u8>) -> Vec<u8>) {
+/// Writes a Fashion-MNIST-shaped directory of `count` 28×28 images per
+/// split, image `i` filled with the byte `i · 37 mod 256`, label `i mod 10`.
+fn fake_fashion(dir: &Path, count: u32) {
     for split in ["train", "t10k"] {
-        let pixels: Vec<u8> = (0..count * 6).map(|i| (i * 37 % 256) as u8).collect();
+        let pixels: Vec<u8> = (0..count)
+            .flat_map(|i| std::iter::repeat_n((i * 37 % 256) as u8, 784))
+            .collect();
         let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
-        for (name, bytes) in [
-            (
-                format!("{split}-images-idx3-ubyte"),
-                idx_bytes(0x803, &[count, 2, 3], &pixels),
-            ),
-            (
-                format!("{split}-labels-idx1-ubyte"),
-                idx_bytes(0x801, &[count], &labels),
-            ),
-        ] {
-            let bytes = edit(&name, bytes);
-            let (path, bytes) = if gz {
-                (dir.join(format!("{name}.gz")), gzip(&bytes))
-            } else {
-                (dir.join(&name), bytes)
-            };
-            std::fs::write(path, bytes).unwrap();
-        }
+        std::fs::write(
+            dir.join(format!("{split}-images-idx3-ubyte")),
+            idx_bytes(0x803, &[count, 28, 28], &pixels),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{split}-labels-idx1-ubyte")),
+            idx_bytes(0x801, &[count], &labels),
+        )
+        .unwrap();
     }
 }
 
 #[test]
-fn idx_files_load_plain_or_gzipped() {
-    for gz in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        fake_fashion(dir.path(), 12, gz, |_, b| b);
-        let split = fashion_mnist(Some(dir.path()), None).unwrap();
-        assert_eq!(split.train.shape(), [12, 1, 2, 3]);
-        assert_eq!(split.test.shape(), [12, 1, 2, 3]);
-        assert_eq!(split.train.labels()[11], 1);
-        // Pixel 7 is 7 * 37 % 256 = 3, scaled to [0, 1].
-        assert_eq!(split.train.features()[7], 3.0 / 255.0);
-        let limited = fashion_mnist(Some(dir.path()), Some(5)).unwrap();
-        assert_eq!(limited.train.len(), 5);
-        assert_eq!(limited.train.features(), &split.train.features()[..30]);
+fn fashion_arm_takes_the_first_images_in_file_order_standardized() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_fashion(dir.path(), 12);
+    let split = fashion_mnist(Some(dir.path()), FashionArm { train: 5, test: 20 }).unwrap();
+    assert_eq!(split.train.shape(), [5, 1, 28, 28]);
+    assert_eq!(
+        split.test.shape(),
+        [12, 1, 28, 28],
+        "fewer in the file than asked"
+    );
+    for i in 0..5 {
+        let p = (i * 37 % 256) as f64;
+        let want = ((p / 255.0 - 0.2860) / 0.3530) as f32;
+        assert!(split.train.example(i).unwrap().iter().all(|&x| x == want));
+        assert_eq!(split.train.labels()[i], i % 10);
     }
 }
 
-/// The error from loading a fake directory with one file edited, and that
-/// file's path.
-fn broken(file: &str, edit: impl Fn(Vec<u8>) -> Vec<u8>) -> (DataError, PathBuf) {
+#[test]
+fn missing_or_broken_fashion_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    fake_fashion(
-        dir.path(),
-        4,
-        false,
-        |name, b| {
-            if name == file {
-                edit(b)
-            } else {
-                b
-            }
-        },
-    );
-    let err = fashion_mnist(Some(dir.path()), None).unwrap_err();
-    (err, dir.path().join(file))
+    let err = fashion_mnist(Some(dir.path()), FashionArm { train: 1, test: 1 }).unwrap_err();
+    assert!(matches!(err, DataError::Idx(_)), "{err:?}");
+    names(&err, &dir.path().join("train-images-idx3-ubyte"));
+    fake_fashion(dir.path(), 3);
+    let labels = dir.path().join("t10k-labels-idx1-ubyte");
+    std::fs::write(&labels, idx_bytes(0x801, &[3], &[1, 2, 11])).unwrap();
+    let err = fashion_mnist(Some(dir.path()), FashionArm { train: 3, test: 3 }).unwrap_err();
+    names(&err, &labels);
+    assert!(err.to_string().contains("label 11"), "{err}");
 }
 
 fn names(err: &DataError, path: &Path) {
@@ -404,169 +385,6 @@ fn names(err: &DataError, path: &Path) {
         "error does not name {}: {msg}",
         path.display()
     );
-}
-
-#[test]
-fn idx_wrong_magic_is_named() {
-    let (err, path) = broken("train-images-idx3-ubyte", |mut b| {
-        b[3] = 1;
-        b
-    });
-    assert!(
-        matches!(
-            err,
-            DataError::BadMagic {
-                found: 0x801,
-                expected: 0x803,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    names(&err, &path);
-    // Labels given where images belong: same check, other file.
-    let (err, path) = broken("t10k-labels-idx1-ubyte", |mut b| {
-        b[2] = 0x0d; // float data
-        b
-    });
-    assert!(matches!(err, DataError::BadMagic { .. }), "{err:?}");
-    names(&err, &path);
-}
-
-#[test]
-fn idx_truncated_data_or_header_is_named() {
-    let (err, path) = broken("train-images-idx3-ubyte", |mut b| {
-        b.truncate(b.len() - 1);
-        b
-    });
-    assert!(
-        matches!(
-            err,
-            DataError::Truncated {
-                expected: 40,
-                found: 39,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    names(&err, &path);
-    let (err, path) = broken("train-labels-idx1-ubyte", |mut b| {
-        b.truncate(6);
-        b
-    });
-    assert!(
-        matches!(
-            err,
-            DataError::Truncated {
-                expected: 8,
-                found: 6,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    names(&err, &path);
-    let (err, _) = broken("train-labels-idx1-ubyte", |_| vec![0, 0]);
-    assert!(matches!(err, DataError::Truncated { .. }), "{err:?}");
-}
-
-#[test]
-fn idx_trailing_data_is_named() {
-    let (err, path) = broken("t10k-images-idx3-ubyte", |mut b| {
-        b.push(0);
-        b
-    });
-    assert!(matches!(err, DataError::TrailingData { .. }), "{err:?}");
-    names(&err, &path);
-}
-
-#[test]
-fn idx_count_mismatch_names_both_files() {
-    let (err, labels) = broken("train-labels-idx1-ubyte", |_| {
-        idx_bytes(0x801, &[3], &[0, 1, 2])
-    });
-    assert!(
-        matches!(
-            err,
-            DataError::CountMismatch {
-                images: 4,
-                labels: 3,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    names(&err, &labels);
-    names(&err, &labels.with_file_name("train-images-idx3-ubyte"));
-}
-
-#[test]
-fn idx_out_of_range_label_is_named() {
-    let (err, path) = broken("t10k-labels-idx1-ubyte", |_| {
-        idx_bytes(0x801, &[4], &[0, 1, 10, 2])
-    });
-    assert!(
-        matches!(
-            err,
-            DataError::BadLabel {
-                index: 2,
-                label: 10,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    names(&err, &path);
-}
-
-#[test]
-fn idx_missing_and_corrupt_gzip_files_are_named() {
-    let dir = tempfile::tempdir().unwrap();
-    fake_fashion(dir.path(), 4, true, |_, b| b);
-    let gz = dir.path().join("t10k-images-idx3-ubyte.gz");
-    std::fs::remove_file(&gz).unwrap();
-    let err = fashion_mnist(Some(dir.path()), None).unwrap_err();
-    assert!(matches!(err, DataError::Missing { .. }), "{err:?}");
-    let msg = err.to_string();
-    assert!(msg.contains("t10k-images-idx3-ubyte.gz"), "{msg}");
-    assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
-
-    // Cut the gzip stream short.
-    let whole = gzip(&idx_bytes(0x803, &[4, 2, 3], &[7; 24]));
-    std::fs::write(&gz, &whole[..whole.len() / 2]).unwrap();
-    let err = fashion_mnist(Some(dir.path()), None).unwrap_err();
-    assert!(matches!(err, DataError::Gzip { .. }), "{err:?}");
-    names(&err, &gz);
-
-    let nowhere = dir.path().join("nowhere");
-    let err = read_idx(&nowhere, 1).unwrap_err();
-    assert!(matches!(err, DataError::Io { .. }), "{err:?}");
-    names(&err, &nowhere);
-}
-
-#[test]
-fn idx_pair_reads_any_image_size() {
-    let dir = tempfile::tempdir().unwrap();
-    let (images, labels) = (dir.path().join("i"), dir.path().join("l"));
-    std::fs::write(&images, idx_bytes(0x803, &[2, 1, 2], &[0, 255, 51, 102])).unwrap();
-    std::fs::write(&labels, idx_bytes(0x801, &[2], &[1, 0])).unwrap();
-    let d = read_idx_pair(&images, &labels, 2, None).unwrap();
-    assert_eq!(d.shape(), [2, 1, 1, 2]);
-    assert_eq!(d.features(), [0.0, 1.0, 0.2, 0.4]);
-    assert_eq!(d.labels(), [1, 0]);
-}
-
-/// `.ci/run` installs Debian's dataset-fashion-mnist, so the real files
-/// are checked wherever the tests run.
-#[test]
-fn installed_fashion_mnist_loads() {
-    let split = fashion_mnist(None, None).unwrap();
-    assert_eq!(split.train.shape(), [60000, 1, 28, 28]);
-    assert_eq!(split.test.shape(), [10000, 1, 28, 28]);
-    // Fashion-MNIST is balanced: 6,000 and 1,000 images per class.
-    assert_eq!(split.train.class_counts(), [6000; 10]);
-    assert_eq!(split.test.class_counts(), [1000; 10]);
 }
 
 // ---------------------------------------------------------------------------
@@ -663,529 +481,131 @@ fn mnist1d_as_text_is_one_line_per_sequence() {
 }
 
 // ---------------------------------------------------------------------------
-// Verdicts
+// Context and runner
 // ---------------------------------------------------------------------------
 
-#[test]
-fn higher_is_better_comparisons() {
-    let j = compare_higher_is_better(&[0.90, 0.92, 0.91], &[0.85, 0.86, 0.80], 0.02);
-    assert_eq!(j.verdict, Verdict::Reproduced, "{}", j.reason);
-    assert!(
-        j.reason.contains("0.91") && j.reason.contains("0.85"),
-        "{}",
-        j.reason
-    );
-    let j = compare_higher_is_better(&[0.90], &[0.89], 0.02);
-    assert_eq!(j.verdict, Verdict::Partly, "{}", j.reason);
-    let j = compare_higher_is_better(&[0.80], &[0.89], 0.02);
-    assert_eq!(j.verdict, Verdict::NotReproduced, "{}", j.reason);
-    // A tie is not "better", even with no margin.
-    assert_eq!(
-        compare_higher_is_better(&[0.5], &[0.5], 0.0).verdict,
-        Verdict::NotReproduced
-    );
-    assert_eq!(
-        compare_higher_is_better(&[0.51], &[0.5], 0.0).verdict,
-        Verdict::Reproduced
-    );
-    // Exactly at the margin counts (0.5 and 0.25 are exact in binary).
-    assert_eq!(
-        compare_higher_is_better(&[0.75], &[0.5], 0.25).verdict,
-        Verdict::Reproduced
-    );
-    // The median ignores one outlier run.
-    let j = compare_higher_is_better(&[0.9, 0.9, 0.1], &[0.8, 0.8, 0.8], 0.05);
-    assert_eq!(j.verdict, Verdict::Reproduced, "{}", j.reason);
-}
-
-#[test]
-fn diverged_runs_count_as_the_worst() {
-    // Baseline diverged (NaN loss, so NaN accuracy): the claim holds.
-    let j = compare_higher_is_better(&[0.6, 0.6], &[f64::NAN, f64::NAN], 0.1);
-    assert_eq!(j.verdict, Verdict::Reproduced, "{}", j.reason);
-    assert!(j.reason.contains("non-finite: 0 vs 2"), "{}", j.reason);
-    let j = compare_lower_is_better(&[f64::INFINITY, f64::NAN, 0.1], &[0.5, 0.5, 0.5], 0.1);
-    assert_eq!(j.verdict, Verdict::NotReproduced, "{}", j.reason);
-    let j = compare_lower_is_better(&[f64::NAN], &[f64::NAN], 0.1);
-    assert_eq!(j.verdict, Verdict::Inconclusive, "{}", j.reason);
-    // A positive infinity is no better than NaN on a higher-is-better metric.
-    let j = compare_higher_is_better(&[f64::INFINITY], &[0.5], 0.1);
-    assert_eq!(j.verdict, Verdict::NotReproduced, "{}", j.reason);
-}
-
-#[test]
-fn lower_is_better_and_bad_inputs() {
-    assert_eq!(
-        compare_lower_is_better(&[0.2], &[0.5], 0.1).verdict,
-        Verdict::Reproduced
-    );
-    assert_eq!(
-        compare_lower_is_better(&[0.45], &[0.5], 0.1).verdict,
-        Verdict::Partly
-    );
-    assert_eq!(
-        compare_lower_is_better(&[0.6], &[0.5], 0.1).verdict,
-        Verdict::NotReproduced
-    );
-    assert_eq!(
-        compare_lower_is_better(&[], &[0.5], 0.1).verdict,
-        Verdict::Inconclusive
-    );
-    assert_eq!(
-        compare_higher_is_better(&[1.0], &[], 0.1).verdict,
-        Verdict::Inconclusive
-    );
-    for margin in [-0.1, f64::NAN, f64::INFINITY] {
-        assert_eq!(
-            compare_higher_is_better(&[1.0], &[0.0], margin).verdict,
-            Verdict::Inconclusive
-        );
-    }
-}
-
-#[test]
-fn ratio_thresholds() {
-    assert_eq!(
-        ratio_at_least(3.0, 1.0, 2.0, 1.5).verdict,
-        Verdict::Reproduced
-    );
-    assert_eq!(
-        ratio_at_least(2.0, 1.0, 2.0, 1.5).verdict,
-        Verdict::Reproduced
-    );
-    assert_eq!(ratio_at_least(1.6, 1.0, 2.0, 1.5).verdict, Verdict::Partly);
-    assert_eq!(
-        ratio_at_least(1.2, 1.0, 2.0, 1.5).verdict,
-        Verdict::NotReproduced
-    );
-    assert_eq!(
-        ratio_at_most(1.05, 1.0, 1.1, 1.5).verdict,
-        Verdict::Reproduced
-    );
-    assert_eq!(ratio_at_most(1.3, 1.0, 1.1, 1.5).verdict, Verdict::Partly);
-    assert_eq!(
-        ratio_at_most(2.0, 1.0, 1.1, 1.5).verdict,
-        Verdict::NotReproduced
-    );
-    let j = ratio_at_least(3.0, 1.5, 2.0, 1.5);
-    assert!(j.reason.contains("= 2"), "{}", j.reason);
-    for j in [
-        ratio_at_least(1.0, 0.0, 2.0, 1.5),
-        ratio_at_least(f64::NAN, 1.0, 2.0, 1.5),
-        ratio_at_most(1.0, f64::INFINITY, 1.1, 1.5),
-        ratio_at_least(1.0, 1.0, 1.5, 2.0),
-        ratio_at_most(1.0, 1.0, 1.5, 1.1),
-        ratio_at_least(1.0, 1.0, f64::NAN, 1.0),
-    ] {
-        assert_eq!(j.verdict, Verdict::Inconclusive, "{}", j.reason);
-    }
-}
-
-#[test]
-fn batch_norm_degrades_while_group_norm_stays_flat() {
-    // Accuracy by batch size 32, 16, 8, 4, 2.
-    let bn = [0.91, 0.90, 0.87, 0.80, 0.62];
-    let gn = [0.89, 0.89, 0.885, 0.89, 0.888];
-    let degrades = monotonic_trend(&bn, Direction::Decreasing, 0.05, 0.005);
-    assert_eq!(degrades.verdict, Verdict::Reproduced, "{}", degrades.reason);
-    let flat = stays_flat(&gn, 0.01);
-    assert_eq!(flat.verdict, Verdict::Reproduced, "{}", flat.reason);
-    let both = all_of(&[degrades.clone().prefixed("BN"), flat.prefixed("GN")]);
-    assert_eq!(both.verdict, Verdict::Reproduced);
-    assert!(
-        both.reason.contains("BN: ") && both.reason.contains("GN: "),
-        "{}",
-        both.reason
-    );
-
-    // GN degrading too: half the claim.
-    let gn_bad = stays_flat(&[0.89, 0.85, 0.80, 0.75, 0.70], 0.01);
-    assert_eq!(gn_bad.verdict, Verdict::NotReproduced);
-    assert_eq!(all_of(&[degrades, gn_bad]).verdict, Verdict::Partly);
-}
-
-#[test]
-fn monotonic_trend_edge_cases() {
-    use Direction::*;
-    // Large but with one bump against the trend: partly.
-    let j = monotonic_trend(&[1.0, 0.8, 0.85, 0.5], Decreasing, 0.2, 0.01);
-    assert_eq!(j.verdict, Verdict::Partly, "{}", j.reason);
-    // The bump within the slack is not counted.
-    assert_eq!(
-        monotonic_trend(&[1.0, 0.8, 0.805, 0.5], Decreasing, 0.2, 0.01).verdict,
-        Verdict::Reproduced
-    );
-    // Monotone but smaller than asked: partly.
-    assert_eq!(
-        monotonic_trend(&[1.0, 0.99, 0.98], Decreasing, 0.2, 0.0).verdict,
-        Verdict::Partly
-    );
-    // Flat, or the wrong way: not reproduced.
-    assert_eq!(
-        monotonic_trend(&[1.0, 1.0], Decreasing, 0.0, 0.0).verdict,
-        Verdict::NotReproduced
-    );
-    assert_eq!(
-        monotonic_trend(&[1.0, 2.0, 3.0], Decreasing, 0.5, 0.0).verdict,
-        Verdict::NotReproduced
-    );
-    assert_eq!(
-        monotonic_trend(&[1.0, 2.0, 3.0], Increasing, 0.5, 0.0).verdict,
-        Verdict::Reproduced
-    );
-    // Up and down with no net change.
-    assert_eq!(
-        monotonic_trend(&[1.0, 2.0, 1.0], Increasing, 0.0, 0.0).verdict,
-        Verdict::NotReproduced
-    );
-    for j in [
-        monotonic_trend(&[1.0], Decreasing, 0.1, 0.0),
-        monotonic_trend(&[], Decreasing, 0.1, 0.0),
-        monotonic_trend(&[1.0, f64::NAN], Decreasing, 0.1, 0.0),
-        monotonic_trend(&[1.0, 0.0], Decreasing, -0.1, 0.0),
-    ] {
-        assert_eq!(j.verdict, Verdict::Inconclusive, "{}", j.reason);
-    }
-}
-
-#[test]
-fn flatness_and_closeness_edge_cases() {
-    assert_eq!(stays_flat(&[0.5], 0.0).verdict, Verdict::Reproduced);
-    assert_eq!(stays_flat(&[0.5, 0.515], 0.01).verdict, Verdict::Partly);
-    assert_eq!(
-        stays_flat(&[0.5, f64::NAN], 0.01).verdict,
-        Verdict::NotReproduced
-    );
-    assert_eq!(stays_flat(&[], 0.01).verdict, Verdict::Inconclusive);
-    assert_eq!(stays_flat(&[1.0], -1.0).verdict, Verdict::Inconclusive);
-
-    // MNIST-1D's published CNN accuracy, 94%.
-    assert_eq!(close_to(0.93, 0.94, 0.02).verdict, Verdict::Reproduced);
-    assert_eq!(close_to(0.91, 0.94, 0.02).verdict, Verdict::Partly);
-    assert_eq!(close_to(0.80, 0.94, 0.02).verdict, Verdict::NotReproduced);
-    assert_eq!(
-        close_to(f64::NAN, 0.94, 0.02).verdict,
-        Verdict::NotReproduced
-    );
-    assert_eq!(close_to(0.9, f64::NAN, 0.02).verdict, Verdict::Inconclusive);
-}
-
-#[test]
-fn combining_verdicts() {
-    let j = |v| Judgement::new(v, "x");
-    use Verdict::*;
-    assert_eq!(all_of(&[]).verdict, Inconclusive);
-    assert_eq!(all_of(&[j(Inconclusive)]).verdict, Inconclusive);
-    assert_eq!(all_of(&[j(Reproduced), j(Reproduced)]).verdict, Reproduced);
-    assert_eq!(
-        all_of(&[j(NotReproduced), j(NotReproduced)]).verdict,
-        NotReproduced
-    );
-    assert_eq!(all_of(&[j(Reproduced), j(NotReproduced)]).verdict, Partly);
-    assert_eq!(all_of(&[j(Partly), j(Partly)]).verdict, Partly);
-    // An untested part keeps a claim from being fully reproduced...
-    assert_eq!(all_of(&[j(Reproduced), j(Inconclusive)]).verdict, Partly);
-    // ...and does not rescue a refuted one.
-    assert_eq!(
-        all_of(&[j(NotReproduced), j(Inconclusive)]).verdict,
-        NotReproduced
-    );
-}
-
-// ---------------------------------------------------------------------------
-// Report
-// ---------------------------------------------------------------------------
-
-/// A report with every kind of section content and every verdict.
-fn sample_report() -> Report {
-    let mut r = Report::new("Normalization <study> & friends", 42, Mode::Quick);
-    r.sections.push(
-        Section::new("bn-lr", "BatchNorm allows higher learning rates")
-            .claim("Ioffe & Szegedy (2015): BN trains at learning rates where plain nets diverge.")
-            .setup("MLP on MNIST-1D, 3 seeds.\n\nSecond paragraph.")
-            .plot(
-                Plot::line("Loss by step", "step", "loss")
-                    .log_y()
-                    .series(
-                        "none",
-                        vec![
-                            (0.0, 2.3),
-                            (1.0, 1.9),
-                            (2.0, f64::NAN),
-                            (3.0, 1.2),
-                            (4.0, 1.0),
-                        ],
-                    )
-                    .series(
-                        "batch norm",
-                        vec![(0.0, 2.3), (1.0, 0.9), (2.0, 0.4), (3.0, 0.0)],
-                    ),
-            )
-            .table(
-                Table::new("Final accuracy", ["norm", "accuracy"])
-                    .row(["none", "0.61"])
-                    .row(["bn", "0.88"]),
-            )
-            .metric("bn_accuracy", 0.88)
-            .metric("none_loss", f64::NAN)
-            .judged(compare_higher_is_better(&[0.88], &[0.61], 0.05)),
-    );
-    r.sections.push(
-        Section::new("gn-batch", "GroupNorm is independent of batch size")
-            .claim("Wu & He (2018).")
-            .setup("CNN on Fashion-MNIST.")
-            .plot(
-                Plot::bars(
-                    "Accuracy by batch size",
-                    "batch size",
-                    "accuracy",
-                    ["32", "8", "2"],
-                )
-                .bar_series("BN", &[0.9, 0.85, 0.6])
-                .bar_series("GN", &[0.89, 0.89, f64::INFINITY]),
-            )
-            .plot(Plot::line("Nothing finite", "x", "y").series("nan", vec![(f64::NAN, 1.0)]))
-            .judged(Judgement::new(Verdict::Partly, "half of it")),
-    );
-    r.sections.push(
-        Section::new("ln-rnn", "<script>alert('x')</script>")
-            .claim("Claims with <b>markup</b> & \"quotes\" | pipes")
-            .judged(Judgement::new(Verdict::NotReproduced, "no <gain>")),
-    );
-    r.sections
-        .push(Section::new("wn-cost", "Weight norm is cheap"));
-    r
-}
-
-#[test]
-fn html_has_every_section_plot_and_verdict() {
-    let r = sample_report();
-    let html = r.to_html();
-    for s in &r.sections {
-        assert!(
-            html.contains(&format!("<section id=\"{}\">", s.id)),
-            "section {}",
-            s.id
-        );
-        assert!(
-            html.contains(&format!("href=\"#{}\"", s.id)),
-            "link to {}",
-            s.id
-        );
-    }
-    let plots: usize = r.sections.iter().map(|s| s.plots.len()).sum();
-    assert_eq!(html.matches("<svg").count(), plots);
-    assert_eq!(html.matches("</svg>").count(), plots);
-    for word in ["reproduced", "partly", "not reproduced", "inconclusive"] {
-        assert!(
-            html.contains(&format!("Verdict: {word}.")),
-            "verdict {word}"
-        );
-    }
-    assert!(
-        !html.to_lowercase().contains("<script"),
-        "unescaped script tag"
-    );
-    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
-    assert!(html.contains("Normalization &lt;study&gt; &amp; friends"));
-    assert!(!html.contains("<b>markup"));
-    assert!(html.contains("<td>0.88</td>"));
-    assert!(html.contains("no finite data"));
-    // No number in the page is NaN or infinite: those points were skipped.
-    for bad in ["NaN\"", "inf\"", "=\"NaN", "=\"inf", "=\"-inf"] {
-        assert!(!html.contains(bad), "found {bad}");
-    }
-    // The line with a NaN in the middle is drawn as two runs.
-    let first_svg = &html[html.find("<svg").unwrap()..html.find("</svg>").unwrap()];
-    assert_eq!(first_svg.matches("<polyline").count(), 3, "{first_svg}");
-}
-
-#[test]
-fn svg_has_axes_legend_and_log_ticks() {
-    let svg = Plot::line("t", "learning rate", "loss")
-        .log_x()
-        .series("a", vec![(1e-4, 1.0), (1e-2, 2.0), (0.0, 3.0), (-1.0, 4.0)])
-        .series("b", vec![(1e-3, 1.5)])
-        .to_svg();
-    assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
-    for text in [
-        ">1e-4<",
-        ">0.001<",
-        ">0.01<",
-        ">learning rate<",
-        ">loss<",
-        ">a<",
-        ">b<",
-    ] {
-        assert!(svg.contains(text), "missing {text} in {svg}");
-    }
-    // Non-positive x on a log axis are skipped; b's single point is a marker.
-    assert_eq!(svg.matches("<polyline").count(), 1);
-    assert!(svg.matches("<circle").count() >= 3);
-    // Two series, two colours.
-    assert!(svg.contains("#0072B2") && svg.contains("#D55E00"));
-
-    let bars = Plot::bars("b", "", "acc", ["x", "y"])
-        .bar_series("s", &[0.5, -0.25])
-        .to_svg();
-    // Two bars plus the legend swatch.
-    assert_eq!(bars.matches("fill=\"#0072B2\"").count(), 3, "{bars}");
-    assert!(bars.contains(">x<") && bars.contains(">y<"));
-}
-
-#[test]
-fn svg_survives_extreme_values() {
-    let plots = [
-        Plot::line("huge", "x", "y").series(
-            "s",
-            vec![(0.0, 1e308), (1.0, -1e308), (2.0, 1.0), (3.0, 2.0)],
-        ),
-        Plot::line("tiny", "x", "y")
-            .log_y()
-            .series("s", vec![(0.0, 5e-324), (1.0, 1e-300), (2.0, 1e300)]),
-        Plot::line("flat", "x", "y").series("s", vec![(0.0, 0.0), (0.0, 0.0)]),
-        Plot::line("empty", "x", "y"),
-        Plot::bars("no categories", "x", "y", Vec::<String>::new()).bar_series("s", &[]),
-        Plot::bars("stray", "x", "y", ["a"]).series("s", vec![(0.5, 1.0), (7.0, 1.0), (0.0, 2.0)]),
-    ];
-    for p in &plots {
-        let svg = p.to_svg();
-        for bad in ["NaN", "inf"] {
-            assert!(!svg.contains(bad), "{}: {bad} in {svg}", p.title);
-        }
-        assert!(svg.len() < 20_000, "{}: {} bytes", p.title, svg.len());
-    }
-    // The huge values are dropped and the rest is drawn on a normal scale.
-    let huge = plots[0].to_svg();
-    assert!(huge.contains(">2.0<") && !huge.contains("e30"), "{huge}");
-    assert!(plots[3].to_svg().contains("no finite data"));
-    // A bar at a non-integral or unknown category is not drawn; a stray
-    // integral one widens the axis to its category.
-    let stray = plots[5].to_svg();
-    assert_eq!(stray.matches("<title>s: ").count(), 2, "{stray}");
-    assert!(stray.contains(">7<"), "{stray}");
-}
-
-#[test]
-fn json_holds_every_number() {
-    let r = sample_report();
-    let v: serde_json::Value = serde_json::from_str(&r.to_json().unwrap()).unwrap();
-    assert_eq!(v["seed"], 42);
-    assert_eq!(v["mode"], "quick");
-    let s0 = &v["sections"][0];
-    assert_eq!(s0["id"], "bn-lr");
-    assert_eq!(s0["verdict"], "reproduced");
-    assert_eq!(s0["metrics"]["bn_accuracy"], 0.88);
-    assert!(s0["metrics"]["none_loss"].is_null());
-    assert_eq!(s0["plots"][0]["series"][1]["points"][1][1], 0.9);
-    assert_eq!(s0["plots"][0]["log_y"], true);
-    assert_eq!(v["sections"][1]["plots"][0]["kind"], "bar");
-    assert_eq!(v["sections"][2]["verdict"], "not-reproduced");
-    assert_eq!(v["sections"][3]["verdict"], "inconclusive");
-}
-
-#[test]
-fn markdown_summarizes_verdicts_and_tables() {
-    let md = sample_report().to_markdown();
-    assert!(md.starts_with("# Normalization <study> & friends\n"));
-    assert!(md.contains("| BatchNorm allows higher learning rates | reproduced |"));
-    assert!(md.contains("| none | 0.61 |"));
-    assert!(md.contains("## GroupNorm is independent of batch size (`gn-batch`)"));
-    assert!(md.contains("**Verdict: not reproduced.** no <gain>"));
-}
-
-#[test]
-fn report_writes_three_files_and_refuses_duplicate_ids() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("nested/report");
-    let r = sample_report();
-    r.write(&out).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(out.join("index.html")).unwrap(),
-        r.to_html()
-    );
-    assert_eq!(
-        std::fs::read_to_string(out.join("summary.md")).unwrap(),
-        r.to_markdown()
-    );
-    assert_eq!(
-        std::fs::read_to_string(out.join("report.json")).unwrap(),
-        r.to_json().unwrap()
-    );
-
-    let mut dup = r.clone();
-    dup.sections.push(Section::new("bn-lr", "again"));
-    let err = dup.write(&dir.path().join("dup")).unwrap_err();
-    assert!(err.to_string().contains("bn-lr"), "{err}");
-    assert!(!dir.path().join("dup").exists());
-}
-
-// ---------------------------------------------------------------------------
-// Runner
-// ---------------------------------------------------------------------------
-
+/// An experiment that trains nothing: each job reports its replicate and
+/// the training set's size, or fails as told.
 struct Fake {
     id: &'static str,
-    outcome: fn(&StudyContext) -> Result<Section, ExperimentError>,
+    fail_job: Option<(usize, bool)>,
+    fail_plan: bool,
+}
+
+impl Fake {
+    fn new(id: &'static str) -> Self {
+        Self {
+            id,
+            fail_job: None,
+            fail_plan: false,
+        }
+    }
 }
 
 impl Experiment for Fake {
-    fn id(&self) -> &str {
+    fn id(&self) -> &'static str {
         self.id
     }
-    fn title(&self) -> &str {
+    fn title(&self) -> &'static str {
         "Fake experiment"
     }
-    fn claim(&self) -> &str {
+    fn topic(&self) -> &'static str {
+        "fakes"
+    }
+    fn claim(&self) -> &'static str {
         "Fakes behave."
     }
-    fn run(&self, ctx: &StudyContext) -> Result<Section, ExperimentError> {
-        (self.outcome)(ctx)
+    fn claims(&self, _: &StudyContext) -> Vec<Claim> {
+        vec![
+            Claim::new(
+                "size",
+                "The set has 4,000 examples.",
+                "examples − 3990",
+                "examples",
+                Direction::AtLeast,
+                5.0,
+                "practical",
+            ),
+            Claim::new(
+                "unmeasured",
+                "Nothing measures this.",
+                "nothing",
+                "",
+                Direction::AtLeast,
+                0.0,
+                "practical",
+            ),
+        ]
     }
-}
-
-fn good(ctx: &StudyContext) -> Result<Section, ExperimentError> {
-    let split = ctx.mnist1d()?;
-    Ok(Section::new("ignored", "")
-        .metric("train", split.train.len() as f64)
-        .judged(close_to(split.train.len() as f64, 4000.0, 0.0)))
-}
-
-fn fails(ctx: &StudyContext) -> Result<Section, ExperimentError> {
-    ctx.fashion_mnist()?;
-    Ok(Section::new("x", "x"))
-}
-
-fn panics(_: &StudyContext) -> Result<Section, ExperimentError> {
-    panic!("shape mismatch in layer 3")
+    fn caveats(&self) -> Vec<&'static str> {
+        vec!["A fake."]
+    }
+    fn references(&self) -> Vec<&'static str> {
+        vec!["Nobody 2024."]
+    }
+    fn jobs(&self, ctx: &StudyContext) -> Result<Vec<Job>, ExperimentError> {
+        if self.fail_plan {
+            ctx.fashion_mnist()?;
+        }
+        Ok((0..ctx.seeds())
+            .map(|r| Job::new(self.id, "only", r, serde_json::json!({ "r": r })))
+            .collect())
+    }
+    fn run_job(&self, ctx: &StudyContext, job: &Job) -> Result<JobOutput, ExperimentError> {
+        if let Some((r, panic)) = self.fail_job {
+            if job.replicate == r {
+                if panic {
+                    panic!("shape mismatch in layer 3");
+                }
+                return Err("no data here".into());
+            }
+        }
+        let n = ctx.mnist1d()?.train.len() as f64 + job.replicate as f64;
+        Ok(JobOutput::default().value("n", n))
+    }
+    fn analyze(&self, _: &StudyContext, results: &Results) -> Result<Analysis, ExperimentError> {
+        let n = results.values("only", "n");
+        let mut a = Analysis {
+            setup: "Nothing trains.".into(),
+            result: "Counted.".into(),
+            ..Analysis::default()
+        };
+        a.effects
+            .insert("size".into(), n.iter().map(|v| v - 3990.0).collect());
+        a.metrics.insert("n".into(), n);
+        Ok(a)
+    }
 }
 
 #[test]
-fn runner_keeps_going_past_failures() {
+fn runner_judges_claims_and_keeps_going_past_failures() {
     let dir = tempfile::tempdir().unwrap();
     let options = StudyOptions {
         out: dir.path().join("out"),
         fashion_mnist: Some(dir.path().join("no-such-dir")),
+        seeds: Some(3),
+        workers: Some(2),
         ..StudyOptions::default()
     };
-    let (a, b, c) = (
-        Fake {
-            id: "good",
-            outcome: good,
-        },
-        Fake {
-            id: "fails",
-            outcome: fails,
-        },
-        Fake {
-            id: "panics",
-            outcome: panics,
-        },
-    );
+    let good = Fake::new("good");
+    let failing = Fake {
+        fail_job: Some((1, false)),
+        ..Fake::new("fails")
+    };
+    let panicking = Fake {
+        fail_job: Some((2, true)),
+        ..Fake::new("panics")
+    };
+    let unplanned = Fake {
+        fail_plan: true,
+        ..Fake::new("unplanned")
+    };
     let mut log = Vec::new();
-    let report = study(options, &[&a, &b, &c], &mut |p: Progress<'_>| {
-        log.push(p.to_string())
-    })
+    let report = study(
+        options,
+        &[&good, &failing, &panicking, &unplanned],
+        &mut |p: Progress<'_>| log.push(p.to_string()),
+    )
     .unwrap();
     let verdicts: Vec<_> = report
         .sections
@@ -1197,36 +617,56 @@ fn runner_keeps_going_past_failures() {
         [
             ("good", Verdict::Reproduced),
             ("fails", Verdict::Inconclusive),
-            ("panics", Verdict::Inconclusive)
+            ("panics", Verdict::Inconclusive),
+            ("unplanned", Verdict::Inconclusive)
         ]
     );
-    assert_eq!(report.sections[0].title, "Fake experiment");
-    assert_eq!(report.sections[0].claim, "Fakes behave.");
+    let good = &report.sections[0];
+    // 4000 + r − 3990 for r = 0, 1, 2: mean 11, clear of the margin 5.
+    assert_eq!(good.primary.per_seed, [10.0, 11.0, 12.0]);
+    assert!(good.primary.interval.unwrap().lo > 5.0);
+    assert_eq!(
+        good.secondary[0].verdict,
+        Verdict::Inconclusive,
+        "no values"
+    );
+    assert_eq!(good.metrics["n"], [4000.0, 4001.0, 4002.0]);
+    assert_eq!(
+        (good.title.as_str(), good.claim.as_str()),
+        ("Fake experiment", "Fakes behave.")
+    );
+    let fails = &report.sections[1];
+    assert!(fails.primary.per_seed[1].is_nan());
     assert!(
-        report.sections[1].verdict_reason.contains("no-such-dir"),
-        "{}",
-        report.sections[1].verdict_reason
+        fails
+            .caveats
+            .iter()
+            .any(|c| c.contains("only seed 1: did not run: no data here")),
+        "{:?}",
+        fails.caveats
     );
     assert!(report.sections[2]
-        .verdict_reason
-        .contains("shape mismatch in layer 3"));
-    assert_eq!(log.len(), 6);
-    assert!(log[1].starts_with("[1/3] good: reproduced"), "{}", log[1]);
+        .caveats
+        .iter()
+        .any(|c| c.contains("shape mismatch in layer 3")));
+    assert!(
+        report.sections[3]
+            .caveats
+            .iter()
+            .any(|c| c.contains("no-such-dir")),
+        "{:?}",
+        report.sections[3].caveats
+    );
+    // 9 jobs (the unplanned experiment has none), then 4 sections.
+    assert_eq!(report.jobs.len(), 9);
+    assert_eq!(log.len(), 1 + 9 + 4, "{log:?}");
+    assert_eq!(log[0], "9 training jobs");
     assert!(dir.path().join("out/index.html").is_file());
 }
 
 #[test]
 fn runner_selects_and_checks_ids() {
-    let (a, b) = (
-        Fake {
-            id: "a",
-            outcome: good,
-        },
-        Fake {
-            id: "b",
-            outcome: good,
-        },
-    );
+    let (a, b) = (Fake::new("a"), Fake::new("b"));
     let ctx = |only: &[&str]| {
         StudyContext::new(StudyOptions {
             only: only.iter().map(|s| s.to_string()).collect(),
@@ -1247,41 +687,48 @@ fn runner_selects_and_checks_ids() {
 }
 
 #[test]
-fn context_seeds_and_text_fallback() {
+fn reports_are_the_same_whatever_the_workers() {
+    let a = Fake::new("a");
+    let run = |workers| {
+        let ctx = StudyContext::new(StudyOptions {
+            workers: Some(workers),
+            seeds: Some(4),
+            ..StudyOptions::default()
+        });
+        let mut r = run_study(&ctx, &[&a], &mut |_| {}).unwrap();
+        for s in &mut r.sections {
+            s.seconds = 0.0;
+        }
+        for j in &mut r.jobs {
+            if let Ok(o) = &mut j.output {
+                o.seconds = 0.0;
+            }
+        }
+        r.to_json().unwrap()
+    };
+    assert_eq!(run(1), run(3));
+}
+
+#[test]
+fn context_seeds_replicates_and_text_fallback() {
     let ctx = StudyContext::new(StudyOptions::default());
+    assert_eq!(ctx.seeds(), 3, "quick mode's default");
     assert_eq!(ctx.seed_for("bn/init"), ctx.seed_for("bn/init"));
     assert_ne!(ctx.seed_for("bn/init"), ctx.seed_for("gn/init"));
+    assert_ne!(
+        ctx.replicate_seed("e", "init", 0),
+        ctx.replicate_seed("e", "init", 1)
+    );
     let other = StudyContext::new(StudyOptions {
         seed: 7,
+        mode: Mode::Full,
         ..StudyOptions::default()
     });
+    assert_eq!(other.seeds(), 5, "full mode's default");
     assert_ne!(ctx.seed_for("bn/init"), other.seed_for("bn/init"));
     // No --text: MNIST-1D stands in, built from the same generated split.
     let text = ctx.text().unwrap();
     assert_eq!(text.decode(text.tokens(Part::Val)).lines().count(), 1000);
     assert!(ctx.text_source().contains("MNIST-1D"));
     assert!(std::ptr::eq(ctx.mnist1d().unwrap(), ctx.mnist1d().unwrap()));
-}
-
-#[test]
-fn options_parse_from_the_command_line() {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        options: StudyOptions,
-    }
-    let defaults = Cli::try_parse_from(["normlab"]).unwrap().options;
-    assert_eq!(defaults, StudyOptions::default());
-    let o = Cli::try_parse_from([
-        "normlab", "--out", "r", "--seed", "7", "--mode", "full", "--text", "t.txt", "--only",
-        "a,b",
-    ])
-    .unwrap()
-    .options;
-    assert_eq!(o.out, PathBuf::from("r"));
-    assert_eq!((o.seed, o.mode), (7, Mode::Full));
-    assert_eq!(o.text, Some(PathBuf::from("t.txt")));
-    assert_eq!(o.only, ["a", "b"]);
-    assert!(Cli::try_parse_from(["normlab", "--mode", "slow"]).is_err());
 }

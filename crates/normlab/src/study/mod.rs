@@ -1,43 +1,49 @@
 //! `normlab study`: experiments that train real models with each
-//! normalization and a report of what came out.
+//! normalization and a report of which claims hold here.
 //!
-//! - [`data`]: MNIST-1D (generated), Fashion-MNIST (IDX files), text for a
-//!   character language model; one [`data::Dataset`] type and its batches.
-//! - [`report`]: the report's data model and its HTML, JSON and Markdown.
-//! - [`svg`]: the plots.
-//! - [`verdict`]: verdicts computed from numbers.
-//! - [`experiments`]: the experiments themselves, which train models
-//!   through normkit-burn; [`all_experiments`] lists them in order.
+//! - [`data`]: MNIST-1D (generated), Fashion-MNIST (IDX files), text;
+//! - [`models`]: the networks, each with a pluggable normalization;
+//! - [`train`]: the training loop, evaluation and BatchNorm's three ways
+//!   of taking statistics;
+//! - [`stats`]: means and 95% intervals over seeds; [`verdict`]: claims
+//!   judged from those intervals;
+//! - [`jobs`]: training runs as (experiment, arm, replicate, config) jobs
+//!   and a runner for them;
+//! - [`report`]: the report's data model and its HTML, JSON and Markdown;
+//! - [`experiments`]: the experiments; [`all_experiments`] lists them.
 //!
-//! An experiment implements [`Experiment`]: it gets a [`StudyContext`]
-//! (options, seeds, lazily loaded data) and returns a
-//! [`report::Section`] judged by a [`verdict`] function. [`run_study`] runs
-//! a list of them, turning a failure or panic of one into an inconclusive
-//! section instead of losing the others, and [`study`] also writes the
-//! report.
+//! A run is three steps, each usable alone so that a distributed runner
+//! can share out the middle one: [`plan`] lists every job of the chosen
+//! experiments, [`execute`] runs one job, and [`assemble`] turns all the
+//! outputs into the report. [`run_study`] does the three on local
+//! threads. The report depends only on the options and the outputs, never
+//! on the order jobs ran in (timings aside).
 
 pub mod data;
 pub mod experiments;
+pub mod fmt;
+pub mod jobs;
+pub mod models;
 pub mod report;
-pub mod svg;
+pub mod stats;
+pub mod train;
 pub mod verdict;
 
-use data::{CharCorpus, DataError, Mnist1dConfig, Split};
-use report::{Report, ReportError, Section};
+use data::{CharCorpus, DataError, FashionArm, Mnist1dConfig, Split};
+use jobs::{Job, JobOutput, JobRecord, Results};
+use report::{Plot, Report, ReportError, Section, Table};
 use serde::Serialize;
-use std::collections::BTreeSet;
-use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Instant;
-use verdict::{Judgement, Verdict};
+use verdict::{judge, Claim, Judged};
 
 /// How much compute the study spends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Small models and few steps: minutes on a laptop, noisy verdicts.
+    /// Small models and few steps: minutes on two cores, wide intervals.
     #[default]
     Quick,
     /// The full schedule.
@@ -55,30 +61,34 @@ impl Mode {
             Mode::Smoke => "smoke",
         }
     }
+
+    /// Seeds per arm when `--seeds` is not given.
+    pub fn default_seeds(self) -> usize {
+        match self {
+            Mode::Smoke => 2,
+            Mode::Quick => 3,
+            Mode::Full => 5,
+        }
+    }
 }
 
-/// The study's options, also its command-line arguments.
-#[derive(Debug, Clone, PartialEq, clap::Args)]
+/// The study's options.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StudyOptions {
     /// Directory for index.html, report.json and summary.md.
-    #[arg(long, default_value = "normlab-report")]
     pub out: PathBuf,
     /// Seed for data generation, initialization and batch order.
-    #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// quick: small models, few steps; full: the whole schedule.
-    #[arg(long, value_enum, default_value_t = Mode::Quick)]
     pub mode: Mode,
-    /// Directory with Fashion-MNIST's IDX files (plain or .gz)
-    /// [default: /usr/share/datasets/fashion-mnist].
-    #[arg(long, value_name = "DIR")]
+    /// Replicates per arm; `None`: the mode's default (3 quick, 5 full).
+    pub seeds: Option<usize>,
+    /// Threads running jobs at once; `None`: one per core.
+    pub workers: Option<usize>,
+    /// Directory with Fashion-MNIST's IDX files (plain or .gz).
     pub fashion_mnist: Option<PathBuf>,
-    /// UTF-8 text for the character language model; without it, MNIST-1D
-    /// rendered as text.
-    #[arg(long, value_name = "FILE")]
+    /// UTF-8 text for the character language model.
     pub text: Option<PathBuf>,
-    /// Run only these experiments (ids, comma-separated).
-    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    /// Run only these experiments (ids).
     pub only: Vec<String>,
 }
 
@@ -88,6 +98,8 @@ impl Default for StudyOptions {
             out: PathBuf::from("normlab-report"),
             seed: 42,
             mode: Mode::Quick,
+            seeds: None,
+            workers: None,
             fashion_mnist: None,
             text: None,
             only: Vec::new(),
@@ -99,9 +111,15 @@ impl Default for StudyOptions {
 const MNIST1D_TEXT_LEVELS: usize = 16;
 /// Validation share of a text file.
 const TEXT_VAL_FRACTION: f64 = 0.1;
+/// The Fashion-MNIST the study loads: the batch-size arm's first 10,000
+/// training images and all 10,000 test images.
+pub const FASHION_ARM: FashionArm = FashionArm {
+    train: 10_000,
+    test: 10_000,
+};
 
 /// What an experiment may use: the options, derived seeds, and data loaded
-/// on first use and then shared.
+/// on first use and then shared (also between threads).
 #[derive(Debug)]
 pub struct StudyContext {
     options: StudyOptions,
@@ -145,7 +163,15 @@ impl StudyContext {
         self.options.mode
     }
 
-    /// A seed of its own for each named use ("bn-batch/init/3"), derived
+    /// Replicates per arm.
+    pub fn seeds(&self) -> usize {
+        self.options
+            .seeds
+            .unwrap_or_else(|| self.options.mode.default_seeds())
+            .max(1)
+    }
+
+    /// A seed of its own for each named use ("batch-size/init/3"), derived
     /// from the study's seed, so experiments do not share random streams
     /// and adding one does not change another's numbers.
     pub fn seed_for(&self, name: &str) -> u64 {
@@ -156,8 +182,13 @@ impl StudyContext {
         data::derive_seed(self.options.seed, stream)
     }
 
+    /// Replicate `r`'s seed of stream `stream` of `experiment`.
+    pub fn replicate_seed(&self, experiment: &str, stream: &str, r: usize) -> u64 {
+        self.seed_for(&format!("{experiment}/{stream}/{r}"))
+    }
+
     /// MNIST-1D with the original settings, generated from the study's
-    /// seed.
+    /// seed: the same data for every replicate.
     pub fn mnist1d(&self) -> Result<&Split, DataError> {
         cached(&self.mnist1d, || {
             data::mnist1d(&Mnist1dConfig {
@@ -167,11 +198,11 @@ impl StudyContext {
         })
     }
 
-    /// Fashion-MNIST from `--fashion-mnist` or the default directory,
-    /// pixels in `[0, 1]`.
+    /// Fashion-MNIST from `--data` or the default directory: the first
+    /// 10,000 training and 10,000 test images, standardized.
     pub fn fashion_mnist(&self) -> Result<&Split, DataError> {
         cached(&self.fashion_mnist, || {
-            data::fashion_mnist(self.options.fashion_mnist.as_deref(), None)
+            data::fashion_mnist(self.options.fashion_mnist.as_deref(), FASHION_ARM)
         })
     }
 
@@ -201,16 +232,43 @@ impl StudyContext {
 /// What an experiment returns on failure; anything that is an error.
 pub type ExperimentError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What an experiment makes of its jobs' outputs: the section's text,
+/// plots and tables, and one value per seed for each of its claims.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    pub setup: String,
+    pub result: String,
+    pub plots: Vec<Plot>,
+    pub tables: Vec<Table>,
+    /// Per-seed effect values, by claim key.
+    pub effects: BTreeMap<String, Vec<f64>>,
+    /// Further per-seed numbers for report.json.
+    pub metrics: BTreeMap<String, Vec<f64>>,
+    /// Caveats that depend on the run (the experiment's fixed ones come
+    /// from [`Experiment::caveats`]).
+    pub caveats: Vec<String>,
+}
+
 /// One experiment of the study.
-pub trait Experiment {
+pub trait Experiment: Sync {
     /// Stable, unique id: the section's anchor and the name `--only` takes.
-    fn id(&self) -> &str;
-    fn title(&self) -> &str;
-    /// The claim under test, shown even if the experiment fails.
-    fn claim(&self) -> &str;
-    /// Runs and returns its judged section. The runner sets the section's
-    /// id to [`Experiment::id`] and fills an empty title or claim.
-    fn run(&self, ctx: &StudyContext) -> Result<Section, ExperimentError>;
+    fn id(&self) -> &'static str;
+    fn title(&self) -> &'static str;
+    /// The survey's topic it tests, for the claims table.
+    fn topic(&self) -> &'static str;
+    /// The published claim under test, in words with its source.
+    fn claim(&self) -> &'static str;
+    /// The claims it judges, primary first: effect, direction, margin and
+    /// the margin's source, fixed before any job runs.
+    fn claims(&self, ctx: &StudyContext) -> Vec<Claim>;
+    fn caveats(&self) -> Vec<&'static str>;
+    fn references(&self) -> Vec<&'static str>;
+    /// Its training runs.
+    fn jobs(&self, ctx: &StudyContext) -> Result<Vec<Job>, ExperimentError>;
+    /// Runs one of its jobs.
+    fn run_job(&self, ctx: &StudyContext, job: &Job) -> Result<JobOutput, ExperimentError>;
+    /// Turns its jobs' outputs into its section's content.
+    fn analyze(&self, ctx: &StudyContext, results: &Results) -> Result<Analysis, ExperimentError>;
 }
 
 /// Every experiment of the study, in report order.
@@ -232,58 +290,55 @@ pub enum StudyError {
 /// What [`run_study`] reports while it works.
 #[derive(Debug, Clone, Copy)]
 pub enum Progress<'a> {
-    Started {
-        index: usize,
+    /// The plan: this many jobs in all.
+    Planned { jobs: usize },
+    /// A job finished (the `done`-th of `total`).
+    JobDone {
+        done: usize,
         total: usize,
-        id: &'a str,
-    },
-    Finished {
-        index: usize,
-        total: usize,
-        section: &'a Section,
+        job: &'a Job,
         seconds: f64,
+        failed: bool,
     },
+    /// A section was assembled.
+    Section { section: &'a Section },
 }
 
-impl fmt::Display for Progress<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Display for Progress<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Progress::Started { index, total, id } => {
-                write!(f, "[{}/{total}] {id} ...", index + 1)
-            }
-            Progress::Finished {
-                index,
+            Progress::Planned { jobs } => write!(f, "{jobs} training jobs"),
+            Progress::JobDone {
+                done,
                 total,
-                section,
+                job,
                 seconds,
+                failed,
             } => write!(
                 f,
-                "[{}/{total}] {}: {} ({seconds:.1} s) {}",
-                index + 1,
+                "[{done}/{total}] {} {} seed {} ({seconds:.1} s){}",
+                job.experiment,
+                job.arm,
+                job.replicate,
+                if *failed { " FAILED" } else { "" }
+            ),
+            Progress::Section { section } => write!(
+                f,
+                "{}: {} {} ({:.0} s)",
                 section.id,
                 section.verdict,
-                section.verdict_reason
+                section.primary.interval_text(),
+                section.seconds
             ),
         }
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// Runs `experiments` (those named by `--only`, or all) in order and
-/// collects their sections into a report. An experiment that returns an
-/// error or panics still gets its section: inconclusive, saying why.
-pub fn run_study(
+/// The experiments `--only` names (all when empty), checking the ids.
+pub fn choose<'a>(
     ctx: &StudyContext,
-    experiments: &[&dyn Experiment],
-    progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<Report, StudyError> {
+    experiments: &[&'a dyn Experiment],
+) -> Result<Vec<&'a dyn Experiment>, StudyError> {
     let mut ids = BTreeSet::new();
     for e in experiments {
         if !ids.insert(e.id()) {
@@ -297,50 +352,194 @@ pub fn run_study(
             known: ids.iter().map(|s| s.to_string()).collect(),
         });
     }
-    let chosen: Vec<&dyn Experiment> = experiments
+    Ok(experiments
         .iter()
         .copied()
         .filter(|e| only.is_empty() || only.iter().any(|id| id == e.id()))
-        .collect();
-    let mut report = Report::new(
-        "What normalization does",
-        ctx.options.seed,
-        ctx.options.mode,
-    );
-    let total = chosen.len();
-    for (index, e) in chosen.into_iter().enumerate() {
-        progress(Progress::Started {
-            index,
-            total,
-            id: e.id(),
-        });
-        let start = Instant::now();
-        let failed = |why: String| {
-            Section::new(e.id(), e.title())
-                .claim(e.claim())
-                .judged(Judgement::new(Verdict::Inconclusive, why))
-        };
-        let mut section = match catch_unwind(AssertUnwindSafe(|| e.run(ctx))) {
-            Ok(Ok(s)) => s,
-            Ok(Err(err)) => failed(format!("did not run: {err}")),
-            Err(payload) => failed(format!("panicked: {}", panic_message(payload.as_ref()))),
-        };
-        section.id = e.id().to_string();
-        if section.title.is_empty() {
-            section.title = e.title().to_string();
+        .collect())
+}
+
+/// Every job of `experiments`, in report order, and each experiment's
+/// planning failure (an experiment that cannot plan gets no jobs and an
+/// inconclusive section).
+pub fn plan(
+    ctx: &StudyContext,
+    experiments: &[&dyn Experiment],
+) -> (Vec<Job>, BTreeMap<String, String>) {
+    let mut jobs = Vec::new();
+    let mut failed = BTreeMap::new();
+    for e in experiments {
+        match jobs::catching(|| e.jobs(ctx)) {
+            Ok(planned) => jobs.extend(planned),
+            Err(why) => {
+                failed.insert(e.id().to_string(), why);
+            }
         }
-        if section.claim.is_empty() {
-            section.claim = e.claim().to_string();
-        }
-        progress(Progress::Finished {
-            index,
-            total,
-            section: &section,
-            seconds: start.elapsed().as_secs_f64(),
-        });
-        report.sections.push(section);
     }
-    Ok(report)
+    (jobs, failed)
+}
+
+/// Runs one job of `experiments`.
+pub fn execute(
+    ctx: &StudyContext,
+    experiments: &[&dyn Experiment],
+    job: &Job,
+) -> Result<JobOutput, String> {
+    let Some(e) = experiments.iter().find(|e| e.id() == job.experiment) else {
+        return Err(format!("no experiment {:?}", job.experiment));
+    };
+    jobs::run_one(job, |j| e.run_job(ctx, j))
+}
+
+fn section(
+    ctx: &StudyContext,
+    e: &dyn Experiment,
+    results: &Results,
+    planned: Option<&String>,
+) -> Section {
+    let start = Instant::now();
+    let claims = e.claims(ctx);
+    let analysis = match planned {
+        Some(why) => Err(format!("could not plan its runs: {why}")),
+        None => jobs::catching(|| e.analyze(ctx, results)),
+    };
+    let mut caveats: Vec<String> = e.caveats().into_iter().map(String::from).collect();
+    let failures = results.failures();
+    if !failures.is_empty() {
+        caveats.push(format!(
+            "{} job(s) failed and count as missing seeds: {}",
+            failures.len(),
+            failures.join("; ")
+        ));
+    }
+    let a = analysis.unwrap_or_else(|why| {
+        caveats.push(format!("The experiment failed: {why}."));
+        Analysis {
+            result: format!("No result: the experiment failed ({why})."),
+            ..Analysis::default()
+        }
+    });
+    caveats.extend(a.caveats.iter().cloned());
+    let mut effects = a.effects;
+    let mut judged: Vec<Judged> = claims
+        .into_iter()
+        .map(|c| {
+            let values = effects.remove(&c.key).unwrap_or_default();
+            judge(c, values)
+        })
+        .collect();
+    if judged.is_empty() {
+        judged.push(judge(
+            Claim::new(
+                "none",
+                "no claim stated",
+                "nothing",
+                "",
+                verdict::Direction::AtLeast,
+                0.0,
+                "none",
+            ),
+            Vec::new(),
+        ));
+    }
+    let primary = judged.remove(0);
+    Section {
+        id: e.id().to_string(),
+        title: e.title().to_string(),
+        topic: e.topic().to_string(),
+        claim: e.claim().to_string(),
+        setup: a.setup,
+        result: a.result,
+        plots: a.plots,
+        tables: a.tables,
+        verdict: primary.verdict,
+        primary,
+        secondary: judged,
+        caveats,
+        references: e.references().into_iter().map(String::from).collect(),
+        metrics: a.metrics,
+        seconds: results.seconds() + start.elapsed().as_secs_f64(),
+    }
+}
+
+/// The report from every job's output (in [`plan`]'s order).
+pub fn assemble(
+    ctx: &StudyContext,
+    experiments: &[&dyn Experiment],
+    jobs: &[Job],
+    outputs: Vec<Result<JobOutput, String>>,
+    planning_failures: &BTreeMap<String, String>,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Report {
+    let mut by_experiment: BTreeMap<&str, Results> = BTreeMap::new();
+    let mut records = Vec::new();
+    for (job, out) in jobs.iter().zip(outputs) {
+        by_experiment
+            .entry(job.experiment.as_str())
+            .or_insert_with(|| Results::new(ctx.seeds()))
+            .insert(&job.arm, job.replicate, out.clone());
+        records.push(JobRecord {
+            experiment: job.experiment.clone(),
+            arm: job.arm.clone(),
+            replicate: job.replicate,
+            output: out,
+        });
+    }
+    let mut report = Report {
+        title: "What normalization does".into(),
+        seed: ctx.options.seed,
+        mode: ctx.options.mode,
+        seeds: ctx.seeds(),
+        sections: Vec::new(),
+        jobs: records,
+    };
+    let empty = Results::new(ctx.seeds());
+    for e in experiments {
+        let results = by_experiment.get(e.id()).unwrap_or(&empty);
+        let s = section(ctx, *e, results, planning_failures.get(e.id()));
+        progress(Progress::Section { section: &s });
+        report.sections.push(s);
+    }
+    report
+}
+
+/// Plans the chosen experiments' jobs, runs them on `--workers` threads
+/// and assembles the report. A job that fails or panics is a missing seed
+/// in its section, which says so.
+pub fn run_study(
+    ctx: &StudyContext,
+    experiments: &[&dyn Experiment],
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Report, StudyError> {
+    let chosen = choose(ctx, experiments)?;
+    let (jobs, planning_failures) = plan(ctx, &chosen);
+    progress(Progress::Planned { jobs: jobs.len() });
+    let workers = ctx.options.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let total = jobs.len();
+    let mut done = 0;
+    let run = |job: &Job| execute(ctx, &chosen, job);
+    let outputs = jobs::run_jobs(&jobs, workers, &run, &mut |_, job, out| {
+        done += 1;
+        progress(Progress::JobDone {
+            done,
+            total,
+            job,
+            seconds: out.as_ref().map_or(0.0, |o| o.seconds),
+            failed: out.is_err(),
+        });
+    });
+    Ok(assemble(
+        ctx,
+        &chosen,
+        &jobs,
+        outputs,
+        &planning_failures,
+        progress,
+    ))
 }
 
 /// [`run_study`], then writes the report to `--out`.

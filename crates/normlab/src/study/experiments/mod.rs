@@ -1,94 +1,57 @@
-//! The study's six experiments, each a published claim about normalization
+//! The study's experiments, each a published claim about normalization
 //! tested by training models through normkit-burn on burn's `flex`
-//! backend:
+//! backend, in report order:
 //!
-//! 1. [`gradient_flow`]: gradient norms through deep MLPs;
-//! 2. [`convergence`]: steps to an accuracy, final accuracy, time per step;
-//! 3. [`lr_robustness`]: the largest learning rate that still trains;
-//! 4. [`batch_size`]: BatchNorm against GroupNorm as batches shrink;
-//! 5. [`covariate_shift`]: how a hidden layer's input distribution moves;
-//! 6. [`transformer`]: a character transformer with LayerNorm, RMSNorm,
-//!    DyT and nothing.
+//! 1. [`gradient_flow`]: per-layer gradient norms through deep MLPs;
+//! 2. [`exploding`]: a deep net initialized to explode, with and without
+//!    normalization;
+//! 3. [`covariate_shift`]: how far each layer's input distribution moves;
+//! 4. [`smoothness`]: Santurkar et al.'s noisy BatchNorm and landscape;
+//! 5. [`convergence`]: steps to the baseline's accuracy;
+//! 6. [`lr_robustness`]: the largest learning rate that trains;
+//! 7. [`regularization`]: the generalization gap, BN against dropout;
+//! 8. [`batch_size`]: BatchNorm against GroupNorm as batches shrink;
+//! 9. [`compute_cost`]: time in training and inference, BN folded;
+//! 10. [`style`]: per-instance normalization, contrast changes, AdaIN;
+//! 11. [`variable_length`]: BN vs LN with padded batches;
+//! 12. [`transformer`]: DyT against LayerNorm and none;
+//! 13. [`conditioning`]: adaLN-Zero against FiLM and the condition as
+//!     input.
 //!
-//! [`models`] holds the networks with a pluggable normalization, [`train`]
-//! the training loop. Sizes come from the study's [`Mode`].
+//! [`common`] holds what they share.
 
 pub mod batch_size;
+pub mod common;
+pub mod compute_cost;
 pub mod conditioning;
 pub mod convergence;
 pub mod covariate_shift;
+pub mod exploding;
 pub mod gradient_flow;
 pub mod lr_robustness;
-pub mod models;
-pub mod train;
+pub mod regularization;
+pub mod smoothness;
+pub mod style;
 pub mod transformer;
+pub mod variable_length;
 
-use super::report::fmt_num;
-use super::{Experiment, Mode};
-use normkit_burn::{fused_calls, FusedCalls};
+use super::Experiment;
 
 /// Every experiment, in report order.
 pub fn all() -> Vec<Box<dyn Experiment>> {
     vec![
         Box::new(gradient_flow::GradientFlow),
+        Box::new(exploding::Exploding),
+        Box::new(covariate_shift::CovariateShift),
+        Box::new(smoothness::Smoothness),
         Box::new(convergence::Convergence),
         Box::new(lr_robustness::LrRobustness),
+        Box::new(regularization::Regularization),
         Box::new(batch_size::BatchSize),
-        Box::new(covariate_shift::CovariateShift),
+        Box::new(compute_cost::ComputeCost),
+        Box::new(style::Style),
+        Box::new(variable_length::VariableLength),
         Box::new(transformer::Transformer),
         Box::new(conditioning::Conditioning),
     ]
-}
-
-/// The value for `mode`.
-pub fn sized<T>(mode: Mode, smoke: T, quick: T, full: T) -> T {
-    match mode {
-        Mode::Smoke => smoke,
-        Mode::Quick => quick,
-        Mode::Full => full,
-    }
-}
-
-/// Counts normkit's fused kernel calls over a stretch of work, so a
-/// section can say that its normalizations ran on them.
-pub struct FusedCounter(FusedCalls);
-
-impl FusedCounter {
-    pub fn start() -> Self {
-        Self(fused_calls())
-    }
-
-    /// "normkit's fused kernels ran F forward and B backward passes."
-    pub fn sentence(&self) -> String {
-        let now = fused_calls();
-        format!(
-            "Every normalization ran on normkit's fused kernels through normkit-burn \
-             (this experiment made {} fused forward and {} fused backward calls; \
-             counts include any other work in the process at the same time).",
-            now.forward.saturating_sub(self.0.forward),
-            now.backward.saturating_sub(self.0.backward)
-        )
-    }
-}
-
-/// Metric keys holding wall-clock timings start with this: they differ
-/// between reruns, everything else is a function of the seed.
-pub const TIME_PREFIX: &str = "time/";
-
-/// `x` as a percentage with one decimal ("68.3%"), or "n/a".
-pub fn pct(x: f64) -> String {
-    if x.is_finite() {
-        format!("{:.1}%", 100.0 * x)
-    } else {
-        "n/a".into()
-    }
-}
-
-/// [`fmt_num`], or "n/a" for a non-finite value.
-pub fn num(x: f64) -> String {
-    if x.is_finite() {
-        fmt_num(x)
-    } else {
-        "n/a".into()
-    }
 }

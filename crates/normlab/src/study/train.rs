@@ -5,8 +5,14 @@
 //! Everything runs on burn's `flex` backend with autodiff, where every
 //! normkit-burn layer runs normkit's fused kernels. Batch order comes from
 //! the study's seeds; parameters from [`super::models`]' own generator.
+//!
+//! BatchNorm (and Batch Renorm) can be evaluated three ways: with the
+//! running statistics training left ([`evaluate`]), with population
+//! statistics recomputed over the training set after training
+//! ([`recompute_population_stats`]), or with each test batch's own
+//! statistics ([`evaluate_batch_stats`]).
 
-use super::models::Classifier;
+use super::models::{Classifier, HasNorms};
 use crate::study::data::{derive_seed, Dataset, Order};
 use burn::module::Module;
 use burn::optim::momentum::MomentumConfig;
@@ -98,6 +104,7 @@ impl Optim {
     pub fn new(spec: OptimSpec) -> Self {
         let inner = match spec {
             OptimSpec::Adam { .. } => AdamConfig::new().with_epsilon(1e-8).init(),
+            OptimSpec::Sgd { momentum: 0.0, .. } => SgdConfig::new().init(),
             OptimSpec::Sgd { momentum, .. } => SgdConfig::new()
                 .with_momentum(Some(
                     MomentumConfig::new()
@@ -141,14 +148,82 @@ pub fn evaluate<M: Classifier>(model: &M, data: &Dataset, device: &Device) -> Ev
         let n = batch.labels.len();
         let x = matrix(batch.features, n, data.example_len(), &plain);
         let logits = values(model.logits(x));
-        for (i, &label) in batch.labels.iter().enumerate() {
-            let row = &logits[i * classes..(i + 1) * classes];
-            let (l, predicted) = row_loss(row, label);
-            loss += l;
-            correct += usize::from(predicted == Some(label));
-        }
+        let (l, c) = score(&logits, &batch.labels, classes);
+        loss += l;
+        correct += c;
     }
     let n = data.len().max(1) as f64;
+    Eval {
+        loss: loss / n,
+        accuracy: correct as f64 / n,
+    }
+}
+
+/// Loss and accuracy of logits against labels, on the host.
+fn score(logits: &[f32], labels: &[usize], classes: usize) -> (f64, usize) {
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    for (i, &label) in labels.iter().enumerate() {
+        let (l, predicted) = row_loss(&logits[i * classes..(i + 1) * classes], label);
+        loss += l;
+        correct += usize::from(predicted == Some(label));
+    }
+    (loss, correct)
+}
+
+/// `model` with BatchNorm's and Batch Renorm's running statistics replaced
+/// by population statistics over `data`: the layers restart as cumulative
+/// averages and see every training example once, in sequential batches of
+/// `batch` (drop-last), in training mode. No parameter changes.
+pub fn recompute_population_stats<M: Classifier + HasNorms>(
+    model: &M,
+    data: &Dataset,
+    batch: usize,
+    device: &Device,
+) -> M {
+    let mut fresh = model.clone();
+    for norm in fresh.norms_mut().into_iter().flatten() {
+        norm.reset_running_stats();
+    }
+    let batches = data
+        .batches(batch.max(2), Order::Sequential, true)
+        .unwrap_or_else(|e| panic!("a batch of at least 2 is positive: {e}"));
+    for b in batches {
+        let n = b.labels.len();
+        // Only the running statistics' update is wanted.
+        let _ = fresh.logits(matrix(b.features, n, data.example_len(), device));
+    }
+    fresh
+}
+
+/// Evaluates `model` with every normalization in training mode, so that
+/// BatchNorm normalizes each test batch of `batch` examples with that
+/// batch's own statistics (sequential batches; a last batch of one example,
+/// which has no batch statistics, is left out and not counted). Runs on a
+/// copy: `model`'s running statistics do not move.
+pub fn evaluate_batch_stats<M: Classifier>(
+    model: &M,
+    data: &Dataset,
+    batch: usize,
+    device: &Device,
+) -> Eval {
+    let copy = model.clone();
+    let classes = data.num_classes();
+    let (mut loss, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+    let batches = data
+        .batches(batch.max(2), Order::Sequential, false)
+        .unwrap_or_else(|e| panic!("a batch of at least 2 is positive: {e}"));
+    for b in batches.filter(|b| b.labels.len() > 1) {
+        let n = b.labels.len();
+        let logits = values(
+            copy.logits(matrix(b.features, n, data.example_len(), device))
+                .detach(),
+        );
+        let (l, c) = score(&logits, &b.labels, classes);
+        loss += l;
+        correct += c;
+        seen += n;
+    }
+    let n = seen.max(1) as f64;
     Eval {
         loss: loss / n,
         accuracy: correct as f64 / n,
@@ -247,17 +322,46 @@ impl Curve {
         self.train_time.as_secs_f64() * 1e3 / self.steps_done as f64
     }
 
-    pub fn accuracy_points(&self) -> Vec<(f64, f64)> {
-        points(&self.steps, &self.test_accuracy)
+    /// Test accuracy after each evaluation, smoothed by a trailing mean
+    /// over `window` evaluations (fewer at the start); NaN throughout for
+    /// a diverged run.
+    pub fn smoothed_accuracy(&self, window: usize) -> Vec<f64> {
+        if self.diverged {
+            return vec![f64::NAN; self.test_accuracy.len()];
+        }
+        smooth(&self.test_accuracy, window)
     }
 
-    pub fn train_loss_points(&self) -> Vec<(f64, f64)> {
-        points(&self.steps, &self.train_loss)
+    /// The mean test accuracy over the evaluations after step 0: the area
+    /// under the accuracy curve per step when evaluations are evenly
+    /// spaced. A diverged run scores `chance` from where it stopped.
+    pub fn accuracy_auc(&self, planned_evals: usize, chance: f64) -> f64 {
+        let got: Vec<f64> = self.test_accuracy.iter().skip(1).copied().collect();
+        let missing = planned_evals.saturating_sub(got.len());
+        let total: f64 = got.iter().sum::<f64>() + missing as f64 * chance;
+        total / planned_evals.max(1) as f64
     }
 }
 
-pub fn points(xs: &[usize], ys: &[f64]) -> Vec<(f64, f64)> {
-    xs.iter().zip(ys).map(|(&x, &y)| (x as f64, y)).collect()
+/// Trailing mean over `window` values (fewer at the start).
+pub fn smooth(values: &[f64], window: usize) -> Vec<f64> {
+    let w = window.max(1);
+    (0..values.len())
+        .map(|i| {
+            let from = (i + 1).saturating_sub(w);
+            let part = &values[from..=i];
+            part.iter().sum::<f64>() / part.len() as f64
+        })
+        .collect()
+}
+
+/// The first step at which `smoothed` reaches `target`, or `None`.
+pub fn first_step_at(steps: &[usize], smoothed: &[f64], target: f64) -> Option<usize> {
+    steps
+        .iter()
+        .zip(smoothed)
+        .find(|(_, &a)| a >= target)
+        .map(|(&s, _)| s)
 }
 
 /// Where progress lines go; stderr unless [`set_progress_printer`] says
@@ -411,18 +515,6 @@ pub fn train_classifier<M: Classifier>(
         }
     }
     curve.steps_done = step;
-    let end = if curve.diverged {
-        format!("diverged at step {step}")
-    } else {
-        format!(
-            "test accuracy {:.3}",
-            curve.test_accuracy.last().copied().unwrap_or(f64::NAN)
-        )
-    };
-    progress.done(&format!(
-        "{}: {} steps, {end}",
-        schedule.name, schedule.steps
-    ));
     (model, curve)
 }
 
@@ -442,6 +534,21 @@ mod tests {
         let (l, am) = row_loss(&[f32::NAN, 1.0], 0);
         assert!(l.is_nan());
         assert_eq!(am, None);
+    }
+
+    #[test]
+    fn smoothing_and_area_under_the_curve() {
+        assert_eq!(smooth(&[1.0, 3.0, 5.0, 7.0], 2), vec![1.0, 2.0, 4.0, 6.0]);
+        assert_eq!(first_step_at(&[0, 10, 20], &[0.1, 0.5, 0.9], 0.5), Some(10));
+        assert_eq!(first_step_at(&[0, 10], &[0.1, 0.2], 0.5), None);
+        let c = Curve {
+            steps: vec![0, 10, 20],
+            test_accuracy: vec![0.1, 0.5, 0.7],
+            ..Curve::default()
+        };
+        assert!((c.accuracy_auc(2, 0.1) - 0.6).abs() < 1e-12);
+        // Two of four evaluations missing (diverged): counted at chance.
+        assert!((c.accuracy_auc(4, 0.1) - 0.35).abs() < 1e-12);
     }
 
     #[test]

@@ -1,26 +1,32 @@
 //! Plots as standalone SVG elements, written by hand: axes with readable
-//! tick numbers, optional log scales, a legend, colour-blind-safe colours
-//! (Okabe & Ito) and dash patterns once the colours run out. Text is drawn
-//! as `<text>`, so no font files are needed; the viewer's sans-serif font
-//! renders it.
+//! tick numbers, optional log scales, 95% intervals as bands and error
+//! bars, dashed guide lines for margins, colour-blind-safe colours (Okabe &
+//! Ito) and dash patterns once the colours run out. The legend sits under
+//! the plot and wraps onto as many rows as it needs, so no name is cut.
+//! Text is drawn as `<text>`, so no font files are needed.
 
-use super::report::{escape, fmt_num, Plot, PlotKind};
+use super::plot::{Plot, PlotKind, Point};
+use crate::study::fmt::{escape, fmt_num};
 use std::fmt::Write as _;
 
-const WIDTH: f64 = 640.0;
-const HEIGHT: f64 = 380.0;
-/// The plot area; the legend sits to the right of it.
+const WIDTH: f64 = 520.0;
 const LEFT: f64 = 64.0;
-const RIGHT: f64 = WIDTH - 176.0;
-const TOP: f64 = 40.0;
-const BOTTOM: f64 = HEIGHT - 60.0;
+const RIGHT: f64 = WIDTH - 20.0;
+const TOP: f64 = 36.0;
+/// Height of the plot area.
+const AREA: f64 = 240.0;
+/// A legend row's height and the width of one character, roughly, at the
+/// legend's 11 px.
+const ROW: f64 = 17.0;
+const CHAR: f64 = 6.6;
 
 const COLORS: [&str; 8] = [
     "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#999999",
 ];
 const DASHES: [&str; 4] = ["", "6 3", "2 3", "8 3 2 3"];
 
-/// Series with at most this many points get a marker at each point.
+/// Series with at most this many points get a marker at each point, and
+/// error bars where they have intervals.
 const MARKER_LIMIT: usize = 40;
 
 fn style(i: usize) -> (&'static str, &'static str) {
@@ -28,6 +34,14 @@ fn style(i: usize) -> (&'static str, &'static str) {
         COLORS[i % COLORS.len()],
         DASHES[(i / COLORS.len()) % DASHES.len()],
     )
+}
+
+fn dash_attr(dash: &str) -> String {
+    if dash.is_empty() {
+        String::new()
+    } else {
+        format!(" stroke-dasharray=\"{dash}\"")
+    }
 }
 
 /// One axis: its domain (in log10 units on a log axis) and tick values (in
@@ -200,62 +214,113 @@ fn px(x: &Axis, v: f64) -> f64 {
     LEFT + x.fraction(v) * (RIGHT - LEFT)
 }
 
-fn py(y: &Axis, v: f64) -> f64 {
-    BOTTOM - y.fraction(v) * (BOTTOM - TOP)
+/// Where things go vertically: the plot area's bottom, the legend's first
+/// row and the whole height.
+struct Layout {
+    bottom: f64,
+    x_label: f64,
+    legend: f64,
+    height: f64,
+    /// Legend entries as (series index, x, row).
+    entries: Vec<(usize, f64, usize)>,
+}
+
+impl Layout {
+    /// `tick_labels`: the height the x tick labels take.
+    fn new(plot: &Plot, tick_labels: f64) -> Self {
+        let bottom = TOP + AREA;
+        let x_label = bottom + tick_labels + 16.0;
+        let legend = x_label + 22.0;
+        let mut entries = Vec::new();
+        let (mut x, mut row) = (LEFT, 0usize);
+        for (i, s) in plot.series.iter().enumerate() {
+            let w = 30.0 + CHAR * s.name.chars().count() as f64 + 14.0;
+            if x > LEFT && x + w > WIDTH - 8.0 {
+                x = LEFT;
+                row += 1;
+            }
+            entries.push((i, x, row));
+            x += w;
+        }
+        let rows = if plot.series.is_empty() { 0 } else { row + 1 };
+        Self {
+            bottom,
+            x_label,
+            legend,
+            height: legend + rows as f64 * ROW + 4.0,
+            entries,
+        }
+    }
+
+    fn py(&self, y: &Axis, v: f64) -> f64 {
+        self.bottom - y.fraction(v) * (self.bottom - TOP)
+    }
 }
 
 /// Renders `plot` as one `<svg>` element.
 pub fn render(plot: &Plot) -> String {
+    // Bar categories that do not fit their slot side by side stand
+    // upright, and the picture grows to hold the longest.
+    let longest = plot
+        .categories
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0) as f64;
+    let slot = (RIGHT - LEFT) / bar_count(plot).max(1) as f64;
+    let rotated = plot.kind == PlotKind::Bar && longest * CHAR > slot - 4.0;
+    let layout = Layout::new(plot, if rotated { longest * CHAR + 8.0 } else { 20.0 });
+    let height = layout.height;
     let mut out = String::new();
     let title = escape(&plot.title);
     let _ = write!(
         out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"plot\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" \
-         width=\"{WIDTH}\" height=\"{HEIGHT}\" role=\"img\" aria-label=\"{title}\" \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"plot\" viewBox=\"0 0 {WIDTH} {height:.0}\" \
+         width=\"{WIDTH}\" height=\"{height:.0}\" role=\"img\" aria-label=\"{title}\" \
          font-family=\"sans-serif\" font-size=\"11\">\n<title>{title}</title>\n\
-         <rect width=\"{WIDTH}\" height=\"{HEIGHT}\" fill=\"#fff\"/>\n\
-         <text x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\" font-weight=\"bold\">{title}</text>\n",
-        (LEFT + RIGHT) / 2.0
+         <rect width=\"{WIDTH}\" height=\"{height:.0}\" fill=\"#fff\"/>\n\
+         <text x=\"{:.1}\" y=\"20\" text-anchor=\"middle\" font-size=\"13\" font-weight=\"bold\">{title}</text>\n",
+        WIDTH / 2.0
     );
     let drawn = match plot.kind {
-        PlotKind::Line => draw_lines(&mut out, plot),
-        PlotKind::Bar => draw_bars(&mut out, plot),
+        PlotKind::Line => draw_lines(&mut out, plot, &layout),
+        PlotKind::Bar => draw_bars(&mut out, plot, &layout, rotated),
     };
     if !drawn {
         let _ = writeln!(
             out,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#888\">no finite data</text>",
             (LEFT + RIGHT) / 2.0,
-            (TOP + BOTTOM) / 2.0
+            (TOP + layout.bottom) / 2.0
         );
     }
     let _ = writeln!(
         out,
         "<rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"none\" stroke=\"#888\"/>",
         RIGHT - LEFT,
-        BOTTOM - TOP
+        layout.bottom - TOP
     );
     let _ = writeln!(
         out,
         "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-size=\"12\">{}</text>",
         (LEFT + RIGHT) / 2.0,
-        HEIGHT - 12.0,
+        layout.x_label,
         escape(&plot.x_label)
     );
     let _ = writeln!(
         out,
-        "<text transform=\"translate(16 {:.1}) rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">{}</text>",
-        (TOP + BOTTOM) / 2.0,
+        "<text transform=\"translate(15 {:.1}) rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">{}</text>",
+        (TOP + layout.bottom) / 2.0,
         escape(&plot.y_label)
     );
-    legend(&mut out, plot);
+    legend(&mut out, plot, &layout);
     out.push_str("</svg>");
     out
 }
 
-fn y_grid(out: &mut String, y: &Axis) {
+fn y_grid(out: &mut String, y: &Axis, layout: &Layout) {
     for &t in &y.ticks {
-        let v = py(y, t);
+        let v = layout.py(y, t);
         let _ = writeln!(
             out,
             "<line x1=\"{LEFT}\" x2=\"{RIGHT}\" y1=\"{v:.1}\" y2=\"{v:.1}\" stroke=\"#e6e6e6\"/>\
@@ -267,39 +332,103 @@ fn y_grid(out: &mut String, y: &Axis) {
     }
 }
 
-fn draw_lines(out: &mut String, plot: &Plot) -> bool {
-    let ok = |&&(x, y): &&(f64, f64)| drawable(x, plot.log_x) && drawable(y, plot.log_y);
-    let points = || plot.series.iter().flat_map(|s| s.points.iter().filter(ok));
+/// Dashed guide lines with their labels, inside the plot area.
+fn guides(out: &mut String, plot: &Plot, y: &Axis, layout: &Layout) {
+    for g in plot.guides.iter().filter(|g| drawable(g.y, y.log)) {
+        let v = layout.py(y, g.y);
+        let _ = writeln!(
+            out,
+            "<line class=\"guide\" x1=\"{LEFT}\" x2=\"{RIGHT}\" y1=\"{v:.1}\" y2=\"{v:.1}\" stroke=\"#555\" stroke-width=\"1.2\" stroke-dasharray=\"5 4\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"#444\" font-size=\"10\">{}</text>",
+            RIGHT - 4.0,
+            v - 4.0,
+            escape(&g.label)
+        );
+    }
+}
+
+/// Every y value a plot must show: points, their intervals, guides.
+fn y_values<'a>(
+    plot: &'a Plot,
+    keep: impl Fn(&Point) -> bool + 'a,
+) -> impl Iterator<Item = f64> + 'a {
+    let log = plot.log_y;
+    plot.series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(move |p| keep(p))
+        .flat_map(|p| [p.y, p.lo, p.hi])
+        .chain(plot.guides.iter().map(|g| g.y))
+        .filter(move |&v| v.is_finite() && drawable(v, log))
+}
+
+fn error_bar(out: &mut String, x: f64, lo: f64, hi: f64, color: &str) {
+    let _ = writeln!(
+        out,
+        "<path class=\"errorbar\" d=\"M{x:.1},{lo:.1}V{hi:.1}M{:.1},{lo:.1}H{:.1}M{:.1},{hi:.1}H{:.1}\" stroke=\"{color}\" stroke-width=\"1.2\" fill=\"none\"/>",
+        x - 3.0,
+        x + 3.0,
+        x - 3.0,
+        x + 3.0
+    );
+}
+
+fn draw_lines(out: &mut String, plot: &Plot, layout: &Layout) -> bool {
+    let ok = |p: &Point| drawable(p.x, plot.log_x) && drawable(p.y, plot.log_y);
+    let xs = plot
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().filter(|p| ok(p)).map(|p| p.x));
     let (Some(x), Some(y)) = (
-        axis_for(points().map(|p| p.0), plot.log_x, false),
-        axis_for(points().map(|p| p.1), plot.log_y, false),
+        axis_for(xs, plot.log_x, false),
+        axis_for(y_values(plot, |p| ok(p)), plot.log_y, false),
     ) else {
         return false;
     };
-    y_grid(out, &y);
+    y_grid(out, &y, layout);
     for &t in &x.ticks {
         let v = px(&x, t);
         let _ = writeln!(
             out,
-            "<line x1=\"{v:.1}\" x2=\"{v:.1}\" y1=\"{TOP}\" y2=\"{BOTTOM}\" stroke=\"#e6e6e6\"/>\
+            "<line x1=\"{v:.1}\" x2=\"{v:.1}\" y1=\"{TOP}\" y2=\"{:.1}\" stroke=\"#e6e6e6\"/>\
              <text x=\"{v:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-            BOTTOM + 16.0,
+            layout.bottom,
+            layout.bottom + 16.0,
             escape(&x.label(t))
         );
     }
+    let in_range = |v: f64| drawable(v, plot.log_y);
     for (i, s) in plot.series.iter().enumerate() {
         let (color, dash) = style(i);
-        let dash_attr = if dash.is_empty() {
-            String::new()
-        } else {
-            format!(" stroke-dasharray=\"{dash}\"")
-        };
+        // A band through the intervals, where consecutive points have one.
+        let band: Vec<&Point> = s
+            .points
+            .iter()
+            .filter(|p| ok(p) && p.has_interval() && in_range(p.lo) && in_range(p.hi))
+            .collect();
+        if band.len() >= 2 {
+            let upper: Vec<String> = band
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", px(&x, p.x), layout.py(&y, p.hi)))
+                .collect();
+            let lower: Vec<String> = band
+                .iter()
+                .rev()
+                .map(|p| format!("{:.1},{:.1}", px(&x, p.x), layout.py(&y, p.lo)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "<polygon class=\"band\" points=\"{} {}\" fill=\"{color}\" fill-opacity=\"0.16\" stroke=\"none\"/>",
+                upper.join(" "),
+                lower.join(" ")
+            );
+        }
         // A point that cannot be drawn breaks the line into runs.
-        let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        let mut runs: Vec<Vec<&Point>> = vec![Vec::new()];
         for p in &s.points {
-            if ok(&p) {
+            if ok(p) {
                 if let Some(run) = runs.last_mut() {
-                    run.push((px(&x, p.0), py(&y, p.1)));
+                    run.push(p);
                 }
             } else if runs.last().is_some_and(|r| !r.is_empty()) {
                 runs.push(Vec::new());
@@ -308,16 +437,23 @@ fn draw_lines(out: &mut String, plot: &Plot) -> bool {
         let markers = s.points.len() <= MARKER_LIMIT;
         for run in &runs {
             if run.len() >= 2 {
-                let coords: Vec<String> =
-                    run.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
+                let coords: Vec<String> = run
+                    .iter()
+                    .map(|p| format!("{:.1},{:.1}", px(&x, p.x), layout.py(&y, p.y)))
+                    .collect();
                 let _ = writeln!(
                     out,
-                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{dash_attr}/>",
-                    coords.join(" ")
+                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\"{}/>",
+                    coords.join(" "),
+                    dash_attr(dash)
                 );
             }
             if markers || run.len() == 1 {
-                for (a, b) in run {
+                for p in run {
+                    let (a, b) = (px(&x, p.x), layout.py(&y, p.y));
+                    if p.has_interval() && in_range(p.lo) && in_range(p.hi) {
+                        error_bar(out, a, layout.py(&y, p.lo), layout.py(&y, p.hi), color);
+                    }
                     let _ = writeln!(
                         out,
                         "<circle cx=\"{a:.1}\" cy=\"{b:.1}\" r=\"2.6\" fill=\"{color}\"/>"
@@ -326,33 +462,33 @@ fn draw_lines(out: &mut String, plot: &Plot) -> bool {
             }
         }
     }
+    guides(out, plot, &y, layout);
     true
 }
 
-fn draw_bars(out: &mut String, plot: &Plot) -> bool {
+fn bar_count(plot: &Plot) -> usize {
     let max_index = plot
         .series
         .iter()
         .flat_map(|s| s.points.iter())
-        .filter(|p| p.0.is_finite() && p.0 >= 0.0 && p.0.fract() == 0.0)
-        .map(|p| p.0 as usize + 1)
+        .filter(|p| p.x.is_finite() && p.x >= 0.0 && p.x.fract() == 0.0)
+        .map(|p| p.x as usize + 1)
         .max()
         .unwrap_or(0);
-    let n = plot.categories.len().max(max_index);
+    plot.categories.len().max(max_index)
+}
+
+fn draw_bars(out: &mut String, plot: &Plot, layout: &Layout, rotate: bool) -> bool {
+    let n = bar_count(plot);
     // Only bars in a category: integral, in range, with a drawable value.
-    let bar = |&&(x, v): &&(f64, f64)| {
-        x >= 0.0 && x.fract() == 0.0 && (x as usize) < n && drawable(v, plot.log_y)
+    let bar = |p: &Point| {
+        p.x >= 0.0 && p.x.fract() == 0.0 && (p.x as usize) < n && drawable(p.y, plot.log_y)
     };
-    let values = plot
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter().filter(bar).map(|p| p.1));
-    let Some(y) = axis_for(values, plot.log_y, true) else {
+    let Some(y) = axis_for(y_values(plot, bar), plot.log_y, true) else {
         return false;
     };
-    y_grid(out, &y);
+    y_grid(out, &y, layout);
     let slot = (RIGHT - LEFT) / n as f64;
-    let rotate = n > 8;
     for c in 0..n {
         let label = plot
             .categories
@@ -360,84 +496,77 @@ fn draw_bars(out: &mut String, plot: &Plot) -> bool {
             .cloned()
             .unwrap_or_else(|| c.to_string());
         let cx = LEFT + slot * (c as f64 + 0.5);
-        let cy = BOTTOM + 16.0;
-        let transform = if rotate {
-            format!(" transform=\"rotate(-35 {cx:.1} {cy:.1})\"")
+        // Upright labels end just under the axis and read bottom to top.
+        let (x, y, anchor, transform) = if rotate {
+            let (x, y) = (cx + 4.0, layout.bottom + 6.0);
+            (
+                x,
+                y,
+                "end",
+                format!(" transform=\"rotate(-90 {x:.1} {y:.1})\""),
+            )
         } else {
-            String::new()
+            (cx, layout.bottom + 16.0, "middle", String::new())
         };
-        let anchor = if rotate { "end" } else { "middle" };
         let _ = writeln!(
             out,
-            "<text x=\"{cx:.1}\" y=\"{cy:.1}\" text-anchor=\"{anchor}\"{transform}>{}</text>",
+            "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"{anchor}\"{transform}>{}</text>",
             escape(&label)
         );
     }
     let groups = plot.series.len().max(1) as f64;
     let width = slot * 0.8 / groups;
-    let base = if y.log { BOTTOM } else { py(&y, 0.0) };
+    let base = if y.log {
+        layout.bottom
+    } else {
+        layout.py(&y, 0.0)
+    };
     for (i, s) in plot.series.iter().enumerate() {
         let (color, _) = style(i);
-        for &(c, v) in s.points.iter().filter(bar) {
-            let x0 = LEFT + slot * (c + 0.1) + width * i as f64;
-            let top = py(&y, v);
+        for p in s.points.iter().filter(|p| bar(p)) {
+            let x0 = LEFT + slot * (p.x + 0.1) + width * i as f64;
+            let top = layout.py(&y, p.y);
             let _ = writeln!(
                 out,
-                "<rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"><title>{}: {}</title></rect>",
+                "<rect x=\"{x0:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.85\"><title>{}: {}</title></rect>",
                 top.min(base),
                 width.max(0.5),
                 (top - base).abs(),
                 escape(&s.name),
-                escape(&fmt_num(v))
+                escape(&fmt_num(p.y))
             );
+            if p.has_interval() && drawable(p.lo, y.log) && drawable(p.hi, y.log) {
+                let mid = x0 + width / 2.0;
+                error_bar(out, mid, layout.py(&y, p.lo), layout.py(&y, p.hi), "#222");
+            }
         }
     }
+    guides(out, plot, &y, layout);
     true
 }
 
-fn legend(out: &mut String, plot: &Plot) {
-    const MAX_CHARS: usize = 21;
-    let x = RIGHT + 12.0;
-    for (i, s) in plot.series.iter().enumerate() {
-        let y = TOP + 10.0 + 18.0 * i as f64;
-        if y > HEIGHT - 8.0 {
-            let _ = writeln!(
-                out,
-                "<text x=\"{x:.1}\" y=\"{y:.1}\" fill=\"#666\">… {} more</text>",
-                plot.series.len() - i
-            );
-            break;
-        }
+fn legend(out: &mut String, plot: &Plot, layout: &Layout) {
+    for &(i, x, row) in &layout.entries {
+        let s = &plot.series[i];
+        let y = layout.legend + ROW * row as f64;
         let (color, dash) = style(i);
         let swatch = match plot.kind {
-            PlotKind::Line => {
-                let dash_attr = if dash.is_empty() {
-                    String::new()
-                } else {
-                    format!(" stroke-dasharray=\"{dash}\"")
-                };
-                format!(
-                    "<line x1=\"{x:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"2.5\"{dash_attr}/>",
-                    x + 20.0,
-                    y - 4.0,
-                    y - 4.0
-                )
-            }
+            PlotKind::Line => format!(
+                "<line x1=\"{x:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{color}\" stroke-width=\"2.5\"{}/>",
+                x + 22.0,
+                y - 4.0,
+                y - 4.0,
+                dash_attr(dash)
+            ),
             PlotKind::Bar => format!(
                 "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"16\" height=\"10\" fill=\"{color}\"/>",
                 y - 9.0
             ),
         };
-        let name: String = if s.name.chars().count() > MAX_CHARS {
-            s.name.chars().take(MAX_CHARS - 1).chain(['…']).collect()
-        } else {
-            s.name.clone()
-        };
         let _ = writeln!(
             out,
-            "{swatch}<text x=\"{:.1}\" y=\"{y:.1}\">{}<title>{}</title></text>",
-            x + 26.0,
-            escape(&name),
+            "<g class=\"legend-entry\">{swatch}<text x=\"{:.1}\" y=\"{y:.1}\">{}</text></g>",
+            x + 28.0,
             escape(&s.name)
         );
     }

@@ -1,14 +1,14 @@
 //! Batch Normalization as a candle layer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use normkit::{ChannelAxis, Elem, Momentum, RunningStats, Stats};
+use normkit::op::BatchNormOp;
+use normkit::ChannelAxis;
 
-use crate::fused::{self, Kernel, Slots};
-use crate::running::Running;
+use crate::fused;
+use crate::running::{self, Running};
 use crate::state::{insert, StateDict};
 
 /// Settings of a [`BatchNorm`] layer; the defaults are PyTorch's.
@@ -149,60 +149,33 @@ impl BatchNorm {
         self.running.as_ref().map(Running::count).transpose()
     }
 
-    fn kernel_config(&self, momentum: Momentum) -> normkit::BatchNormConfig {
-        normkit::BatchNormConfig {
-            eps: self.config.eps as f32,
-            momentum,
-            channel_axis: self.config.channel_axis,
-        }
-    }
-
-    fn params(&self) -> Vec<&Tensor> {
-        self.weight.iter().chain(self.bias.iter()).collect()
+    /// The op of one call: batch statistics in training and whenever there
+    /// are no running ones (PyTorch), the running ones otherwise.
+    fn op(&self, train: bool) -> Result<BatchNormOp> {
+        let update = self.running.as_ref().filter(|_| train);
+        let momentum = running::momentum(self.config.momentum, update)?;
+        Ok(BatchNormOp {
+            cfg: normkit::BatchNormConfig {
+                eps: self.config.eps as f32,
+                momentum,
+                channel_axis: self.config.channel_axis,
+            },
+            training: train || self.running.is_none(),
+            weight: self.weight.is_some(),
+            bias: self.bias.is_some(),
+        })
     }
 }
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        const OP: &str = "batch_norm";
-        crate::check_channels(OP, x, self.config.channel_axis, self.num_features)?;
-        let slots = Slots::of(self.weight.as_ref(), self.bias.as_ref());
-        let params = self.params();
-        match (&self.running, train) {
-            (Some(r), false) => {
-                let (mean, var) = r.values()?;
-                let kernel = BatchNormEval {
-                    cfg: self.kernel_config(Momentum::default()),
-                    slots,
-                    mean,
-                    var,
-                };
-                fused::apply(Arc::new(kernel), x, &params)
-            }
-            (running, _) => {
-                let update = running.as_ref().filter(|_| train);
-                let momentum = match (self.config.momentum, update) {
-                    (Some(m), _) => Momentum::Exponential(m as f32),
-                    (None, Some(r)) => Momentum::CumulativeAverage {
-                        num_batches_tracked: r.count()?,
-                    },
-                    (None, None) => Momentum::default(),
-                };
-                let kernel = Arc::new(BatchNormTrain {
-                    cfg: self.kernel_config(momentum),
-                    slots,
-                    running: update.map(Running::values).transpose()?.map(Mutex::new),
-                });
-                let y = fused::apply(kernel.clone(), x, &params)?;
-                if let (Some(r), Some(values)) = (update, &kernel.running) {
-                    let (mean, var) =
-                        std::mem::take(&mut *values.lock().unwrap_or_else(|e| e.into_inner()));
-                    r.store(mean, var)?;
-                    r.set_count(r.count()? + 1)?;
-                }
-                Ok(y)
-            }
+        crate::check_channels("batch_norm", x, self.config.channel_axis, self.num_features)?;
+        let params: Vec<&Tensor> = self.weight.iter().chain(&self.bias).collect();
+        let y = fused::apply_running(self.op(train)?, x, &params, self.running.as_ref())?;
+        if let Some(r) = self.running.as_ref().filter(|_| train) {
+            r.set_count(r.count()? + 1)?;
         }
+        Ok(y)
     }
 }
 
@@ -217,121 +190,5 @@ impl StateDict for BatchNorm {
         for (name, t) in self.running.iter().flat_map(Running::named) {
             insert(out, prefix, name, &t);
         }
-    }
-}
-
-/// Training forward (batch statistics), updating the running statistics it
-/// holds.
-struct BatchNormTrain {
-    cfg: normkit::BatchNormConfig,
-    slots: Slots,
-    running: Option<Mutex<(Vec<f32>, Vec<f32>)>>,
-}
-
-impl Kernel for BatchNormTrain {
-    type Saved = Stats;
-    const NAME: &'static str = "batch_norm";
-    const BACKWARD_NAME: &'static str = "batch_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        let mut guard = self
-            .running
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
-        let running = guard
-            .as_deref_mut()
-            .map(|(mean, var)| RunningStats { mean, var });
-        normkit::batch_norm_forward_train(
-            y,
-            x,
-            shape,
-            self.slots.affine(params),
-            running,
-            &self.cfg,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::batch_norm_backward_train(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
-    }
-}
-
-/// Evaluation forward with running statistics.
-struct BatchNormEval {
-    cfg: normkit::BatchNormConfig,
-    slots: Slots,
-    mean: Vec<f32>,
-    var: Vec<f32>,
-}
-
-impl Kernel for BatchNormEval {
-    type Saved = Stats;
-    const NAME: &'static str = "batch_norm";
-    const BACKWARD_NAME: &'static str = "batch_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        normkit::batch_norm_forward_eval(
-            y,
-            x,
-            shape,
-            self.slots.affine(params),
-            &self.mean,
-            &self.var,
-            &self.cfg,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::batch_norm_backward_eval(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
     }
 }

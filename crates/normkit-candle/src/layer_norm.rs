@@ -1,14 +1,13 @@
 //! Layer Normalization and RMSNorm as candle layers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{DType, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
-use normkit::{Elem, Stats};
+use normkit::op::{LayerNormOp, Precision, RmsNormOp};
 
 use crate::error::{self, LayerError};
-use crate::fused::{self, Kernel, Slots};
+use crate::fused;
 use crate::state::{insert, StateDict};
 
 /// Settings of a [`LayerNorm`] layer; the defaults are PyTorch's.
@@ -166,13 +165,14 @@ pub fn layer_norm_op(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    let kernel = LayerNormKernel {
+    let op = LayerNormOp {
         normalized_shape: normalized_shape.to_vec(),
-        slots: Slots::of(weight, bias),
         eps: eps as f32,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
     };
     let params: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
-    fused::apply(Arc::new(kernel), x, &params)
+    fused::apply(op, x, &params)
 }
 
 fn check_param_shape(
@@ -190,58 +190,6 @@ fn check_param_shape(
             expected: expected.to_vec(),
             got: t.dims().to_vec(),
         }))
-    }
-}
-
-struct LayerNormKernel {
-    normalized_shape: Vec<usize>,
-    slots: Slots,
-    eps: f32,
-}
-
-impl Kernel for LayerNormKernel {
-    type Saved = Stats;
-    const NAME: &'static str = "layer_norm";
-    const BACKWARD_NAME: &'static str = "layer_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        normkit::layer_norm_forward(
-            y,
-            x,
-            shape,
-            &self.normalized_shape,
-            self.slots.affine(params),
-            self.eps,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::layer_norm_backward(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            &self.normalized_shape,
-            weight,
-            saved,
-        )
     }
 }
 
@@ -357,13 +305,14 @@ impl StateDict for RmsNorm {
     }
 }
 
-/// The machine epsilon PyTorch's RMSNorm adds when `eps` is `None`.
-fn dtype_eps(dtype: DType) -> f64 {
+/// The format of a dtype, for its machine epsilon; dtypes without kernels
+/// are refused by the op itself.
+fn precision(dtype: DType) -> Precision {
     match dtype {
-        DType::BF16 => 0.0078125,
-        DType::F16 => 0.0009765625,
-        DType::F64 => f64::EPSILON,
-        _ => f32::EPSILON as f64,
+        DType::BF16 => Precision::Bf16,
+        DType::F16 => Precision::F16,
+        DType::F64 => Precision::F64,
+        _ => Precision::F32,
     }
 }
 
@@ -375,65 +324,11 @@ pub fn rms_norm_op(
     weight: Option<&Tensor>,
     eps: Option<f64>,
 ) -> Result<Tensor> {
-    let kernel = RmsNormKernel {
+    let op = RmsNormOp {
         normalized_shape: normalized_shape.to_vec(),
-        has_weight: weight.is_some(),
-        eps: eps.unwrap_or_else(|| dtype_eps(x.dtype())) as f32,
+        eps: eps.unwrap_or_else(|| precision(x.dtype()).machine_eps()) as f32,
+        weight: weight.is_some(),
     };
     let params: Vec<&Tensor> = weight.into_iter().collect();
-    fused::apply(Arc::new(kernel), x, &params)
-}
-
-struct RmsNormKernel {
-    normalized_shape: Vec<usize>,
-    has_weight: bool,
-    eps: f32,
-}
-
-impl RmsNormKernel {
-    fn weight<'a>(&self, params: &'a [f32]) -> Option<&'a [f32]> {
-        self.has_weight.then_some(params)
-    }
-}
-
-impl Kernel for RmsNormKernel {
-    type Saved = Stats;
-    const NAME: &'static str = "rms_norm";
-    const BACKWARD_NAME: &'static str = "rms_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        normkit::rms_norm_forward(
-            y,
-            x,
-            shape,
-            &self.normalized_shape,
-            self.weight(params),
-            self.eps,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let grads = normkit::Grads {
-            dx,
-            dweight: self.has_weight.then_some(dparams),
-            dbias: None,
-        };
-        let weight = self.weight(params);
-        normkit::rms_norm_backward(grads, dy, x, shape, &self.normalized_shape, weight, saved)
-    }
+    fused::apply(op, x, &params)
 }

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+use normkit::Momentum;
 
 /// The running-statistics buffers of BatchNorm and InstanceNorm.
 ///
@@ -88,4 +89,17 @@ impl Running {
             ),
         ]
     }
+}
+
+/// The update rule of a training step: `momentum`, or with `None` the
+/// cumulative average over the batches `update` has tracked. A step that
+/// updates nothing gets the default (it is not used).
+pub(crate) fn momentum(momentum: Option<f64>, update: Option<&Running>) -> Result<Momentum> {
+    Ok(match (momentum, update) {
+        (Some(m), _) => Momentum::Exponential(m as f32),
+        (None, Some(r)) => Momentum::CumulativeAverage {
+            num_batches_tracked: r.count()?,
+        },
+        (None, None) => Momentum::default(),
+    })
 }

@@ -61,7 +61,7 @@ fn plan(shape: &[usize], axis: ChannelAxis) -> Result<Plan> {
 /// where
 /// - `alpha` is one learnable scalar (the paper initializes it to 0.5);
 /// - `weight`, `bias` are optional and per channel (initialized to 1, 0);
-/// - tanh is computed in `f32` within 3 ulp ([`crate::tanh`]).
+/// - tanh is computed in `f32` within 3 ulp (see `tanh.rs`).
 ///
 /// # Shapes
 /// - `x`, `y`: `[*, C]` (channels last, rank ≥ 1) or `[N, C, *]` (channels

@@ -49,7 +49,7 @@ pub fn fold_batch_norm(
 ) -> Result<()> {
     let c = bn.running_mean.len();
     let shape = [weight.len()];
-    if c == 0 || weight.len() % c != 0 {
+    if c == 0 || !weight.len().is_multiple_of(c) {
         return Err(NormError::Length {
             op: OP,
             name: "weight (rows × row length, one row per channel)",

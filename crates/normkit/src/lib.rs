@@ -45,8 +45,13 @@
 //! and returns a [`NormError`] naming the op and the shapes, having written
 //! nothing.
 //!
-//! The [`reference`] module holds a plain `f64` twin of every op, used by
+//! The [`reference`](mod@reference) module holds a plain `f64` twin of every op, used by
 //! the tests as the yardstick.
+
+// Every `unsafe` block states why it is sound, and every `unsafe fn` what
+// its callers promise.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 mod ada_norm;
 mod adain;

@@ -105,6 +105,8 @@ impl Moments {
                 var: msq,
             });
         }
+        // Written negated so that a NaN refuses the sweep too.
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
         if !(mean_d * mean_d <= 0.5 * msq) {
             return None;
         }

@@ -95,6 +95,8 @@ pub(crate) fn tanh_sech2<S: Isa>(s: S, x: S::V) -> (S::V, S::V) {
 #[cfg(test)]
 mod tests {
     use crate::simd::{simd_level, Isa, Scalar, SimdLevel, LANES};
+    #[cfg(target_arch = "x86_64")]
+    use crate::simd::{Avx2, Avx512};
 
     /// `f` over `xs`, 16 at a time, at the scalar level and at every
     /// vector level this CPU has; the levels must agree bit for bit.
@@ -136,21 +138,27 @@ mod tests {
         match level {
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx512 => {
+                /// # Safety
+                /// The CPU has AVX-512, as the token proves.
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-                unsafe fn go(out: &mut [f32], xs: &[f32], sech2: bool) {
-                    run(crate::simd::Avx512, out, xs, sech2)
+                unsafe fn go(s: Avx512, out: &mut [f32], xs: &[f32], sech2: bool) {
+                    run(s, out, xs, sech2)
                 }
-                // SAFETY: only called when the CPU has AVX-512.
-                unsafe { go(out, xs, sech2) }
+                let s = Avx512::detect().expect("asked for a level this CPU has");
+                // SAFETY: the token came from detection.
+                unsafe { go(s, out, xs, sech2) }
             }
             #[cfg(target_arch = "x86_64")]
             SimdLevel::Avx2 => {
+                /// # Safety
+                /// The CPU has AVX2, FMA and F16C, as the token proves.
                 #[target_feature(enable = "avx2,fma,f16c")]
-                unsafe fn go(out: &mut [f32], xs: &[f32], sech2: bool) {
-                    run(crate::simd::Avx2, out, xs, sech2)
+                unsafe fn go(s: Avx2, out: &mut [f32], xs: &[f32], sech2: bool) {
+                    run(s, out, xs, sech2)
                 }
-                // SAFETY: only called when the CPU has AVX2 and FMA.
-                unsafe { go(out, xs, sech2) }
+                let s = Avx2::detect().expect("asked for a level this CPU has");
+                // SAFETY: the token came from detection.
+                unsafe { go(s, out, xs, sech2) }
             }
             _ => run(Scalar, out, xs, sech2),
         }

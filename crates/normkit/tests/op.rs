@@ -330,7 +330,7 @@ fn every_op_matches_its_entry_points() {
     let mut y = vec![0.0f32; i.x.len()];
     let stats =
         ada_layer_norm_forward(&mut y, &i.x, &shape, &[6], Affine::new(w, b), m, 1e-6).unwrap();
-    let mut d = vec![vec![0.0f32; 6], vec![0.0; 6], vec![0.0; 18], vec![0.0; 18]];
+    let mut d = [vec![0.0f32; 6], vec![0.0; 6], vec![0.0; 18], vec![0.0; 18]];
     let mut dx = vec![0.0; i.x.len()];
     let [dw, db, dsc, dsh] = &mut d[..] else {
         unreachable!()

@@ -359,7 +359,7 @@ fn every_simd_level_computes_the_same_bits() {
             // Every level has the same 16 lanes, fuses the same
             // multiply-adds and reduces in the same order.
             assert!(
-                bits(&[a.clone()]) == bits(&[b.clone()]),
+                bits(std::slice::from_ref(a)) == bits(std::slice::from_ref(b)),
                 "output {i}: {first:?} and {level:?} differ"
             );
         }

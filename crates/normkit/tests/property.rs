@@ -619,7 +619,7 @@ fn group_norm_shapes(rng: &mut Rng, cases: usize) -> Vec<(Vec<usize>, ChannelAxi
         let rank = rng.between(2, 4);
         let s = shape(rng, rank);
         let c = Dims::of(&s, axis).c;
-        let divisors: Vec<usize> = (1..=c).filter(|g| c % g == 0).collect();
+        let divisors: Vec<usize> = (1..=c).filter(|&g| c.is_multiple_of(g)).collect();
         out.push((s, axis, rng.pick(&divisors)));
     }
     out

@@ -164,7 +164,10 @@ fn channel_groups(d: Dims) -> Vec<Group> {
 
 /// `num_groups` groups per sample, each of `c / num_groups` whole channels.
 fn sample_groups(d: Dims, num_groups: usize) -> Vec<Group> {
-    assert!(num_groups > 0 && d.c % num_groups == 0, "bad num_groups");
+    assert!(
+        num_groups > 0 && d.c.is_multiple_of(num_groups),
+        "bad num_groups"
+    );
     let per_group = d.c / num_groups;
     let mut groups = Vec::new();
     for n in 0..d.n {

@@ -52,6 +52,41 @@ impl From<f64> for BatchNormConfig {
     }
 }
 
+impl From<candle_nn::BatchNormConfig> for BatchNormConfig {
+    /// candle-nn's `eps`, `momentum` and `affine`, with running statistics
+    /// (candle-nn always keeps them). Its `remove_mean: false`, which only
+    /// its training pass honours, has no counterpart: normkit's BatchNorm
+    /// always centers, as PyTorch's.
+    fn from(c: candle_nn::BatchNormConfig) -> Self {
+        BatchNormConfig {
+            eps: c.eps,
+            momentum: Some(c.momentum),
+            affine: c.affine,
+            ..Default::default()
+        }
+    }
+}
+
+/// What [`batch_norm`] takes as its configuration: a [`BatchNormConfig`],
+/// or anything candle-nn's `batch_norm` takes (`candle_nn::BatchNormConfig`,
+/// an `f64` eps), so that code generic over
+/// `C: Into<candle_nn::BatchNormConfig>` calls [`batch_norm`] unchanged.
+pub trait IntoBatchNormConfig {
+    fn into_batch_norm_config(self) -> BatchNormConfig;
+}
+
+impl IntoBatchNormConfig for BatchNormConfig {
+    fn into_batch_norm_config(self) -> BatchNormConfig {
+        self
+    }
+}
+
+impl<C: Into<candle_nn::BatchNormConfig>> IntoBatchNormConfig for C {
+    fn into_batch_norm_config(self) -> BatchNormConfig {
+        self.into().into()
+    }
+}
+
 /// Batch Normalization (Ioffe & Szegedy, 2015) over `[N, C, *]` input
 /// (BatchNorm1d, 2d and 3d alike) or `[N, *, C]` with
 /// [`ChannelAxis::Last`]:
@@ -89,12 +124,12 @@ pub struct BatchNorm {
 /// Creates a [`BatchNorm`] over `num_features` channels, loading or
 /// initializing (weight 1, bias 0, running mean 0, running variance 1) its
 /// tensors through `vb`. Running statistics are f32 whatever `vb`'s dtype.
-pub fn batch_norm<C: Into<BatchNormConfig>>(
+pub fn batch_norm<C: IntoBatchNormConfig>(
     num_features: usize,
     config: C,
     vb: VarBuilder,
 ) -> Result<BatchNorm> {
-    let config = config.into();
+    let config = config.into_batch_norm_config();
     let (weight, bias) = if config.affine {
         (
             Some(vb.get_with_hints(num_features, "weight", Init::Const(1.0))?),
@@ -118,6 +153,82 @@ pub fn batch_norm<C: Into<BatchNormConfig>>(
 }
 
 impl BatchNorm {
+    /// A BatchNorm over `num_features` channels from its tensors, momentum
+    /// 0.1 (`candle_nn::BatchNorm::new`). Shapes are checked by the forward.
+    pub fn new(
+        num_features: usize,
+        running_mean: Tensor,
+        running_var: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+    ) -> Result<Self> {
+        Self::new_with_momentum(
+            num_features,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            eps,
+            0.1,
+        )
+    }
+
+    /// [`BatchNorm::new`] without weight and bias.
+    pub fn new_no_bias(
+        num_features: usize,
+        running_mean: Tensor,
+        running_var: Tensor,
+        eps: f64,
+    ) -> Result<Self> {
+        Self::new_no_bias_with_momentum(num_features, running_mean, running_var, eps, 0.1)
+    }
+
+    /// [`BatchNorm::new`] with this momentum.
+    pub fn new_with_momentum(
+        num_features: usize,
+        running_mean: Tensor,
+        running_var: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        Ok(BatchNorm {
+            weight: Some(weight),
+            bias: Some(bias),
+            ..Self::new_no_bias_with_momentum(
+                num_features,
+                running_mean,
+                running_var,
+                eps,
+                momentum,
+            )?
+        })
+    }
+
+    /// [`BatchNorm::new_no_bias`] with this momentum.
+    pub fn new_no_bias_with_momentum(
+        num_features: usize,
+        running_mean: Tensor,
+        running_var: Tensor,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        Ok(BatchNorm {
+            num_features,
+            weight: None,
+            bias: None,
+            running: Some(Running::from_tensors(&running_mean, &running_var)?),
+            config: BatchNormConfig {
+                eps,
+                momentum: Some(momentum),
+                affine: false,
+                ..Default::default()
+            },
+        })
+    }
+
     pub fn config(&self) -> &BatchNormConfig {
         &self.config
     }
@@ -132,6 +243,15 @@ impl BatchNorm {
 
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    /// Both affine parameters, when the layer has them.
+    pub fn weight_and_bias(&self) -> Option<(&Tensor, &Tensor)> {
+        self.weight.as_ref().zip(self.bias.as_ref())
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.config.eps
     }
 
     /// `running_mean`, when the layer tracks running statistics.

@@ -82,22 +82,46 @@ pub fn group_norm<C: Into<GroupNormConfig>>(
     } else {
         (None, None)
     };
-    let layer = GroupNorm {
+    GroupNorm {
         num_groups,
         num_channels,
         weight,
         bias,
         config,
-    };
-    // The op's own checks (groups, eps) on one sample, before any input.
-    layer
-        .op()
-        .signature_erased(&[1, num_channels])
-        .map_err(crate::error::kernel)?;
-    Ok(layer)
+    }
+    .checked()
 }
 
 impl GroupNorm {
+    /// A GroupNorm from its weight and bias (`candle_nn::GroupNorm::new`).
+    /// `num_groups` must divide `num_channels`; parameter shapes are
+    /// checked by the forward.
+    pub fn new(
+        weight: Tensor,
+        bias: Tensor,
+        num_channels: usize,
+        num_groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        GroupNorm {
+            num_groups,
+            num_channels,
+            weight: Some(weight),
+            bias: Some(bias),
+            config: GroupNormConfig::from(eps),
+        }
+        .checked()
+    }
+
+    /// The layer, once the op's own checks (groups, eps) pass on one
+    /// sample.
+    fn checked(self) -> Result<Self> {
+        self.op()
+            .signature_erased(&[1, self.num_channels])
+            .map_err(crate::error::kernel)?;
+        Ok(self)
+    }
+
     pub fn num_groups(&self) -> usize {
         self.num_groups
     }

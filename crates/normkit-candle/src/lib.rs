@@ -63,7 +63,7 @@ pub use ada_norm::{
     AdaLayerNormOutput,
 };
 pub use adain::{adain, AdaIn, AdaInConfig};
-pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
+pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig, IntoBatchNormConfig};
 pub use batch_renorm::{batch_renorm, BatchRenorm, BatchRenormConfig, BatchRenormSchedule};
 pub use dyt::{dyt, dyt_op, Dyt, DytConfig};
 pub use error::LayerError;
@@ -72,8 +72,8 @@ pub use group_norm::{
     group_norm, instance_norm, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
 };
 pub use layer_norm::{
-    layer_norm, layer_norm_op, rms_norm, rms_norm_op, LayerNorm, LayerNormConfig, RmsNorm,
-    RmsNormConfig,
+    layer_norm, layer_norm_no_bias, layer_norm_op, rms_norm, rms_norm_op, IntoLayerNormConfig,
+    LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig,
 };
 pub use normkit::ChannelAxis;
 pub use state::StateDict;

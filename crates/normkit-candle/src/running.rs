@@ -44,6 +44,17 @@ impl Running {
         })
     }
 
+    /// Buffers holding copies of `mean` and `var` (as f32), with the count
+    /// at 0.
+    pub fn from_tensors(mean: &Tensor, var: &Tensor) -> Result<Self> {
+        let f32_var = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32)?);
+        Ok(Running {
+            mean: f32_var(mean)?,
+            var: f32_var(var)?,
+            num_batches_tracked: Var::zeros((), DType::I64, mean.device())?,
+        })
+    }
+
     /// The running mean and variance as f32 values.
     pub fn values(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let read = |v: &Var| v.as_tensor().flatten_all()?.to_dtype(DType::F32)?.to_vec1();

@@ -197,6 +197,7 @@ fn layer(case: &Case, vb: VarBuilder) -> Result<Built> {
                 eps: eps(),
                 elementwise_affine: case.has("weight"),
                 bias: case.has("bias"),
+                remove_mean: true,
             },
             vb,
         )?),

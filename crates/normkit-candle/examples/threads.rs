@@ -14,7 +14,9 @@
 //! with ones: candle's own ops on a loss, slow on large tensors, are left
 //! out), in milliseconds. `--reps N` sets the repetitions (default 200);
 //! `--sweep` times LayerNorm and BatchNorm kernels over growing sizes
-//! instead, to find where a second thread starts to pay.
+//! instead, to find where a second thread starts to pay; `--pool N` runs
+//! everything inside a rayon pool of `N` threads (the caller is one of
+//! them, as in `normlab bench`).
 
 use std::time::Instant;
 
@@ -144,17 +146,31 @@ fn sweep(reps: usize) {
 }
 
 fn main() -> Result<()> {
-    let (mut reps, mut sweeping) = (200, false);
+    let (mut reps, mut sweeping, mut pool) = (200, false, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        let mut number = || args.next().and_then(|n| n.parse().ok());
         match arg.as_str() {
-            "--reps" => reps = args.next().and_then(|n| n.parse().ok()).unwrap_or(reps),
+            "--reps" => reps = number().unwrap_or(reps),
             "--sweep" => sweeping = true,
-            _ => candle_core::bail!("usage: threads [--reps N] [--sweep]"),
+            "--pool" => pool = number(),
+            _ => candle_core::bail!("usage: threads [--reps N] [--sweep] [--pool THREADS]"),
         }
     }
+    match pool {
+        // Everything inside a pool: the caller is one of its threads.
+        Some(threads) => rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(candle_core::Error::wrap)?
+            .install(|| run(reps, sweeping, "inside a pool of")),
+        None => run(reps, sweeping, "from the main thread, global pool of"),
+    }
+}
+
+fn run(reps: usize, sweeping: bool, how: &str) -> Result<()> {
     println!(
-        "rayon threads: {}; medians (minima) in ms over {reps} repetitions",
+        "{how} {} rayon threads; medians (minima) in ms over {reps} repetitions",
         rayon::current_num_threads()
     );
     if sweeping {

@@ -4,9 +4,9 @@
 //! cargo run --release -p normkit-candle --example candle_fashion_mnist -- [--norm batch|group|instance|dyt] [--epochs N] [--data DIR]
 //! ```
 //!
-//! Reads the IDX files (gzipped or not) from `--data`, by default
-//! `/usr/share/datasets/fashion-mnist` (Debian's `dataset-fashion-mnist`
-//! package). Without them it trains on generated images: ten classes of
+//! Reads the IDX files (gzipped or not, with `normkit_data::idx`) from
+//! `--data`, by default `/usr/share/datasets/fashion-mnist` (Debian's
+//! `dataset-fashion-mnist` package). Without them it trains on generated images: ten classes of
 //! oriented bars with noise.
 //!
 //! The network downsamples with stride-2 convolutions rather than max
@@ -16,7 +16,6 @@
 //! With `--norm batch` the trained BatchNorms are then folded into their
 //! convolutions and the folded network is checked against the original.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, ModuleT, Result, Tensor, D};
@@ -45,49 +44,14 @@ struct Dataset {
     source: String,
 }
 
-fn read_maybe_gzipped(dir: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let plain = dir.join(name);
-    if plain.exists() {
-        return std::fs::read(plain);
-    }
-    let mut out = Vec::new();
-    let file = std::fs::File::open(dir.join(format!("{name}.gz")))?;
-    flate2::read::GzDecoder::new(file).read_to_end(&mut out)?;
-    Ok(out)
-}
-
-fn be_u32(b: &[u8], at: usize) -> usize {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
-}
-
-/// Parses an IDX image file (magic 0x803) and its label file (0x801).
-fn load_idx(dir: &Path, prefix: &str) -> std::result::Result<Split, String> {
-    let images = read_maybe_gzipped(dir, &format!("{prefix}-images-idx3-ubyte"))
-        .map_err(|e| e.to_string())?;
-    let labels = read_maybe_gzipped(dir, &format!("{prefix}-labels-idx1-ubyte"))
-        .map_err(|e| e.to_string())?;
-    if images.len() < 16
-        || be_u32(&images, 0) != 0x803
-        || labels.len() < 8
-        || be_u32(&labels, 0) != 0x801
-    {
-        return Err(format!("{prefix}: not IDX image/label files"));
-    }
-    let (n, rows, cols) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
-    if rows != SIDE
-        || cols != SIDE
-        || be_u32(&labels, 4) != n
-        || images.len() != 16 + n * SIDE * SIDE
-        || labels.len() != 8 + n
-    {
-        return Err(format!("{prefix}: unexpected sizes"));
-    }
-    let pixels: Vec<f32> = images[16..].iter().map(|&p| p as f32 / 255.0).collect();
-    let labels: Vec<u32> = labels[8..].iter().map(|&l| l as u32).collect();
-    let dev = Device::Cpu;
+/// Images as `[N, 1, 28, 28]` in [0, 1] and their labels.
+fn split(images: &normkit_data::idx::Images) -> Result<Split> {
+    let pixels: Vec<f32> = images.pixels.iter().map(|&p| p as f32 / 255.0).collect();
+    let labels: Vec<u32> = images.labels.iter().map(|&l| l as u32).collect();
+    let (n, dev) = (images.count, Device::Cpu);
     Ok(Split {
-        images: Tensor::from_vec(pixels, (n, 1, SIDE, SIDE), &dev).map_err(|e| e.to_string())?,
-        labels: Tensor::from_vec(labels, n, &dev).map_err(|e| e.to_string())?,
+        images: Tensor::from_vec(pixels, (n, 1, images.rows, images.cols), &dev)?,
+        labels: Tensor::from_vec(labels, n, &dev)?,
     })
 }
 
@@ -125,17 +89,23 @@ fn generated(n: usize, seed: u64) -> Result<Split> {
 }
 
 fn dataset(dir: &Path) -> Result<Dataset> {
-    match (load_idx(dir, "train"), load_idx(dir, "t10k")) {
-        (Ok(train), Ok(test)) => Ok(Dataset {
-            train,
-            test,
+    match normkit_data::idx::fashion_mnist(Some(dir), None) {
+        Ok([train, test]) if (train.rows, train.cols) == (SIDE, SIDE) => Ok(Dataset {
+            train: split(&train)?,
+            test: split(&test)?,
             source: format!("Fashion-MNIST from {}", dir.display()),
         }),
-        (Err(e), _) | (_, Err(e)) => Ok(Dataset {
-            train: generated(6000, 1)?,
-            test: generated(1000, 2)?,
-            source: format!("generated bars ({} unavailable: {e})", dir.display()),
-        }),
+        other => {
+            let why = match other {
+                Err(e) => e.to_string(),
+                Ok(_) => format!("images are not {SIDE}×{SIDE}"),
+            };
+            Ok(Dataset {
+                train: generated(6000, 1)?,
+                test: generated(1000, 2)?,
+                source: format!("generated bars ({} unavailable: {why})", dir.display()),
+            })
+        }
     }
 }
 
@@ -241,7 +211,7 @@ fn accuracy(forward: &dyn Fn(&Tensor) -> Result<Tensor>, split: &Split) -> Resul
 fn main() -> Result<()> {
     let mut norm = "batch".to_string();
     let mut epochs = 1usize;
-    let mut dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
+    let mut dir = PathBuf::from(normkit_data::idx::FASHION_MNIST_DIR);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_default();

@@ -2,14 +2,13 @@
 //! layers and ops.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
-use normkit::{Affine, ChannelAxis, Elem, Grads, Modulation, ModulationGrads, NormError, Stats};
+use normkit::op::{AdaNormOp, ErasedOp};
 
 use crate::error::{self, LayerError};
-use crate::fused::{self, Kernel, Slots};
+use crate::fused;
 use crate::state::{insert, StateDict};
 
 /// Settings of an [`AdaLayerNorm`] layer; the defaults are DiT's adaLN-Zero.
@@ -167,21 +166,14 @@ impl AdaLayerNorm {
     /// Normalizes `x` and modulates it with the shift, scale (and gate)
     /// computed from `cond`, see [`AdaLayerNorm`].
     pub fn forward(&self, x: &Tensor, cond: &Tensor) -> Result<AdaLayerNormOutput> {
-        let op = self.op_name();
-        crate::check_channels(op, x, ChannelAxis::Last, self.d_model)?;
-        let n = match x.dims() {
-            [n, _, ..] => *n,
-            dims => {
-                return Err(error::kernel(NormError::Rank {
-                    op,
-                    shape: dims.to_vec(),
-                    min_rank: 2,
-                }))
-            }
-        };
+        // The op's own checks of `x` first: the rank gives `N`, which `cond`
+        // must match.
+        let op = self.op();
+        op.signature_erased(x.dims()).map_err(error::kernel)?;
+        let n = x.dims()[0];
         if cond.dims() != [n, self.d_cond] {
             return Err(error::layer(LayerError::ParamShape {
-                op,
+                op: op.name_erased(),
                 name: "cond",
                 expected: vec![n, self.d_cond],
                 got: cond.dims().to_vec(),
@@ -205,35 +197,17 @@ impl AdaLayerNorm {
     /// `y = norm(x) · (1 + scale[n]) + shift[n]`. The layer's modulation map
     /// is not used.
     pub fn modulate(&self, x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
-        crate::check_channels(self.op_name(), x, ChannelAxis::Last, self.d_model)?;
-        let shape = [self.d_model];
-        if self.config.rms {
-            ada_rms_norm_op(
-                x,
-                &shape,
-                scale,
-                shift,
-                self.weight.as_ref(),
-                self.config.eps,
-            )
-        } else {
-            ada_layer_norm_op(
-                x,
-                &shape,
-                scale,
-                shift,
-                self.weight.as_ref(),
-                self.bias.as_ref(),
-                self.config.eps,
-            )
-        }
+        let norm = (self.weight.as_ref(), self.bias.as_ref());
+        apply(self.op(), x, (scale, shift), norm)
     }
 
-    fn op_name(&self) -> &'static str {
-        if self.config.rms {
-            AdaNormKernel::<true>::NAME
-        } else {
-            AdaNormKernel::<false>::NAME
+    fn op(&self) -> AdaNormOp {
+        AdaNormOp {
+            normalized_shape: vec![self.d_model],
+            eps: self.config.eps as f32,
+            rms: self.config.rms,
+            weight: self.weight.is_some(),
+            bias: self.bias.is_some(),
         }
     }
 }
@@ -279,7 +253,14 @@ pub fn ada_layer_norm_op(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    apply::<false>(x, normalized_shape, (scale, shift), (weight, bias), eps)
+    let op = AdaNormOp {
+        normalized_shape: normalized_shape.to_vec(),
+        eps: eps as f32,
+        rms: false,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    apply(op, x, (scale, shift), (weight, bias))
 }
 
 /// Functional modulated RMSNorm: [`ada_layer_norm_op`] with RMSNorm
@@ -295,27 +276,34 @@ pub fn ada_rms_norm_op(
     weight: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    apply::<true>(x, normalized_shape, (scale, shift), (weight, None), eps)
+    let op = AdaNormOp {
+        normalized_shape: normalized_shape.to_vec(),
+        eps: eps as f32,
+        rms: true,
+        weight: weight.is_some(),
+        bias: false,
+    };
+    apply(op, x, (scale, shift), (weight, None))
 }
 
-fn apply<const RMS: bool>(
+/// Runs `op` with the modulation's shape checked: packing flattens `scale`
+/// and `shift`, so the op sees only their lengths.
+fn apply(
+    op: AdaNormOp,
     x: &Tensor,
-    normalized_shape: &[usize],
     (scale, shift): (&Tensor, &Tensor),
     (weight, bias): (Option<&Tensor>, Option<&Tensor>),
-    eps: f64,
 ) -> Result<Tensor> {
-    // Too low a rank or a wrong normalized shape is the kernel's error;
-    // the modulation's shape is checked here, since packing flattens it.
     if let Some(&n) = x.dims().first() {
-        let d: usize = normalized_shape.iter().product();
+        let ns = &op.normalized_shape;
+        let d: usize = ns.iter().product();
         for (name, t) in [("scale", scale), ("shift", shift)] {
             let dims = t.dims();
-            if dims != [n, d] && (dims.first() != Some(&n) || &dims[1..] != normalized_shape) {
+            if dims != [n, d] && (dims.first() != Some(&n) || &dims[1..] != ns.as_slice()) {
                 let mut expected = vec![n];
-                expected.extend_from_slice(normalized_shape);
+                expected.extend_from_slice(ns);
                 return Err(error::layer(LayerError::ParamShape {
-                    op: AdaNormKernel::<RMS>::NAME,
+                    op: op.name_erased(),
                     name,
                     expected,
                     got: dims.to_vec(),
@@ -323,127 +311,10 @@ fn apply<const RMS: bool>(
             }
         }
     }
-    let kernel = AdaNormKernel::<RMS> {
-        normalized_shape: normalized_shape.to_vec(),
-        slots: Slots::of(weight, bias),
-        modulation_len: scale.elem_count(),
-        eps: eps as f32,
-    };
     let params: Vec<&Tensor> = weight
         .into_iter()
         .chain(bias)
         .chain([scale, shift])
         .collect();
-    fused::apply(Arc::new(kernel), x, &params)
-}
-
-/// The fused op, with RMSNorm (`RMS`) or LayerNorm as the norm: the
-/// packed parameters are `weight`, `bias` (those present), then `scale`,
-/// then `shift`.
-struct AdaNormKernel<const RMS: bool> {
-    normalized_shape: Vec<usize>,
-    slots: Slots,
-    /// Elements in each of `scale` and `shift`.
-    modulation_len: usize,
-    eps: f32,
-}
-
-impl<const RMS: bool> AdaNormKernel<RMS> {
-    fn affine_len(&self) -> usize {
-        self.slots.weight.unwrap_or(0) + self.slots.bias.unwrap_or(0)
-    }
-
-    fn check(&self, params: &[f32], shape: &[usize]) -> normkit::Result<()> {
-        let expected = self.affine_len() + 2 * self.modulation_len;
-        if params.len() == expected {
-            Ok(())
-        } else {
-            Err(NormError::Length {
-                op: Self::NAME,
-                name: "weight, bias, scale and shift",
-                expected,
-                got: params.len(),
-                shape: shape.to_vec(),
-            })
-        }
-    }
-
-    /// Splits the packed parameters into the norm's affine transform and
-    /// the modulation (after `check`).
-    fn split<'a>(&self, params: &'a [f32]) -> (Affine<'a>, Modulation<'a>) {
-        let (affine, modulation) = params.split_at(self.affine_len());
-        let (scale, shift) = modulation.split_at(self.modulation_len);
-        (self.slots.affine(affine), Modulation { scale, shift })
-    }
-}
-
-impl<const RMS: bool> Kernel for AdaNormKernel<RMS> {
-    type Saved = Stats;
-    const NAME: &'static str = if RMS {
-        "ada_rms_norm"
-    } else {
-        "ada_layer_norm"
-    };
-    const BACKWARD_NAME: &'static str = if RMS {
-        "ada_rms_norm_backward"
-    } else {
-        "ada_layer_norm_backward"
-    };
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.check(params, shape)?;
-        let (affine, modulation) = self.split(params);
-        let ns = &self.normalized_shape;
-        if RMS {
-            normkit::ada_rms_norm_forward(y, x, shape, ns, affine.weight, modulation, self.eps)
-        } else {
-            normkit::ada_layer_norm_forward(y, x, shape, ns, affine, modulation, self.eps)
-        }
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        self.check(params, shape)?;
-        self.check(dparams, shape)?;
-        let (affine, modulation) = self.split(params);
-        let (daffine, dmodulation) = dparams.split_at_mut(self.affine_len());
-        let (dscale, dshift) = dmodulation.split_at_mut(self.modulation_len);
-        let grads: Grads<'_, T> = self.slots.grads(dx, daffine);
-        let dmod = ModulationGrads {
-            dscale: Some(dscale),
-            dshift: Some(dshift),
-        };
-        let ns = &self.normalized_shape;
-        if RMS {
-            normkit::ada_rms_norm_backward(
-                grads,
-                dmod,
-                dy,
-                x,
-                shape,
-                ns,
-                affine.weight,
-                modulation,
-                saved,
-            )
-        } else {
-            normkit::ada_layer_norm_backward(
-                grads, dmod, dy, x, shape, ns, affine, modulation, saved,
-            )
-        }
-    }
+    fused::apply(op, x, &params)
 }

@@ -1,11 +1,10 @@
 //! Adaptive Instance Normalization as a candle op.
 
-use std::sync::Arc;
-
 use candle_core::{Result, Tensor};
-use normkit::{AdaInStats, ChannelAxis, Elem};
+use normkit::op::AdaInOp;
+use normkit::ChannelAxis;
 
-use crate::fused::{self, Kernel};
+use crate::fused;
 
 /// Settings of [`AdaIn`] and [`adain`]; the defaults are the paper's code.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -86,7 +85,7 @@ impl AdaIn {
 /// The output has `content`'s dtype (`f32`, `bf16` or `f16`); the style may
 /// be any float dtype and is read at the content's precision.
 pub fn adain(content: &Tensor, style: &Tensor, config: &AdaInConfig) -> Result<Tensor> {
-    let kernel = AdaInKernel {
+    let op = AdaInOp {
         cfg: normkit::AdaInConfig {
             eps: config.eps as f32,
             unbiased: config.unbiased,
@@ -97,59 +96,5 @@ pub fn adain(content: &Tensor, style: &Tensor, config: &AdaInConfig) -> Result<T
     // The style travels as the op's packed parameter vector, so candle's
     // autograd hands its gradient back to `style` in its own shape and
     // dtype.
-    fused::apply(Arc::new(kernel), content, &[style])
-}
-
-struct AdaInKernel {
-    cfg: normkit::AdaInConfig,
-    style_shape: Vec<usize>,
-}
-
-/// The packed (f32) style at the content's precision.
-fn style_as<T: Elem>(params: &[f32]) -> Vec<T> {
-    params.iter().map(|&v| T::from_f32(v)).collect()
-}
-
-impl Kernel for AdaInKernel {
-    type Saved = AdaInStats;
-    const NAME: &'static str = "adain";
-    const BACKWARD_NAME: &'static str = "adain_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<AdaInStats> {
-        let style = style_as::<T>(params);
-        normkit::adain_forward(y, x, shape, &style, &self.style_shape, &self.cfg)
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &AdaInStats,
-    ) -> normkit::Result<()> {
-        let style = style_as::<T>(params);
-        let mut dstyle = vec![T::from_f32(0.0); style.len()];
-        normkit::adain_backward(
-            dx,
-            Some(&mut dstyle),
-            dy,
-            x,
-            shape,
-            &style,
-            &self.style_shape,
-            saved,
-            &self.cfg,
-        )?;
-        T::load(&dstyle, dparams);
-        Ok(())
-    }
+    fused::apply(op, content, &[style])
 }

@@ -1,14 +1,14 @@
 //! Batch Normalization as a candle layer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use normkit::{ChannelAxis, Elem, Momentum, RunningStats, Stats};
+use normkit::op::BatchNormOp;
+use normkit::ChannelAxis;
 
-use crate::fused::{self, Kernel, Slots};
-use crate::running::Running;
+use crate::fused;
+use crate::running::{self, Running};
 use crate::state::{insert, StateDict};
 
 /// Settings of a [`BatchNorm`] layer; the defaults are PyTorch's.
@@ -52,6 +52,41 @@ impl From<f64> for BatchNormConfig {
     }
 }
 
+impl From<candle_nn::BatchNormConfig> for BatchNormConfig {
+    /// candle-nn's `eps`, `momentum` and `affine`, with running statistics
+    /// (candle-nn always keeps them). Its `remove_mean: false`, which only
+    /// its training pass honours, has no counterpart: normkit's BatchNorm
+    /// always centers, as PyTorch's.
+    fn from(c: candle_nn::BatchNormConfig) -> Self {
+        BatchNormConfig {
+            eps: c.eps,
+            momentum: Some(c.momentum),
+            affine: c.affine,
+            ..Default::default()
+        }
+    }
+}
+
+/// What [`batch_norm`] takes as its configuration: a [`BatchNormConfig`],
+/// or anything candle-nn's `batch_norm` takes (`candle_nn::BatchNormConfig`,
+/// an `f64` eps), so that code generic over
+/// `C: Into<candle_nn::BatchNormConfig>` calls [`batch_norm`] unchanged.
+pub trait IntoBatchNormConfig {
+    fn into_batch_norm_config(self) -> BatchNormConfig;
+}
+
+impl IntoBatchNormConfig for BatchNormConfig {
+    fn into_batch_norm_config(self) -> BatchNormConfig {
+        self
+    }
+}
+
+impl<C: Into<candle_nn::BatchNormConfig>> IntoBatchNormConfig for C {
+    fn into_batch_norm_config(self) -> BatchNormConfig {
+        self.into().into()
+    }
+}
+
 /// Batch Normalization (Ioffe & Szegedy, 2015) over `[N, C, *]` input
 /// (BatchNorm1d, 2d and 3d alike) or `[N, *, C]` with
 /// [`ChannelAxis::Last`]:
@@ -89,12 +124,12 @@ pub struct BatchNorm {
 /// Creates a [`BatchNorm`] over `num_features` channels, loading or
 /// initializing (weight 1, bias 0, running mean 0, running variance 1) its
 /// tensors through `vb`. Running statistics are f32 whatever `vb`'s dtype.
-pub fn batch_norm<C: Into<BatchNormConfig>>(
+pub fn batch_norm<C: IntoBatchNormConfig>(
     num_features: usize,
     config: C,
     vb: VarBuilder,
 ) -> Result<BatchNorm> {
-    let config = config.into();
+    let config = config.into_batch_norm_config();
     let (weight, bias) = if config.affine {
         (
             Some(vb.get_with_hints(num_features, "weight", Init::Const(1.0))?),
@@ -118,6 +153,82 @@ pub fn batch_norm<C: Into<BatchNormConfig>>(
 }
 
 impl BatchNorm {
+    /// A BatchNorm over `num_features` channels from its tensors, momentum
+    /// 0.1 (`candle_nn::BatchNorm::new`). Shapes are checked by the forward.
+    pub fn new(
+        num_features: usize,
+        running_mean: Tensor,
+        running_var: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+    ) -> Result<Self> {
+        Self::new_with_momentum(
+            num_features,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            eps,
+            0.1,
+        )
+    }
+
+    /// [`BatchNorm::new`] without weight and bias.
+    pub fn new_no_bias(
+        num_features: usize,
+        running_mean: Tensor,
+        running_var: Tensor,
+        eps: f64,
+    ) -> Result<Self> {
+        Self::new_no_bias_with_momentum(num_features, running_mean, running_var, eps, 0.1)
+    }
+
+    /// [`BatchNorm::new`] with this momentum.
+    pub fn new_with_momentum(
+        num_features: usize,
+        running_mean: Tensor,
+        running_var: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        Ok(BatchNorm {
+            weight: Some(weight),
+            bias: Some(bias),
+            ..Self::new_no_bias_with_momentum(
+                num_features,
+                running_mean,
+                running_var,
+                eps,
+                momentum,
+            )?
+        })
+    }
+
+    /// [`BatchNorm::new_no_bias`] with this momentum.
+    pub fn new_no_bias_with_momentum(
+        num_features: usize,
+        running_mean: Tensor,
+        running_var: Tensor,
+        eps: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        Ok(BatchNorm {
+            num_features,
+            weight: None,
+            bias: None,
+            running: Some(Running::from_tensors(&running_mean, &running_var)?),
+            config: BatchNormConfig {
+                eps,
+                momentum: Some(momentum),
+                affine: false,
+                ..Default::default()
+            },
+        })
+    }
+
     pub fn config(&self) -> &BatchNormConfig {
         &self.config
     }
@@ -132,6 +243,15 @@ impl BatchNorm {
 
     pub fn bias(&self) -> Option<&Tensor> {
         self.bias.as_ref()
+    }
+
+    /// Both affine parameters, when the layer has them.
+    pub fn weight_and_bias(&self) -> Option<(&Tensor, &Tensor)> {
+        self.weight.as_ref().zip(self.bias.as_ref())
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.config.eps
     }
 
     /// `running_mean`, when the layer tracks running statistics.
@@ -149,60 +269,33 @@ impl BatchNorm {
         self.running.as_ref().map(Running::count).transpose()
     }
 
-    fn kernel_config(&self, momentum: Momentum) -> normkit::BatchNormConfig {
-        normkit::BatchNormConfig {
-            eps: self.config.eps as f32,
-            momentum,
-            channel_axis: self.config.channel_axis,
-        }
-    }
-
-    fn params(&self) -> Vec<&Tensor> {
-        self.weight.iter().chain(self.bias.iter()).collect()
+    /// The op of one call: batch statistics in training and whenever there
+    /// are no running ones (PyTorch), the running ones otherwise.
+    fn op(&self, train: bool) -> Result<BatchNormOp> {
+        let update = self.running.as_ref().filter(|_| train);
+        let momentum = running::momentum(self.config.momentum, update)?;
+        Ok(BatchNormOp {
+            cfg: normkit::BatchNormConfig {
+                eps: self.config.eps as f32,
+                momentum,
+                channel_axis: self.config.channel_axis,
+            },
+            training: train || self.running.is_none(),
+            weight: self.weight.is_some(),
+            bias: self.bias.is_some(),
+        })
     }
 }
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        const OP: &str = "batch_norm";
-        crate::check_channels(OP, x, self.config.channel_axis, self.num_features)?;
-        let slots = Slots::of(self.weight.as_ref(), self.bias.as_ref());
-        let params = self.params();
-        match (&self.running, train) {
-            (Some(r), false) => {
-                let (mean, var) = r.values()?;
-                let kernel = BatchNormEval {
-                    cfg: self.kernel_config(Momentum::default()),
-                    slots,
-                    mean,
-                    var,
-                };
-                fused::apply(Arc::new(kernel), x, &params)
-            }
-            (running, _) => {
-                let update = running.as_ref().filter(|_| train);
-                let momentum = match (self.config.momentum, update) {
-                    (Some(m), _) => Momentum::Exponential(m as f32),
-                    (None, Some(r)) => Momentum::CumulativeAverage {
-                        num_batches_tracked: r.count()?,
-                    },
-                    (None, None) => Momentum::default(),
-                };
-                let kernel = Arc::new(BatchNormTrain {
-                    cfg: self.kernel_config(momentum),
-                    slots,
-                    running: update.map(Running::values).transpose()?.map(Mutex::new),
-                });
-                let y = fused::apply(kernel.clone(), x, &params)?;
-                if let (Some(r), Some(values)) = (update, &kernel.running) {
-                    let (mean, var) =
-                        std::mem::take(&mut *values.lock().unwrap_or_else(|e| e.into_inner()));
-                    r.store(mean, var)?;
-                    r.set_count(r.count()? + 1)?;
-                }
-                Ok(y)
-            }
+        crate::check_channels("batch_norm", x, self.config.channel_axis, self.num_features)?;
+        let params: Vec<&Tensor> = self.weight.iter().chain(&self.bias).collect();
+        let y = fused::apply_running(self.op(train)?, x, &params, self.running.as_ref())?;
+        if let Some(r) = self.running.as_ref().filter(|_| train) {
+            r.set_count(r.count()? + 1)?;
         }
+        Ok(y)
     }
 }
 
@@ -217,121 +310,5 @@ impl StateDict for BatchNorm {
         for (name, t) in self.running.iter().flat_map(Running::named) {
             insert(out, prefix, name, &t);
         }
-    }
-}
-
-/// Training forward (batch statistics), updating the running statistics it
-/// holds.
-struct BatchNormTrain {
-    cfg: normkit::BatchNormConfig,
-    slots: Slots,
-    running: Option<Mutex<(Vec<f32>, Vec<f32>)>>,
-}
-
-impl Kernel for BatchNormTrain {
-    type Saved = Stats;
-    const NAME: &'static str = "batch_norm";
-    const BACKWARD_NAME: &'static str = "batch_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        let mut guard = self
-            .running
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
-        let running = guard
-            .as_deref_mut()
-            .map(|(mean, var)| RunningStats { mean, var });
-        normkit::batch_norm_forward_train(
-            y,
-            x,
-            shape,
-            self.slots.affine(params),
-            running,
-            &self.cfg,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::batch_norm_backward_train(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
-    }
-}
-
-/// Evaluation forward with running statistics.
-struct BatchNormEval {
-    cfg: normkit::BatchNormConfig,
-    slots: Slots,
-    mean: Vec<f32>,
-    var: Vec<f32>,
-}
-
-impl Kernel for BatchNormEval {
-    type Saved = Stats;
-    const NAME: &'static str = "batch_norm";
-    const BACKWARD_NAME: &'static str = "batch_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        normkit::batch_norm_forward_eval(
-            y,
-            x,
-            shape,
-            self.slots.affine(params),
-            &self.mean,
-            &self.var,
-            &self.cfg,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::batch_norm_backward_eval(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
     }
 }

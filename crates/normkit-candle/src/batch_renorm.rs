@@ -1,14 +1,14 @@
 //! Batch Renormalization as a candle layer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use normkit::{ChannelAxis, Elem, Momentum, NormError, RenormStats, RunningStats, Stats};
+use normkit::op::{BatchRenormOp, ErasedOp};
+use normkit::ChannelAxis;
 
-use crate::fused::{self, Kernel, Slots};
-use crate::running::Running;
+use crate::fused;
+use crate::running::{self, Running};
 use crate::state::{insert, StateDict};
 
 const OP: &str = "batch_renorm";
@@ -135,7 +135,6 @@ pub fn batch_renorm<C: Into<BatchRenormConfig>>(
     vb: VarBuilder,
 ) -> Result<BatchRenorm> {
     let config = config.into();
-    check_limits(&config)?;
     let (weight, bias) = if config.affine {
         (
             Some(vb.get_with_hints(num_features, "weight", Init::Const(1.0))?),
@@ -144,31 +143,19 @@ pub fn batch_renorm<C: Into<BatchRenormConfig>>(
     } else {
         (None, None)
     };
-    Ok(BatchRenorm {
+    let layer = BatchRenorm {
         num_features,
         weight,
         bias,
         running: Running::load(num_features, &vb)?,
         config,
-    })
-}
-
-fn check_limits(config: &BatchRenormConfig) -> Result<()> {
-    let bad = |name, domain, value| {
-        Err(crate::error::kernel(NormError::Param {
-            op: OP,
-            name,
-            domain,
-            value,
-        }))
     };
-    if !(config.r_max.is_finite() && config.r_max >= 1.0) {
-        return bad("r_max", "finite and at least 1", config.r_max);
-    }
-    if !(config.d_max.is_finite() && config.d_max >= 0.0) {
-        return bad("d_max", "finite and non-negative", config.d_max);
-    }
-    Ok(())
+    // The op's own checks (limits, eps) on one sample, before any input.
+    layer
+        .op(false)?
+        .signature_erased(&[1, num_features])
+        .map_err(crate::error::kernel)?;
+    Ok(layer)
 }
 
 impl BatchRenorm {
@@ -221,46 +208,34 @@ impl BatchRenorm {
     }
 }
 
+impl BatchRenorm {
+    fn op(&self, train: bool) -> Result<BatchRenormOp> {
+        let momentum = running::momentum(self.config.momentum, Some(&self.running))?;
+        let (r_max, d_max) = self.limits()?;
+        Ok(BatchRenormOp {
+            cfg: normkit::BatchRenormConfig {
+                eps: self.config.eps as f32,
+                momentum,
+                channel_axis: self.config.channel_axis,
+                r_max: r_max as f32,
+                d_max: d_max as f32,
+            },
+            training: train,
+            weight: self.weight.is_some(),
+            bias: self.bias.is_some(),
+        })
+    }
+}
+
 impl ModuleT for BatchRenorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         crate::check_channels(OP, x, self.config.channel_axis, self.num_features)?;
-        let slots = Slots::of(self.weight.as_ref(), self.bias.as_ref());
-        let params: Vec<&Tensor> = self.weight.iter().chain(self.bias.iter()).collect();
+        let params: Vec<&Tensor> = self.weight.iter().chain(&self.bias).collect();
         let r = &self.running;
-        let momentum = match self.config.momentum {
-            Some(m) => Momentum::Exponential(m as f32),
-            None => Momentum::CumulativeAverage {
-                num_batches_tracked: r.count()?,
-            },
-        };
-        let (r_max, d_max) = self.limits()?;
-        let cfg = normkit::BatchRenormConfig {
-            eps: self.config.eps as f32,
-            momentum,
-            channel_axis: self.config.channel_axis,
-            r_max: r_max as f32,
-            d_max: d_max as f32,
-        };
-        if !train {
-            let (mean, var) = r.values()?;
-            let kernel = RenormEval {
-                cfg,
-                slots,
-                mean,
-                var,
-            };
-            return fused::apply(Arc::new(kernel), x, &params);
+        let y = fused::apply_running(self.op(train)?, x, &params, Some(r))?;
+        if train {
+            r.set_count(r.count()? + 1)?;
         }
-        let kernel = Arc::new(RenormTrain {
-            cfg,
-            slots,
-            running: Mutex::new(r.values()?),
-        });
-        let y = fused::apply(kernel.clone(), x, &params)?;
-        let (mean, var) =
-            std::mem::take(&mut *kernel.running.lock().unwrap_or_else(|e| e.into_inner()));
-        r.store(mean, var)?;
-        r.set_count(r.count()? + 1)?;
         Ok(y)
     }
 }
@@ -276,116 +251,5 @@ impl StateDict for BatchRenorm {
         for (name, t) in self.running.named() {
             insert(out, prefix, name, &t);
         }
-    }
-}
-
-/// Training forward: batch statistics corrected by `r` and `d`, updating
-/// the running statistics it holds.
-struct RenormTrain {
-    cfg: normkit::BatchRenormConfig,
-    slots: Slots,
-    running: Mutex<(Vec<f32>, Vec<f32>)>,
-}
-
-impl Kernel for RenormTrain {
-    type Saved = RenormStats;
-    const NAME: &'static str = OP;
-    const BACKWARD_NAME: &'static str = "batch_renorm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<RenormStats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        let mut guard = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let (mean, var) = &mut *guard;
-        normkit::batch_renorm_forward_train(
-            y,
-            x,
-            shape,
-            self.slots.affine(params),
-            RunningStats { mean, var },
-            &self.cfg,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &RenormStats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::batch_renorm_backward_train(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
-    }
-}
-
-/// Evaluation forward: BatchNorm's, with the running statistics.
-struct RenormEval {
-    cfg: normkit::BatchRenormConfig,
-    slots: Slots,
-    mean: Vec<f32>,
-    var: Vec<f32>,
-}
-
-impl Kernel for RenormEval {
-    type Saved = Stats;
-    const NAME: &'static str = OP;
-    const BACKWARD_NAME: &'static str = "batch_renorm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        normkit::batch_renorm_forward_eval(
-            y,
-            x,
-            shape,
-            self.slots.affine(params),
-            &self.mean,
-            &self.var,
-            &self.cfg,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::batch_renorm_backward_eval(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
     }
 }

@@ -1,14 +1,13 @@
 //! Dynamic Tanh as a candle layer.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use normkit::{ChannelAxis, Elem};
+use normkit::op::DytOp;
+use normkit::ChannelAxis;
 
-use crate::error::{self, LayerError};
-use crate::fused::{self, Kernel, Slots};
+use crate::fused;
 use crate::state::{insert, StateDict};
 
 /// Settings of a [`Dyt`] layer; the defaults are the paper's.
@@ -132,93 +131,11 @@ pub fn dyt_op(
     bias: Option<&Tensor>,
     channel_axis: ChannelAxis,
 ) -> Result<Tensor> {
-    if alpha.elem_count() != 1 {
-        return Err(error::layer(LayerError::ParamShape {
-            op: "dyt",
-            name: "alpha",
-            expected: vec![1],
-            got: alpha.dims().to_vec(),
-        }));
-    }
-    let kernel = DytKernel {
-        slots: Slots::of(weight, bias),
+    let op = DytOp {
         channel_axis,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
     };
     let params: Vec<&Tensor> = std::iter::once(alpha).chain(weight).chain(bias).collect();
-    fused::apply(Arc::new(kernel), x, &params)
-}
-
-/// Parameters packed as `[alpha, weight…, bias…]`.
-struct DytKernel {
-    slots: Slots,
-    channel_axis: ChannelAxis,
-}
-
-impl DytKernel {
-    fn split<'a>(&self, shape: &[usize], params: &'a [f32]) -> normkit::Result<(f32, &'a [f32])> {
-        match params.split_first() {
-            Some((&alpha, rest)) => {
-                self.slots.check(Self::NAME, rest, shape)?;
-                Ok((alpha, rest))
-            }
-            None => Err(normkit::NormError::Length {
-                op: Self::NAME,
-                name: "alpha",
-                expected: 1,
-                got: 0,
-                shape: shape.to_vec(),
-            }),
-        }
-    }
-}
-
-impl Kernel for DytKernel {
-    type Saved = ();
-    const NAME: &'static str = "dyt";
-    const BACKWARD_NAME: &'static str = "dyt_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<()> {
-        let (alpha, rest) = self.split(shape, params)?;
-        normkit::dyt_forward(
-            y,
-            x,
-            shape,
-            alpha,
-            self.slots.affine(rest),
-            self.channel_axis,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        _saved: &(),
-    ) -> normkit::Result<()> {
-        let (alpha, rest) = self.split(shape, params)?;
-        let Some((dalpha, drest)) = dparams.split_first_mut() else {
-            return self.split(shape, &[]).map(|_| ());
-        };
-        let weight = self.slots.affine(rest).weight;
-        *dalpha = normkit::dyt_backward(
-            self.slots.grads(dx, drest),
-            dy,
-            x,
-            shape,
-            alpha,
-            weight,
-            self.channel_axis,
-        )?;
-        Ok(())
-    }
+    fused::apply(op, x, &params)
 }

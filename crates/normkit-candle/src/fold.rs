@@ -13,7 +13,8 @@
 //! W' = W · s (row by row)      b' = (b - running_mean) · s + bias_bn
 //! ```
 //!
-//! computed here in f64 and rounded once to the layer's dtype.
+//! computed by [`normkit::fold_batch_norm`] (in f64, from the f32 values)
+//! and rounded to the layer's dtype.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Conv2d, Linear};
@@ -35,6 +36,8 @@ fn fold(
             reason: "the BatchNorm has no running statistics (track_running_stats = false), so its evaluation output depends on the batch",
         }));
     };
+    // The rows of `weight` must be the BatchNorm's channels: from the
+    // values alone normkit sees only that their count divides.
     let out = weight.dim(0)?;
     if out != bn.num_features() {
         return Err(error::layer(LayerError::Channels {
@@ -45,31 +48,27 @@ fn fold(
             got: out,
         }));
     }
-    let f64_of = |t: &Tensor| t.detach().to_dtype(DType::F64);
-    let (mean, var) = (f64_of(mean)?, f64_of(var)?);
-    // eps as the kernel sees it: rounded to f32 first.
-    let eps = bn.config().eps as f32 as f64;
-    let inv_std = (var + eps)?.sqrt()?.recip()?;
-    let scale = match bn.weight() {
-        Some(w) => (f64_of(w)? * inv_std)?,
-        None => inv_std,
+    let values =
+        |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_dtype(DType::F32)?.to_vec1() };
+    let optional = |t: Option<&Tensor>| t.map(values).transpose();
+    let (w, b) = (values(weight)?, optional(bias)?);
+    let (mean, var) = (values(mean)?, values(var)?);
+    let (bn_weight, bn_bias) = (optional(bn.weight())?, optional(bn.bias())?);
+    let (mut w_out, mut b_out) = (vec![0.0f32; w.len()], vec![0.0f32; out]);
+    let eval = normkit::BatchNormEval {
+        running_mean: &mean,
+        running_var: &var,
+        weight: bn_weight.as_deref(),
+        bias: bn_bias.as_deref(),
+        eps: bn.config().eps as f32,
     };
-    let mut row = vec![1usize; weight.rank()];
-    row[0] = out;
-    let new_weight = f64_of(weight)?
-        .broadcast_mul(&scale.reshape(row)?)?
-        .to_dtype(weight.dtype())?;
-    let centered = match bias {
-        Some(b) => (f64_of(b)? - mean)?,
-        None => mean.neg()?,
-    };
-    let shifted = (centered * scale)?;
-    let new_bias = match bn.bias() {
-        Some(b) => (shifted + f64_of(b)?)?,
-        None => shifted,
-    };
+    normkit::fold_batch_norm(&mut w_out, &mut b_out, &w, b.as_deref(), eval)
+        .map_err(error::kernel)?;
     let dtype = bias.map_or(weight.dtype(), Tensor::dtype);
-    Ok((new_weight, new_bias.to_dtype(dtype)?))
+    Ok((
+        Tensor::from_vec(w_out, weight.shape(), weight.device())?.to_dtype(weight.dtype())?,
+        Tensor::from_vec(b_out, out, weight.device())?.to_dtype(dtype)?,
+    ))
 }
 
 /// The `Conv2d` equal to `conv` followed by `bn` in evaluation mode.

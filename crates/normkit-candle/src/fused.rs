@@ -1,16 +1,19 @@
-//! The bridge between candle's custom ops and normkit's kernels.
+//! The bridge between candle's custom ops and normkit's op interface.
 //!
-//! A layer's forward is one [`Forward`] op: candle hands it the input's CPU
-//! storage and the layer's parameters packed into one f32 vector, it calls
-//! the normkit forward kernel and keeps the statistics the kernel returns.
-//! Its backward is one [`Backward`] op that takes those statistics, the
-//! upstream gradient and the input, and calls the normkit backward kernel,
-//! which writes the input gradient and every parameter gradient at once.
+//! Every layer's forward is one [`Forward`] custom op over a
+//! [`normkit::op::ErasedOp`]: candle hands it the input's CPU storage and
+//! the layer's parameters packed into one f32 vector (in the order the op's
+//! [`Signature`] lists them); it runs the op's forward and keeps what the
+//! op saves. Its backward is one [`Backward`] op that hands the saved state,
+//! the upstream gradient and the input to the op's backward, which writes
+//! the input gradient and every parameter gradient at once.
 //!
 //! Packing is how more than three tensors reach one op: the parameters are
 //! flattened, converted to f32 and concatenated in the graph, so candle's
 //! autograd splits the packed gradient back into each parameter (and its
-//! dtype) on its own.
+//! dtype) on its own. Running statistics travel beside the op, as f32
+//! vectors, and are written back to the layer's buffers when the op says a
+//! training step updates them.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,122 +22,99 @@ use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
 };
-use normkit::{bf16, f16, Affine, Elem, Grads};
+use normkit::op::{ElemSlice, ElemSliceMut, ErasedOp, ErasedSaved, Running, Signature};
+use normkit::{bf16, f16, NormError, RunningStats};
 
 use crate::error::{self, LayerError};
 
-/// One op's forward and backward over contiguous slices.
-pub(crate) trait Kernel: Send + Sync + 'static {
-    /// What forward hands to backward (mean/rstd, norms, ...).
-    type Saved: Send + Sync + 'static;
-    /// The op's name, as in its errors.
-    const NAME: &'static str;
-    /// The backward op's name.
-    const BACKWARD_NAME: &'static str;
-
-    /// Writes `y` from `x` (shaped `shape`) and the packed parameters.
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Self::Saved>;
-
-    /// Writes `dx` and the packed parameter gradients `dparams` (laid out
-    /// like `params`) from the upstream gradient `dy`.
-    #[allow(clippy::too_many_arguments)]
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Self::Saved,
-    ) -> normkit::Result<()>;
+/// Applies `op` to `x` with `params` (the tensors the op's signature lists,
+/// in its order) as one custom op whose backward reaches `x` and every
+/// parameter.
+pub(crate) fn apply(op: impl ErasedOp + 'static, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
+    apply_running(op, x, params, None)
 }
 
-/// Where the optional weight and bias sit in the packed parameter vector:
-/// weight first, then bias, each with its element count.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Slots {
-    pub weight: Option<usize>,
-    pub bias: Option<usize>,
+/// [`apply`] for an op with running statistics: `running` is read and
+/// handed to the op, and written back when the op updates it (a training
+/// step). `None` normalizes without them, where the op allows it.
+pub(crate) fn apply_running(
+    op: impl ErasedOp + 'static,
+    x: &Tensor,
+    params: &[&Tensor],
+    running: Option<&crate::running::Running>,
+) -> Result<Tensor> {
+    let name = op.name_erased();
+    let sig = op.signature_erased(x.dims()).map_err(error::kernel)?;
+    check_params(name, &sig, x.dims(), params)?;
+    let values = running
+        .map(|r| r.values().map(|v| Arc::new(Mutex::new(v))))
+        .transpose()?;
+    let op = Forward {
+        op: Arc::new(op),
+        running: values.clone(),
+        saved: Mutex::new(None),
+    };
+    let y = match pack(name, params)? {
+        None => x.apply_op1(op)?,
+        Some(p) => x.apply_op2(&p, op)?,
+    };
+    let updates = matches!(
+        sig.running,
+        Running::Updates { .. } | Running::Requires { .. }
+    );
+    if let (true, Some(r), Some(values)) = (updates, running, values) {
+        let (mean, var) = std::mem::take(&mut *lock(&values));
+        r.store(mean, var)?;
+    }
+    Ok(y)
 }
 
-impl Slots {
-    pub fn of(weight: Option<&Tensor>, bias: Option<&Tensor>) -> Self {
-        Slots {
-            weight: weight.map(Tensor::elem_count),
-            bias: bias.map(Tensor::elem_count),
+/// Each parameter tensor holds as many values as the op's signature says
+/// (checked per parameter, so the error names it).
+fn check_params(
+    op: &'static str,
+    sig: &Signature,
+    shape: &[usize],
+    params: &[&Tensor],
+) -> Result<()> {
+    let length = |name, expected, got| {
+        error::kernel(NormError::Length {
+            op,
+            name,
+            expected,
+            got,
+            shape: shape.to_vec(),
+        })
+    };
+    if params.len() != sig.params.len() {
+        return Err(length("parameters", sig.params.len(), params.len()));
+    }
+    for (p, t) in sig.params.iter().zip(params) {
+        if t.elem_count() != p.len {
+            return Err(length(p.name, p.len, t.elem_count()));
         }
     }
+    Ok(())
+}
 
-    fn len(&self) -> usize {
-        self.weight.unwrap_or(0) + self.bias.unwrap_or(0)
-    }
-
-    /// Splits `params` into weight and bias. Packing guarantees the length;
-    /// a mismatch leaves both out, and the kernel's own checks never see a
-    /// wrong-sized slice.
-    pub fn affine<'a>(&self, params: &'a [f32]) -> Affine<'a> {
-        let (w, b) = params.split_at(self.weight.unwrap_or(0).min(params.len()));
-        Affine {
-            weight: self.weight.map(|_| w),
-            bias: self.bias.map(|_| b),
-        }
-    }
-
-    /// The gradient outputs: `dx` plus the weight and bias parts of
-    /// `dparams`.
-    pub fn grads<'a, T>(&self, dx: &'a mut [T], dparams: &'a mut [f32]) -> Grads<'a, T> {
-        let at = self.weight.unwrap_or(0).min(dparams.len());
-        let (dw, db) = dparams.split_at_mut(at);
-        Grads {
-            dx,
-            dweight: self.weight.map(|_| dw),
-            dbias: self.bias.map(|_| db),
-        }
-    }
-
-    /// A length error when `params` does not hold exactly the slots.
-    pub fn check(&self, op: &'static str, params: &[f32], shape: &[usize]) -> normkit::Result<()> {
-        if params.len() == self.len() {
-            Ok(())
-        } else {
-            Err(normkit::NormError::Length {
+/// Flattens the parameters to f32 and concatenates them, in order; `None`
+/// when there are none. Every step is a differentiable candle op.
+fn pack(op: &'static str, params: &[&Tensor]) -> Result<Option<Tensor>> {
+    let mut flat = Vec::with_capacity(params.len());
+    for p in params {
+        if !p.dtype().is_float() {
+            return Err(error::layer(LayerError::DType {
                 op,
-                name: "weight and bias",
-                expected: self.len(),
-                got: params.len(),
-                shape: shape.to_vec(),
-            })
+                name: "parameter",
+                dtype: p.dtype(),
+            }));
         }
+        flat.push(p.flatten_all()?.to_dtype(DType::F32)?);
     }
-}
-
-/// The element types with kernels, and how candle stores them.
-trait Storable: Elem + Copy {
-    fn wrap(v: Vec<Self>) -> CpuStorage;
-}
-
-impl Storable for f32 {
-    fn wrap(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F32(v)
-    }
-}
-
-impl Storable for bf16 {
-    fn wrap(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::BF16(v)
-    }
-}
-
-impl Storable for f16 {
-    fn wrap(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F16(v)
+    match flat.len() {
+        0 => Ok(None),
+        1 => Ok(flat.pop()),
+        _ => Ok(Some(Tensor::cat(&flat, 0)?)),
     }
 }
 
@@ -173,6 +153,72 @@ fn strided<T: Copy>(data: &[T], layout: &Layout) -> Vec<T> {
     out
 }
 
+/// A tensor's values in one of the element types the kernels take.
+enum Values<'a> {
+    F32(Cow<'a, [f32]>),
+    Bf16(Cow<'a, [bf16]>),
+    F16(Cow<'a, [f16]>),
+}
+
+impl<'a> Values<'a> {
+    fn of(op: &'static str, name: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<Self> {
+        Ok(match s {
+            CpuStorage::F32(v) => Values::F32(gather(v, l)),
+            CpuStorage::BF16(v) => Values::Bf16(gather(v, l)),
+            CpuStorage::F16(v) => Values::F16(gather(v, l)),
+            other => {
+                return Err(error::layer(LayerError::DType {
+                    op,
+                    name,
+                    dtype: other.dtype(),
+                }))
+            }
+        })
+    }
+
+    fn elems(&self) -> ElemSlice<'_> {
+        match self {
+            Values::F32(v) => ElemSlice::F32(v),
+            Values::Bf16(v) => ElemSlice::Bf16(v),
+            Values::F16(v) => ElemSlice::F16(v),
+        }
+    }
+
+    /// Zeros of the same type and length, for an output.
+    fn zeros(&self) -> Output {
+        match self {
+            Values::F32(v) => Output::F32(vec![0.0; v.len()]),
+            Values::Bf16(v) => Output::Bf16(vec![bf16::ZERO; v.len()]),
+            Values::F16(v) => Output::F16(vec![f16::ZERO; v.len()]),
+        }
+    }
+}
+
+/// An output buffer, handed back to candle as storage.
+enum Output {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
+}
+
+impl Output {
+    fn elems(&mut self) -> ElemSliceMut<'_> {
+        match self {
+            Output::F32(v) => ElemSliceMut::F32(v),
+            Output::Bf16(v) => ElemSliceMut::Bf16(v),
+            Output::F16(v) => ElemSliceMut::F16(v),
+        }
+    }
+
+    fn into_storage(self) -> CpuStorage {
+        match self {
+            Output::F32(v) => CpuStorage::F32(v),
+            Output::Bf16(v) => CpuStorage::BF16(v),
+            Output::F16(v) => CpuStorage::F16(v),
+        }
+    }
+}
+
 fn f32_params<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<Cow<'a, [f32]>> {
     match s {
         CpuStorage::F32(v) => Ok(gather(v, l)),
@@ -185,61 +231,41 @@ fn f32_params<'a>(op: &'static str, s: &'a CpuStorage, l: &Layout) -> Result<Cow
     }
 }
 
-fn unsupported(op: &'static str, name: &'static str, s: &CpuStorage) -> candle_core::Error {
-    error::layer(LayerError::DType {
-        op,
-        name,
-        dtype: s.dtype(),
-    })
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another thread panicked mid-update; the
-    // value is still a plain Option and safe to reuse.
+    // value is still plain data and safe to reuse.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The forward op of kernel `K`, keeping what backward needs.
-pub(crate) struct Forward<K: Kernel> {
-    kernel: Arc<K>,
-    saved: Mutex<Option<Arc<K::Saved>>>,
+/// Running mean and variance, shared between a layer and its forward op.
+type SharedRunning = Arc<Mutex<(Vec<f32>, Vec<f32>)>>;
+
+/// The forward op: runs the op, keeping what its backward needs and the
+/// running statistics it updated.
+struct Forward {
+    op: Arc<dyn ErasedOp>,
+    running: Option<SharedRunning>,
+    saved: Mutex<Option<ErasedSaved>>,
 }
 
-impl<K: Kernel> Forward<K> {
-    fn new(kernel: Arc<K>) -> Self {
-        Forward {
-            kernel,
-            saved: Mutex::new(None),
-        }
-    }
-
-    fn run<T: Storable>(
-        &self,
-        x: &[T],
-        layout: &Layout,
-        params: &[f32],
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = gather(x, layout);
-        let mut y = vec![T::from_f32(0.0); x.len()];
+impl Forward {
+    fn run(&self, x: &CpuStorage, l: &Layout, params: &[f32]) -> Result<(CpuStorage, Shape)> {
+        let x = Values::of(self.op.name_erased(), "x", x, l)?;
+        let mut y = x.zeros();
+        let mut running = self.running.as_deref().map(lock);
+        let running = running
+            .as_deref_mut()
+            .map(|(mean, var)| RunningStats { mean, var });
         let saved = self
-            .kernel
-            .forward(&mut y, &x, layout.dims(), params)
+            .op
+            .forward_erased(y.elems(), x.elems(), l.dims(), params, running)
             .map_err(error::kernel)?;
-        *lock(&self.saved) = Some(Arc::new(saved));
-        Ok((T::wrap(y), layout.shape().clone()))
+        *lock(&self.saved) = Some(saved);
+        Ok((y.into_storage(), l.shape().clone()))
     }
 
-    fn dispatch(&self, x: &CpuStorage, l: &Layout, params: &[f32]) -> Result<(CpuStorage, Shape)> {
-        match x {
-            CpuStorage::F32(v) => self.run(v, l, params),
-            CpuStorage::BF16(v) => self.run(v, l, params),
-            CpuStorage::F16(v) => self.run(v, l, params),
-            other => Err(unsupported(K::NAME, "x", other)),
-        }
-    }
-
-    /// Runs the backward op on the saved statistics; returns `dx` and the
-    /// packed parameter gradient.
+    /// Runs the backward op on the saved state; returns `dx` and the packed
+    /// parameter gradient.
     fn backward(
         &self,
         x: &Tensor,
@@ -248,12 +274,12 @@ impl<K: Kernel> Forward<K> {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let saved = lock(&self.saved).clone().ok_or_else(|| {
             error::layer(LayerError::Unsupported {
-                op: K::BACKWARD_NAME,
+                op: self.op.name_erased(),
                 reason: "backward ran before forward",
             })
         })?;
         let op = Backward {
-            kernel: self.kernel.clone(),
+            op: self.op.clone(),
             saved,
             dparams: Mutex::new(None),
         };
@@ -273,13 +299,13 @@ impl<K: Kernel> Forward<K> {
     }
 }
 
-impl<K: Kernel> CustomOp1 for Forward<K> {
+impl CustomOp1 for Forward {
     fn name(&self) -> &'static str {
-        K::NAME
+        self.op.name_erased()
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        self.dispatch(s, l, &[])
+        self.run(s, l, &[])
     }
 
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
@@ -287,9 +313,9 @@ impl<K: Kernel> CustomOp1 for Forward<K> {
     }
 }
 
-impl<K: Kernel> CustomOp2 for Forward<K> {
+impl CustomOp2 for Forward {
     fn name(&self) -> &'static str {
-        K::NAME
+        self.op.name_erased()
     }
 
     fn cpu_fwd(
@@ -299,8 +325,8 @@ impl<K: Kernel> CustomOp2 for Forward<K> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let params = f32_params(K::NAME, s2, l2)?;
-        self.dispatch(s1, l1, &params)
+        let params = f32_params(self.op.name_erased(), s2, l2)?;
+        self.run(s1, l1, &params)
     }
 
     fn bwd(
@@ -315,70 +341,48 @@ impl<K: Kernel> CustomOp2 for Forward<K> {
     }
 }
 
-/// The backward op of kernel `K`: outputs `dx`, leaves the packed parameter
-/// gradient in `dparams`.
-struct Backward<K: Kernel> {
-    kernel: Arc<K>,
-    saved: Arc<K::Saved>,
+/// The backward op: outputs `dx`, leaves the packed parameter gradient in
+/// `dparams`.
+struct Backward {
+    op: Arc<dyn ErasedOp>,
+    saved: ErasedSaved,
     dparams: Mutex<Option<Vec<f32>>>,
 }
 
-impl<K: Kernel> Backward<K> {
-    fn run<T: Storable>(
-        &self,
-        dy: (&[T], &Layout),
-        x: (&[T], &Layout),
-        params: &[f32],
-    ) -> Result<(CpuStorage, Shape)> {
-        if dy.1.dims() != x.1.dims() {
-            return Err(candle_core::Error::ShapeMismatchBinaryOp {
-                lhs: dy.1.shape().clone(),
-                rhs: x.1.shape().clone(),
-                op: K::BACKWARD_NAME,
-            });
-        }
-        let (dy, x_layout, x) = (gather(dy.0, dy.1), x.1, gather(x.0, x.1));
-        let mut dx = vec![T::from_f32(0.0); x.len()];
-        let mut dparams = vec![0.0f32; params.len()];
-        self.kernel
-            .backward(
-                &mut dx,
-                &mut dparams,
-                &dy,
-                &x,
-                x_layout.dims(),
-                params,
-                &self.saved,
-            )
-            .map_err(error::kernel)?;
-        *lock(&self.dparams) = Some(dparams);
-        Ok((T::wrap(dx), x_layout.shape().clone()))
-    }
-
-    fn dispatch(
+impl Backward {
+    fn run(
         &self,
         dy: (&CpuStorage, &Layout),
         x: (&CpuStorage, &Layout),
-        params: &[f32],
+        params: Option<&[f32]>,
     ) -> Result<(CpuStorage, Shape)> {
-        match (dy.0, x.0) {
-            (CpuStorage::F32(d), CpuStorage::F32(v)) => self.run((d, dy.1), (v, x.1), params),
-            (CpuStorage::BF16(d), CpuStorage::BF16(v)) => self.run((d, dy.1), (v, x.1), params),
-            (CpuStorage::F16(d), CpuStorage::F16(v)) => self.run((d, dy.1), (v, x.1), params),
-            (d, v) if d.dtype() == v.dtype() => Err(unsupported(K::BACKWARD_NAME, "x", v)),
-            (d, v) => Err(error::layer(LayerError::DTypeMismatch {
-                op: K::BACKWARD_NAME,
-                name: "dy",
-                expected: v.dtype(),
-                got: d.dtype(),
-            })),
-        }
+        let op = self.op.name_erased();
+        let (dy, x_layout, x) = (
+            Values::of(op, "dy", dy.0, dy.1)?,
+            x.1,
+            Values::of(op, "x", x.0, x.1)?,
+        );
+        let mut dx = x.zeros();
+        let mut dparams = params.map(|p| vec![0.0f32; p.len()]);
+        self.op
+            .backward_erased(
+                dx.elems(),
+                dparams.as_deref_mut(),
+                dy.elems(),
+                x.elems(),
+                x_layout.dims(),
+                params.unwrap_or_default(),
+                &self.saved,
+            )
+            .map_err(error::kernel)?;
+        *lock(&self.dparams) = dparams;
+        Ok((dx.into_storage(), x_layout.shape().clone()))
     }
 }
 
-impl<K: Kernel> CustomOp2 for Backward<K> {
+impl CustomOp2 for Backward {
     fn name(&self) -> &'static str {
-        K::BACKWARD_NAME
+        self.op.name_erased()
     }
 
     fn cpu_fwd(
@@ -388,13 +392,13 @@ impl<K: Kernel> CustomOp2 for Backward<K> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.dispatch((s1, l1), (s2, l2), &[])
+        self.run((s1, l1), (s2, l2), None)
     }
 }
 
-impl<K: Kernel> CustomOp3 for Backward<K> {
+impl CustomOp3 for Backward {
     fn name(&self) -> &'static str {
-        K::BACKWARD_NAME
+        self.op.name_erased()
     }
 
     fn cpu_fwd(
@@ -406,38 +410,7 @@ impl<K: Kernel> CustomOp3 for Backward<K> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let params = f32_params(K::BACKWARD_NAME, s3, l3)?;
-        self.dispatch((s1, l1), (s2, l2), &params)
-    }
-}
-
-/// Flattens the parameters to f32 and concatenates them, in order; `None`
-/// when there are none. Every step is a differentiable candle op.
-fn pack(op: &'static str, params: &[&Tensor]) -> Result<Option<Tensor>> {
-    let mut flat = Vec::with_capacity(params.len());
-    for p in params {
-        if !p.dtype().is_float() {
-            return Err(error::layer(LayerError::DType {
-                op,
-                name: "parameter",
-                dtype: p.dtype(),
-            }));
-        }
-        flat.push(p.flatten_all()?.to_dtype(DType::F32)?);
-    }
-    match flat.len() {
-        0 => Ok(None),
-        1 => Ok(flat.pop()),
-        _ => Ok(Some(Tensor::cat(&flat, 0)?)),
-    }
-}
-
-/// Applies kernel `K` to `x` with `params` as one custom op whose backward
-/// reaches `x` and every parameter.
-pub(crate) fn apply<K: Kernel>(kernel: Arc<K>, x: &Tensor, params: &[&Tensor]) -> Result<Tensor> {
-    let op = Forward::new(kernel);
-    match pack(K::NAME, params)? {
-        None => x.apply_op1(op),
-        Some(p) => x.apply_op2(&p, op),
+        let params = f32_params(self.op.name_erased(), s3, l3)?;
+        self.run((s1, l1), (s2, l2), Some(&params))
     }
 }

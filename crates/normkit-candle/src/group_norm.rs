@@ -1,13 +1,13 @@
 //! Group Normalization and Instance Normalization as candle layers.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use normkit::{ChannelAxis, Elem, Momentum, RunningStats, Stats};
+use normkit::op::{ErasedOp, GroupNormOp, InstanceNormOp};
+use normkit::{ChannelAxis, Momentum};
 
-use crate::fused::{self, Kernel, Slots};
+use crate::fused;
 use crate::running::Running;
 use crate::state::{insert, StateDict};
 
@@ -74,14 +74,6 @@ pub fn group_norm<C: Into<GroupNormConfig>>(
     vb: VarBuilder,
 ) -> Result<GroupNorm> {
     let config = config.into();
-    if num_groups == 0 || num_channels % num_groups != 0 {
-        return Err(crate::error::kernel(normkit::NormError::Groups {
-            op: "group_norm",
-            num_groups,
-            channels: num_channels,
-            shape: vec![num_channels],
-        }));
-    }
     let (weight, bias) = if config.affine {
         (
             Some(vb.get_with_hints(num_channels, "weight", Init::Const(1.0))?),
@@ -90,16 +82,46 @@ pub fn group_norm<C: Into<GroupNormConfig>>(
     } else {
         (None, None)
     };
-    Ok(GroupNorm {
+    GroupNorm {
         num_groups,
         num_channels,
         weight,
         bias,
         config,
-    })
+    }
+    .checked()
 }
 
 impl GroupNorm {
+    /// A GroupNorm from its weight and bias (`candle_nn::GroupNorm::new`).
+    /// `num_groups` must divide `num_channels`; parameter shapes are
+    /// checked by the forward.
+    pub fn new(
+        weight: Tensor,
+        bias: Tensor,
+        num_channels: usize,
+        num_groups: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        GroupNorm {
+            num_groups,
+            num_channels,
+            weight: Some(weight),
+            bias: Some(bias),
+            config: GroupNormConfig::from(eps),
+        }
+        .checked()
+    }
+
+    /// The layer, once the op's own checks (groups, eps) pass on one
+    /// sample.
+    fn checked(self) -> Result<Self> {
+        self.op()
+            .signature_erased(&[1, self.num_channels])
+            .map_err(crate::error::kernel)?;
+        Ok(self)
+    }
+
     pub fn num_groups(&self) -> usize {
         self.num_groups
     }
@@ -121,20 +143,25 @@ impl GroupNorm {
     }
 }
 
-impl Module for GroupNorm {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        const OP: &str = "group_norm";
-        crate::check_channels(OP, x, self.config.channel_axis, self.num_channels)?;
-        let kernel = GroupNormKernel {
+impl GroupNorm {
+    fn op(&self) -> GroupNormOp {
+        GroupNormOp {
             cfg: normkit::GroupNormConfig {
                 num_groups: self.num_groups,
                 eps: self.config.eps as f32,
                 channel_axis: self.config.channel_axis,
             },
-            slots: Slots::of(self.weight.as_ref(), self.bias.as_ref()),
-        };
-        let params: Vec<&Tensor> = self.weight.iter().chain(self.bias.iter()).collect();
-        fused::apply(Arc::new(kernel), x, &params)
+            weight: self.weight.is_some(),
+            bias: self.bias.is_some(),
+        }
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::check_channels("group_norm", x, self.config.channel_axis, self.num_channels)?;
+        let params: Vec<&Tensor> = self.weight.iter().chain(&self.bias).collect();
+        fused::apply(self.op(), x, &params)
     }
 }
 
@@ -146,50 +173,6 @@ impl StateDict for GroupNorm {
         if let Some(b) = &self.bias {
             insert(out, prefix, "bias", b);
         }
-    }
-}
-
-struct GroupNormKernel {
-    cfg: normkit::GroupNormConfig,
-    slots: Slots,
-}
-
-impl Kernel for GroupNormKernel {
-    type Saved = Stats;
-    const NAME: &'static str = "group_norm";
-    const BACKWARD_NAME: &'static str = "group_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        normkit::group_norm_forward(y, x, shape, self.slots.affine(params), &self.cfg)
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::group_norm_backward(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
     }
 }
 
@@ -319,11 +302,18 @@ impl InstanceNorm {
         self.running.as_ref().map(|r| r.var.as_tensor())
     }
 
-    fn kernel_config(&self) -> normkit::InstanceNormConfig {
-        normkit::InstanceNormConfig {
-            eps: self.config.eps as f32,
-            momentum: Momentum::Exponential(self.config.momentum.unwrap_or(0.0) as f32),
-            channel_axis: self.config.channel_axis,
+    /// The op of one call: instance statistics in training and whenever
+    /// there are no running ones (PyTorch), the running ones otherwise.
+    fn op(&self, train: bool) -> InstanceNormOp {
+        InstanceNormOp {
+            cfg: normkit::InstanceNormConfig {
+                eps: self.config.eps as f32,
+                momentum: Momentum::Exponential(self.config.momentum.unwrap_or(0.0) as f32),
+                channel_axis: self.config.channel_axis,
+            },
+            training: train || self.running.is_none(),
+            weight: self.weight.is_some(),
+            bias: self.bias.is_some(),
         }
     }
 }
@@ -332,36 +322,8 @@ impl ModuleT for InstanceNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         const OP: &str = "instance_norm";
         crate::check_channels(OP, x, self.config.channel_axis, self.num_features)?;
-        let slots = Slots::of(self.weight.as_ref(), self.bias.as_ref());
-        let params: Vec<&Tensor> = self.weight.iter().chain(self.bias.iter()).collect();
-        let cfg = self.kernel_config();
-        match (&self.running, train) {
-            (Some(r), false) => {
-                let (mean, var) = r.values()?;
-                let kernel = InstanceNormEval {
-                    cfg,
-                    slots,
-                    mean,
-                    var,
-                };
-                fused::apply(Arc::new(kernel), x, &params)
-            }
-            (running, _) => {
-                let update = running.as_ref().filter(|_| train);
-                let kernel = Arc::new(InstanceNormTrain {
-                    cfg,
-                    slots,
-                    running: update.map(Running::values).transpose()?.map(Mutex::new),
-                });
-                let y = fused::apply(kernel.clone(), x, &params)?;
-                if let (Some(r), Some(values)) = (update, &kernel.running) {
-                    let (mean, var) =
-                        std::mem::take(&mut *values.lock().unwrap_or_else(|e| e.into_inner()));
-                    r.store(mean, var)?;
-                }
-                Ok(y)
-            }
-        }
+        let params: Vec<&Tensor> = self.weight.iter().chain(&self.bias).collect();
+        fused::apply_running(self.op(train), x, &params, self.running.as_ref())
     }
 }
 
@@ -376,118 +338,5 @@ impl StateDict for InstanceNorm {
         for (name, t) in self.running.iter().flat_map(Running::named) {
             insert(out, prefix, name, &t);
         }
-    }
-}
-
-struct InstanceNormTrain {
-    cfg: normkit::InstanceNormConfig,
-    slots: Slots,
-    running: Option<Mutex<(Vec<f32>, Vec<f32>)>>,
-}
-
-impl Kernel for InstanceNormTrain {
-    type Saved = Stats;
-    const NAME: &'static str = "instance_norm";
-    const BACKWARD_NAME: &'static str = "instance_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        let mut guard = self
-            .running
-            .as_ref()
-            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
-        let running = guard
-            .as_deref_mut()
-            .map(|(mean, var)| RunningStats { mean, var });
-        normkit::instance_norm_forward_train(
-            y,
-            x,
-            shape,
-            self.slots.affine(params),
-            running,
-            &self.cfg,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::instance_norm_backward_train(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
-    }
-}
-
-struct InstanceNormEval {
-    cfg: normkit::InstanceNormConfig,
-    slots: Slots,
-    mean: Vec<f32>,
-    var: Vec<f32>,
-}
-
-impl Kernel for InstanceNormEval {
-    type Saved = Stats;
-    const NAME: &'static str = "instance_norm";
-    const BACKWARD_NAME: &'static str = "instance_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        normkit::instance_norm_forward_eval(
-            y,
-            x,
-            shape,
-            self.slots.affine(params),
-            &self.mean,
-            &self.var,
-            &self.cfg,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::instance_norm_backward_eval(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            weight,
-            saved,
-            &self.cfg,
-        )
     }
 }

@@ -1,17 +1,19 @@
 //! Layer Normalization and RMSNorm as candle layers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{DType, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
-use normkit::{Elem, Stats};
+use normkit::op::{LayerNormOp, Precision, RmsNormOp};
 
-use crate::error::{self, LayerError};
-use crate::fused::{self, Kernel, Slots};
+use crate::fused;
 use crate::state::{insert, StateDict};
 
 /// Settings of a [`LayerNorm`] layer; the defaults are PyTorch's.
+///
+/// candle-nn's `LayerNormConfig` converts into it (its `affine` is this
+/// `bias`; its `remove_mean: false` is RMSNorm with an optional bias), and
+/// [`layer_norm`] takes either.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerNormConfig {
     /// PyTorch: `1e-5`.
@@ -20,6 +22,9 @@ pub struct LayerNormConfig {
     pub elementwise_affine: bool,
     /// Learnable `bias`, when `elementwise_affine`. PyTorch: `true`.
     pub bias: bool,
+    /// Subtract the mean; `false` normalizes by the root mean square
+    /// (RMSNorm), as candle-nn's option of the same name. PyTorch: `true`.
+    pub remove_mean: bool,
 }
 
 impl Default for LayerNormConfig {
@@ -28,6 +33,7 @@ impl Default for LayerNormConfig {
             eps: 1e-5,
             elementwise_affine: true,
             bias: true,
+            remove_mean: true,
         }
     }
 }
@@ -41,6 +47,39 @@ impl From<f64> for LayerNormConfig {
     }
 }
 
+impl From<candle_nn::LayerNormConfig> for LayerNormConfig {
+    /// candle-nn always has a weight; its `affine` says whether there is a
+    /// bias.
+    fn from(c: candle_nn::LayerNormConfig) -> Self {
+        LayerNormConfig {
+            eps: c.eps,
+            elementwise_affine: true,
+            bias: c.affine,
+            remove_mean: c.remove_mean,
+        }
+    }
+}
+
+/// What [`layer_norm`] takes as its configuration: a [`LayerNormConfig`],
+/// or anything candle-nn's `layer_norm` takes (`candle_nn::LayerNormConfig`,
+/// an `f64` eps), so that code generic over
+/// `C: Into<candle_nn::LayerNormConfig>` calls [`layer_norm`] unchanged.
+pub trait IntoLayerNormConfig {
+    fn into_layer_norm_config(self) -> LayerNormConfig;
+}
+
+impl IntoLayerNormConfig for LayerNormConfig {
+    fn into_layer_norm_config(self) -> LayerNormConfig {
+        self
+    }
+}
+
+impl<C: Into<candle_nn::LayerNormConfig>> IntoLayerNormConfig for C {
+    fn into_layer_norm_config(self) -> LayerNormConfig {
+        self.into().into()
+    }
+}
+
 /// Layer Normalization (Ba, Kiros & Hinton, 2016):
 ///
 /// ```text
@@ -49,11 +88,14 @@ impl From<f64> for LayerNormConfig {
 ///
 /// where `E[x]`, `Var[x]` (biased) are over the trailing
 /// `normalized_shape` dimensions of each row, and `weight`, `bias` are
-/// optional, shaped like `normalized_shape`.
+/// optional, shaped like `normalized_shape`. Without `remove_mean`
+/// (candle-nn's RMS variant) `E[x]` is 0.
 ///
 /// Unlike `candle_nn::LayerNorm`, gradients reach the input and both
 /// parameters whatever the input's layout: the forward is one fused op and
-/// so is its backward.
+/// so is its backward. Built like candle-nn's (`LayerNorm::new(weight,
+/// bias, eps)`, `layer_norm(size, config, vb)`), it replaces it by an
+/// import; a wrongly shaped parameter is an error of the forward.
 ///
 /// # Shapes
 /// - `x`, `y`: `[*, *normalized_shape]`;
@@ -64,25 +106,35 @@ pub struct LayerNorm {
     weight: Option<Tensor>,
     bias: Option<Tensor>,
     eps: f64,
+    remove_mean: bool,
 }
 
 /// Creates a [`LayerNorm`] over the trailing `normalized_shape` (a size or
 /// a shape), loading or initializing (weight 1, bias 0) its tensors through
-/// `vb`.
-pub fn layer_norm<S: Into<Shape>, C: Into<LayerNormConfig>>(
+/// `vb`. `config` is a [`LayerNormConfig`], a `candle_nn::LayerNormConfig`
+/// or an `f64` eps. Like candle-nn's, it loads `gamma` and `beta` (older
+/// checkpoints' names) when the file has them instead of `weight` and `bias`.
+pub fn layer_norm<S: Into<Shape>, C: IntoLayerNormConfig>(
     normalized_shape: S,
     config: C,
     vb: VarBuilder,
 ) -> Result<LayerNorm> {
     let shape = normalized_shape.into();
-    let config = config.into();
+    let config = config.into_layer_norm_config();
+    let load = |names: [&str; 2], init: f64| {
+        let name = names
+            .into_iter()
+            .find(|n| vb.contains_tensor(n))
+            .unwrap_or(names[0]);
+        vb.get_with_hints(shape.clone(), name, Init::Const(init))
+    };
     let weight = if config.elementwise_affine {
-        Some(vb.get_with_hints(shape.clone(), "weight", Init::Const(1.0))?)
+        Some(load(["weight", "gamma"], 1.0)?)
     } else {
         None
     };
     let bias = if config.elementwise_affine && config.bias {
-        Some(vb.get_with_hints(shape.clone(), "bias", Init::Const(0.0))?)
+        Some(load(["bias", "beta"], 0.0)?)
     } else {
         None
     };
@@ -91,20 +143,30 @@ pub fn layer_norm<S: Into<Shape>, C: Into<LayerNormConfig>>(
         weight,
         bias,
         eps: config.eps,
+        remove_mean: config.remove_mean,
     })
 }
 
+/// A [`LayerNorm`] with a weight and no bias (candle-nn's function of the
+/// same name).
+pub fn layer_norm_no_bias(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
+    let config = LayerNormConfig {
+        eps,
+        bias: false,
+        ..Default::default()
+    };
+    layer_norm(size, config, vb)
+}
+
 impl LayerNorm {
-    /// A LayerNorm over `weight`'s shape, with this weight and bias (the
-    /// signature of `candle_nn::LayerNorm::new`).
-    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
-        check_param_shape("layer_norm", "bias", weight.dims(), &bias)?;
-        Ok(LayerNorm {
-            normalized_shape: weight.dims().to_vec(),
-            weight: Some(weight),
+    /// A LayerNorm over `weight`'s shape, with this weight and bias
+    /// (`candle_nn::LayerNorm::new`). A `bias` of another shape is an error
+    /// of the forward.
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        LayerNorm {
             bias: Some(bias),
-            eps,
-        })
+            ..LayerNorm::new_no_bias(weight, eps)
+        }
     }
 
     /// A LayerNorm over `weight`'s shape without bias.
@@ -114,6 +176,16 @@ impl LayerNorm {
             weight: Some(weight),
             bias: None,
             eps,
+            remove_mean: true,
+        }
+    }
+
+    /// RMSNorm as a LayerNorm that keeps the mean
+    /// (`candle_nn::LayerNorm::rms_norm`).
+    pub fn rms_norm(weight: Tensor, eps: f64) -> Self {
+        LayerNorm {
+            remove_mean: false,
+            ..LayerNorm::new_no_bias(weight, eps)
         }
     }
 
@@ -132,17 +204,28 @@ impl LayerNorm {
     pub fn eps(&self) -> f64 {
         self.eps
     }
+
+    pub fn remove_mean(&self) -> bool {
+        self.remove_mean
+    }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm_op(
-            x,
+        let (ns, weight, bias) = (
             &self.normalized_shape,
             self.weight.as_ref(),
             self.bias.as_ref(),
-            self.eps,
-        )
+        );
+        if self.remove_mean {
+            return layer_norm_op(x, ns, weight, bias, self.eps);
+        }
+        // RMSNorm has no bias of its own: candle-nn adds it after.
+        let y = rms_norm_op(x, ns, weight, Some(self.eps))?;
+        match bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
 }
 
@@ -166,83 +249,14 @@ pub fn layer_norm_op(
     bias: Option<&Tensor>,
     eps: f64,
 ) -> Result<Tensor> {
-    let kernel = LayerNormKernel {
+    let op = LayerNormOp {
         normalized_shape: normalized_shape.to_vec(),
-        slots: Slots::of(weight, bias),
         eps: eps as f32,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
     };
     let params: Vec<&Tensor> = weight.into_iter().chain(bias).collect();
-    fused::apply(Arc::new(kernel), x, &params)
-}
-
-fn check_param_shape(
-    op: &'static str,
-    name: &'static str,
-    expected: &[usize],
-    t: &Tensor,
-) -> Result<()> {
-    if t.dims() == expected {
-        Ok(())
-    } else {
-        Err(error::layer(LayerError::ParamShape {
-            op,
-            name,
-            expected: expected.to_vec(),
-            got: t.dims().to_vec(),
-        }))
-    }
-}
-
-struct LayerNormKernel {
-    normalized_shape: Vec<usize>,
-    slots: Slots,
-    eps: f32,
-}
-
-impl Kernel for LayerNormKernel {
-    type Saved = Stats;
-    const NAME: &'static str = "layer_norm";
-    const BACKWARD_NAME: &'static str = "layer_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        self.slots.check(Self::NAME, params, shape)?;
-        normkit::layer_norm_forward(
-            y,
-            x,
-            shape,
-            &self.normalized_shape,
-            self.slots.affine(params),
-            self.eps,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let weight = self.slots.affine(params).weight;
-        normkit::layer_norm_backward(
-            self.slots.grads(dx, dparams),
-            dy,
-            x,
-            shape,
-            &self.normalized_shape,
-            weight,
-            saved,
-        )
-    }
+    fused::apply(op, x, &params)
 }
 
 /// Settings of an [`RmsNorm`] layer; the defaults are PyTorch's.
@@ -357,13 +371,14 @@ impl StateDict for RmsNorm {
     }
 }
 
-/// The machine epsilon PyTorch's RMSNorm adds when `eps` is `None`.
-fn dtype_eps(dtype: DType) -> f64 {
+/// The format of a dtype, for its machine epsilon; dtypes without kernels
+/// are refused by the op itself.
+fn precision(dtype: DType) -> Precision {
     match dtype {
-        DType::BF16 => 0.0078125,
-        DType::F16 => 0.0009765625,
-        DType::F64 => f64::EPSILON,
-        _ => f32::EPSILON as f64,
+        DType::BF16 => Precision::Bf16,
+        DType::F16 => Precision::F16,
+        DType::F64 => Precision::F64,
+        _ => Precision::F32,
     }
 }
 
@@ -375,65 +390,11 @@ pub fn rms_norm_op(
     weight: Option<&Tensor>,
     eps: Option<f64>,
 ) -> Result<Tensor> {
-    let kernel = RmsNormKernel {
+    let op = RmsNormOp {
         normalized_shape: normalized_shape.to_vec(),
-        has_weight: weight.is_some(),
-        eps: eps.unwrap_or_else(|| dtype_eps(x.dtype())) as f32,
+        eps: eps.unwrap_or_else(|| precision(x.dtype()).machine_eps()) as f32,
+        weight: weight.is_some(),
     };
     let params: Vec<&Tensor> = weight.into_iter().collect();
-    fused::apply(Arc::new(kernel), x, &params)
-}
-
-struct RmsNormKernel {
-    normalized_shape: Vec<usize>,
-    has_weight: bool,
-    eps: f32,
-}
-
-impl RmsNormKernel {
-    fn weight<'a>(&self, params: &'a [f32]) -> Option<&'a [f32]> {
-        self.has_weight.then_some(params)
-    }
-}
-
-impl Kernel for RmsNormKernel {
-    type Saved = Stats;
-    const NAME: &'static str = "rms_norm";
-    const BACKWARD_NAME: &'static str = "rms_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<Stats> {
-        normkit::rms_norm_forward(
-            y,
-            x,
-            shape,
-            &self.normalized_shape,
-            self.weight(params),
-            self.eps,
-        )
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &Stats,
-    ) -> normkit::Result<()> {
-        let grads = normkit::Grads {
-            dx,
-            dweight: self.has_weight.then_some(dparams),
-            dbias: None,
-        };
-        let weight = self.weight(params);
-        normkit::rms_norm_backward(grads, dy, x, shape, &self.normalized_shape, weight, saved)
-    }
+    fused::apply(op, x, &params)
 }

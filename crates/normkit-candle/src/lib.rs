@@ -8,10 +8,11 @@
 //! [`AdaLayerNorm`], [`ada_layer_norm_op`]), Switchable Normalization
 //! ([`SwitchNorm`]) and Batch Renormalization ([`BatchRenorm`]).
 //!
-//! Each layer's forward is one candle custom op that calls a normkit
-//! kernel, and its backward is another that calls the matching backward
-//! kernel: gradients reach the input and every parameter, whatever the
-//! input's layout. Inputs may be `f32`, `bf16` or `f16` on the CPU (the
+//! Each layer builds its [`normkit::op`] value and hands it, with its
+//! parameters, to one generic pair of candle custom ops: the forward runs
+//! the op's forward, the backward its backward, so gradients reach the
+//! input and every parameter, whatever the input's layout. Shapes and
+//! hyperparameters are validated by the op itself. Inputs may be `f32`, `bf16` or `f16` on the CPU (the
 //! statistics are accumulated in f32 lanes either way); parameters may be any
 //! float dtype and are used as f32. Wrong shapes or dtypes come back as a
 //! [`candle_core::Error`] naming the op and the shapes.
@@ -62,7 +63,7 @@ pub use ada_norm::{
     AdaLayerNormOutput,
 };
 pub use adain::{adain, AdaIn, AdaInConfig};
-pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig};
+pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig, IntoBatchNormConfig};
 pub use batch_renorm::{batch_renorm, BatchRenorm, BatchRenormConfig, BatchRenormSchedule};
 pub use dyt::{dyt, dyt_op, Dyt, DytConfig};
 pub use error::LayerError;
@@ -71,8 +72,8 @@ pub use group_norm::{
     group_norm, instance_norm, GroupNorm, GroupNormConfig, InstanceNorm, InstanceNormConfig,
 };
 pub use layer_norm::{
-    layer_norm, layer_norm_op, rms_norm, rms_norm_op, LayerNorm, LayerNormConfig, RmsNorm,
-    RmsNormConfig,
+    layer_norm, layer_norm_no_bias, layer_norm_op, rms_norm, rms_norm_op, IntoLayerNormConfig,
+    LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig,
 };
 pub use normkit::ChannelAxis;
 pub use state::StateDict;

@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
+use normkit::Momentum;
 
 /// The running-statistics buffers of BatchNorm and InstanceNorm.
 ///
@@ -40,6 +41,17 @@ impl Running {
             mean: Var::from_tensor(&mean)?,
             var: Var::from_tensor(&var)?,
             num_batches_tracked,
+        })
+    }
+
+    /// Buffers holding copies of `mean` and `var` (as f32), with the count
+    /// at 0.
+    pub fn from_tensors(mean: &Tensor, var: &Tensor) -> Result<Self> {
+        let f32_var = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32)?);
+        Ok(Running {
+            mean: f32_var(mean)?,
+            var: f32_var(var)?,
+            num_batches_tracked: Var::zeros((), DType::I64, mean.device())?,
         })
     }
 
@@ -88,4 +100,17 @@ impl Running {
             ),
         ]
     }
+}
+
+/// The update rule of a training step: `momentum`, or with `None` the
+/// cumulative average over the batches `update` has tracked. A step that
+/// updates nothing gets the default (it is not used).
+pub(crate) fn momentum(momentum: Option<f64>, update: Option<&Running>) -> Result<Momentum> {
+    Ok(match (momentum, update) {
+        (Some(m), _) => Momentum::Exponential(m as f32),
+        (None, Some(r)) => Momentum::CumulativeAverage {
+            num_batches_tracked: r.count()?,
+        },
+        (None, None) => Momentum::default(),
+    })
 }

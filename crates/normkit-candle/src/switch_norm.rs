@@ -1,16 +1,14 @@
 //! Switchable Normalization as a candle layer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, ModuleT, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
-use normkit::{
-    ChannelAxis, Elem, Momentum, NormError, RunningStats, SwitchGrads, SwitchStats, SwitchWeights,
-};
+use normkit::op::SwitchNormOp;
+use normkit::{ChannelAxis, NormError};
 
-use crate::fused::{self, Kernel, Slots};
-use crate::running::Running;
+use crate::fused;
+use crate::running::{self, Running};
 use crate::state::{insert, StateDict};
 
 /// Settings of a [`SwitchNorm`] layer; the defaults are BatchNorm's and
@@ -177,12 +175,19 @@ impl SwitchNorm {
         Ok((softmax(&self.mean_weight)?, softmax(&self.var_weight)?))
     }
 
-    fn kernel_config(&self, momentum: Momentum) -> normkit::SwitchNormConfig {
-        normkit::SwitchNormConfig {
-            eps: self.config.eps as f32,
-            momentum,
-            channel_axis: self.config.channel_axis,
-        }
+    fn op(&self, train: bool) -> Result<SwitchNormOp> {
+        let update = Some(&self.running).filter(|_| train);
+        let momentum = running::momentum(self.config.momentum, update)?;
+        Ok(SwitchNormOp {
+            cfg: normkit::SwitchNormConfig {
+                eps: self.config.eps as f32,
+                momentum,
+                channel_axis: self.config.channel_axis,
+            },
+            training: train,
+            weight: self.weight.is_some(),
+            bias: self.bias.is_some(),
+        })
     }
 }
 
@@ -198,41 +203,21 @@ fn softmax3(logits: &[f32]) -> Option<[f32; 3]> {
 
 impl ModuleT for SwitchNorm {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        const OP: &str = "switch_norm";
-        crate::check_channels(OP, x, self.config.channel_axis, self.num_features)?;
-        let slots = Slots::of(self.weight.as_ref(), self.bias.as_ref());
+        crate::check_channels(
+            "switch_norm",
+            x,
+            self.config.channel_axis,
+            self.num_features,
+        )?;
         let params: Vec<&Tensor> = self
             .weight
             .iter()
-            .chain(self.bias.iter())
+            .chain(&self.bias)
             .chain([&self.mean_weight, &self.var_weight])
             .collect();
         let r = &self.running;
-        if !train {
-            let (mean, var) = r.values()?;
-            let kernel = SwitchNormKernel {
-                cfg: self.kernel_config(Momentum::default()),
-                slots,
-                mode: Mode::Eval { mean, var },
-            };
-            return fused::apply(Arc::new(kernel), x, &params);
-        }
-        let momentum = match self.config.momentum {
-            Some(m) => Momentum::Exponential(m as f32),
-            None => Momentum::CumulativeAverage {
-                num_batches_tracked: r.count()?,
-            },
-        };
-        let kernel = Arc::new(SwitchNormKernel {
-            cfg: self.kernel_config(momentum),
-            slots,
-            mode: Mode::Train(Mutex::new(r.values()?)),
-        });
-        let y = fused::apply(kernel.clone(), x, &params)?;
-        if let Mode::Train(values) = &kernel.mode {
-            let (mean, var) =
-                std::mem::take(&mut *values.lock().unwrap_or_else(|e| e.into_inner()));
-            r.store(mean, var)?;
+        let y = fused::apply_running(self.op(train)?, x, &params, Some(r))?;
+        if train {
             r.set_count(r.count()? + 1)?;
         }
         Ok(y)
@@ -252,131 +237,5 @@ impl StateDict for SwitchNorm {
         for (name, t) in self.running.named() {
             insert(out, prefix, name, &t);
         }
-    }
-}
-
-/// Where the BN statistics come from.
-enum Mode {
-    /// The batch's; the running statistics, held here, follow them.
-    Train(Mutex<(Vec<f32>, Vec<f32>)>),
-    /// The running statistics, as constants.
-    Eval { mean: Vec<f32>, var: Vec<f32> },
-}
-
-/// The fused op: the packed parameters are `weight`, `bias` (those
-/// present), then `mean_weight` and `var_weight`.
-struct SwitchNormKernel {
-    cfg: normkit::SwitchNormConfig,
-    slots: Slots,
-    mode: Mode,
-}
-
-impl SwitchNormKernel {
-    fn affine_len(&self) -> usize {
-        self.slots.weight.unwrap_or(0) + self.slots.bias.unwrap_or(0)
-    }
-
-    /// Checks the packed length, then splits it into the affine part and
-    /// the two logit vectors.
-    fn split<'a>(
-        &self,
-        params: &'a [f32],
-        shape: &[usize],
-    ) -> normkit::Result<(&'a [f32], SwitchWeights<'a>)> {
-        let k = self.affine_len();
-        if params.len() != k + 6 {
-            return Err(NormError::Length {
-                op: Self::NAME,
-                name: "weight, bias, mean_weight and var_weight",
-                expected: k + 6,
-                got: params.len(),
-                shape: shape.to_vec(),
-            });
-        }
-        let (affine, logits) = params.split_at(k);
-        let (mean_weight, var_weight) = logits.split_at(3);
-        Ok((
-            affine,
-            SwitchWeights {
-                mean_weight,
-                var_weight,
-            },
-        ))
-    }
-}
-
-impl Kernel for SwitchNormKernel {
-    type Saved = SwitchStats;
-    const NAME: &'static str = "switch_norm";
-    const BACKWARD_NAME: &'static str = "switch_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        y: &mut [T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-    ) -> normkit::Result<SwitchStats> {
-        let (affine, weights) = self.split(params, shape)?;
-        let affine = self.slots.affine(affine);
-        match &self.mode {
-            Mode::Train(running) => {
-                let mut guard = running.lock().unwrap_or_else(|e| e.into_inner());
-                let (mean, var) = &mut *guard;
-                let running = RunningStats { mean, var };
-                normkit::switch_norm_forward_train(
-                    y,
-                    x,
-                    shape,
-                    affine,
-                    weights,
-                    Some(running),
-                    &self.cfg,
-                )
-            }
-            Mode::Eval { mean, var } => normkit::switch_norm_forward_eval(
-                y, x, shape, affine, weights, mean, var, &self.cfg,
-            ),
-        }
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dx: &mut [T],
-        dparams: &mut [f32],
-        dy: &[T],
-        x: &[T],
-        shape: &[usize],
-        params: &[f32],
-        saved: &SwitchStats,
-    ) -> normkit::Result<()> {
-        let (affine, weights) = self.split(params, shape)?;
-        let k = self.affine_len();
-        if dparams.len() != params.len() {
-            return Err(NormError::Length {
-                op: Self::BACKWARD_NAME,
-                name: "parameter gradients",
-                expected: params.len(),
-                got: dparams.len(),
-                shape: shape.to_vec(),
-            });
-        }
-        let (daffine, dlogits) = dparams.split_at_mut(k);
-        let (dmean_weight, dvar_weight) = dlogits.split_at_mut(3);
-        let weight = self.slots.affine(affine).weight;
-        normkit::switch_norm_backward(
-            self.slots.grads(dx, daffine),
-            SwitchGrads {
-                dmean_weight: Some(dmean_weight),
-                dvar_weight: Some(dvar_weight),
-            },
-            dy,
-            x,
-            shape,
-            weight,
-            weights,
-            saved,
-            &self.cfg,
-        )
     }
 }

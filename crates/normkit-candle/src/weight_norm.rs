@@ -1,14 +1,13 @@
 //! Weight Normalization of `Linear` and `Conv2d` as candle layers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use candle_core::{DType, Module, Result, Tensor, Var, D};
 use candle_nn::{Conv2dConfig, Init, VarBuilder};
-use normkit::Elem;
+use normkit::op::{NormOp, WeightNormOp};
 
 use crate::error::{self, LayerError};
-use crate::fused::{self, Kernel};
+use crate::fused;
 use crate::state::{insert, StateDict};
 
 /// The names under which a weight-normalized layer keeps `g` and `v`.
@@ -74,58 +73,20 @@ impl Default for WeightNormConfig {
 /// index along `dim` in any shape (PyTorch's: `v`'s rank with ones
 /// elsewhere). One fused op; its backward gives `dv` and `dg`.
 pub fn weight_norm_op(v: &Tensor, g: &Tensor, dim: Option<isize>) -> Result<Tensor> {
-    fused::apply(Arc::new(WeightNormKernel { dim }), v, &[g])
-}
-
-struct WeightNormKernel {
-    dim: Option<isize>,
-}
-
-impl Kernel for WeightNormKernel {
-    /// The norms of `v`, one per `g` value.
-    type Saved = Vec<f32>;
-    const NAME: &'static str = "weight_norm";
-    const BACKWARD_NAME: &'static str = "weight_norm_backward";
-
-    fn forward<T: Elem>(
-        &self,
-        w: &mut [T],
-        v: &[T],
-        shape: &[usize],
-        g: &[f32],
-    ) -> normkit::Result<Vec<f32>> {
-        normkit::weight_norm_forward(w, v, shape, g, self.dim)
-    }
-
-    fn backward<T: Elem>(
-        &self,
-        dv: &mut [T],
-        dg: &mut [f32],
-        dw: &[T],
-        v: &[T],
-        shape: &[usize],
-        g: &[f32],
-        norms: &Vec<f32>,
-    ) -> normkit::Result<()> {
-        normkit::weight_norm_backward(dv, dg, dw, v, shape, g, self.dim, norms)
-    }
+    fused::apply(WeightNormOp { dim }, v, &[g])
 }
 
 /// The shape PyTorch gives `g`: `v`'s rank with ones but along `dim`, or
 /// a scalar for `None`.
 fn g_shape(v_shape: &[usize], dim: Option<isize>) -> Result<Vec<usize>> {
+    // The op's own check of `dim` against `v`'s shape.
+    WeightNormOp { dim }
+        .signature(v_shape)
+        .map_err(error::kernel)?;
     let Some(d) = dim else {
         return Ok(Vec::new());
     };
-    let rank = v_shape.len() as isize;
-    let k = if d < 0 { d + rank } else { d };
-    if !(0..rank).contains(&k) {
-        return Err(error::kernel(normkit::NormError::Dim {
-            op: "weight_norm",
-            dim: d,
-            shape: v_shape.to_vec(),
-        }));
-    }
+    let k = if d < 0 { d + v_shape.len() as isize } else { d };
     Ok(v_shape
         .iter()
         .enumerate()

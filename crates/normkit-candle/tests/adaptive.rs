@@ -7,7 +7,6 @@
 //! steps of a small model with each layer.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Module, ModuleT, Result, Tensor, Var};
 use candle_nn::{linear, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
@@ -1066,14 +1065,21 @@ fn adaptive_errors() {
     let ada = ada_layer_norm(8, 4, AdaLayerNormConfig::default(), vb.clone()).unwrap();
     assert_err_mentions(
         ada.forward(&ones(&[2, 3, 7]), &ones(&[2, 4])),
-        &["ada_layer_norm", "expected 8"],
+        &["ada_layer_norm", "[2, 3, 7]", "normalized_shape [8]"],
     );
     assert_err_mentions(
         ada.forward(&ones(&[2, 3, 8]), &ones(&[3, 4])),
         &["ada_layer_norm", "cond", "[2, 4]"],
     );
-    assert_err_mentions(ada.forward(&ones(&[8]), &ones(&[1, 4])), &["rank"]);
-    assert_err_mentions(ada.forward(&ones(&[]), &ones(&[1, 4])), &["rank"]);
+    // A sample dimension must precede the normalized one.
+    assert_err_mentions(
+        ada.forward(&ones(&[8]), &ones(&[1, 4])),
+        &["normalized_shape"],
+    );
+    assert_err_mentions(
+        ada.forward(&ones(&[]), &ones(&[1, 4])),
+        &["normalized_shape"],
+    );
     assert_err_mentions(
         ada_layer_norm_op(
             &ones(&[2, 3, 8]),
@@ -1257,28 +1263,12 @@ impl Case {
 }
 
 fn load_cases() -> Vec<Case> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden");
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("tests/golden is readable")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    paths.sort();
-    paths
+    golden_cases(&ADAPTIVE_OPS)
         .into_iter()
-        .filter_map(|path| {
-            let bytes = std::fs::read(&path).unwrap();
-            let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-            let meta = header.metadata().clone().unwrap_or_default();
-            let op = meta.get("op")?;
-            if !ADAPTIVE_OPS.contains(&op.as_str()) {
-                return None;
-            }
-            Some(Case {
-                name: path.file_stem().unwrap().to_string_lossy().into_owned(),
-                meta,
-                tensors: candle_core::safetensors::load_buffer(&bytes, &CPU).unwrap(),
-            })
+        .map(|c| Case {
+            name: c.name,
+            meta: c.meta,
+            tensors: c.tensors,
         })
         .collect()
 }

@@ -163,6 +163,50 @@ pub fn assert_close(what: &str, a: &[f64], b: &[f64], tol: f64) {
     );
 }
 
+/// A golden case of `tests/golden` (format in its FORMAT.md), read by
+/// `normkit_data::golden`, with its tensors as candle tensors.
+#[derive(Clone)]
+pub struct GoldenCase {
+    pub name: String,
+    pub meta: HashMap<String, String>,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// The golden cases whose `op` is one of `ops`, in file order. Expected
+/// results (the tensors with a `tol_<name>`) are f64, inputs f32, as the
+/// files store them.
+pub fn golden_cases(ops: &[&str]) -> Vec<GoldenCase> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden");
+    let paths = normkit_data::golden::case_paths(&dir).expect("tests/golden is readable");
+    let mut cases = Vec::new();
+    for path in paths {
+        let case = normkit_data::golden::read_case(&path).unwrap();
+        if !case
+            .meta
+            .get("op")
+            .is_some_and(|op| ops.contains(&op.as_str()))
+        {
+            continue;
+        }
+        let tensors = case
+            .tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let expected = case.meta.contains_key(&format!("tol_{name}"));
+                let dtype = if expected { DType::F64 } else { DType::F32 };
+                let t = Tensor::from_vec(t.data, t.shape, &CPU).unwrap();
+                (name, t.to_dtype(dtype).unwrap())
+            })
+            .collect();
+        cases.push(GoldenCase {
+            name: case.name,
+            meta: case.meta.into_iter().collect(),
+            tensors,
+        });
+    }
+    cases
+}
+
 /// A file under the system's temporary directory, removed on drop.
 pub struct TempFile(pub std::path::PathBuf);
 

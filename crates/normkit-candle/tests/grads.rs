@@ -481,7 +481,7 @@ fn functional_ops_match_layers() {
     let x = rng.tensor(&[2, 3, 4], -2.0, 2.0);
     let w = rng.tensor(&[4], 0.5, 1.5);
     let b = rng.tensor(&[4], -0.5, 0.5);
-    let ln = LayerNorm::new(w.clone(), b.clone(), 1e-5).unwrap();
+    let ln = LayerNorm::new(w.clone(), b.clone(), 1e-5);
     let from_layer = flat(&ln.forward(&x).unwrap());
     let from_op = flat(&layer_norm_op(&x, &[4], Some(&w), Some(&b), 1e-5).unwrap());
     assert_eq!(from_layer, from_op);

@@ -110,6 +110,7 @@ pub use layer_norm::{
     layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward,
 };
 pub use layout::{Affine, ChannelAxis, Grads, Momentum, RunningStats, Stats};
+pub use parallel::set_parallel_min;
 pub use simd::{set_simd_level, simd_level, SimdLevel};
 pub use switch_norm::{
     switch_norm_backward, switch_norm_forward_eval, switch_norm_forward_train, SwitchGrads,

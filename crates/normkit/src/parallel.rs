@@ -3,17 +3,54 @@
 //! Work is cut into chunks whose boundaries depend only on the problem's
 //! shape, never on the number of threads; per-chunk partial sums are merged
 //! in chunk order. So results are bitwise identical whether rayon runs one
-//! thread or many. Problems smaller than [`PARALLEL_MIN`] values run on the
-//! calling thread, with the same chunks.
+//! thread or many. The chunks are spread over at most one task per
+//! [`PARALLEL_MIN`] values and per thread of the calling pool; one task
+//! runs on the calling thread.
 
 use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// Below this many values a kernel stays on the calling thread: spreading
-/// it would cost more in synchronization than it saves.
-pub(crate) const PARALLEL_MIN: usize = 1 << 15;
+/// The fewest values worth waking one more thread for: each task of a
+/// kernel gets at least this many, so a problem of fewer than twice as many
+/// runs on the calling thread.
+///
+/// Waking a thread costs little on an idle machine and a scheduler time
+/// slice (milliseconds) when the cores are shared: the woken thread waits
+/// behind another process, and the caller, whose work was handed to the
+/// pool, waits for it. Measured on the 2-core machine under other work
+/// (`examples/threads.rs` of normkit-candle, 1 against 2 threads, with and
+/// without a `yes` on one core): a second thread made LayerNorm, RMSNorm,
+/// BatchNorm and GroupNorm slower in both passes at every size up to
+/// 1 Mi values (LayerNorm `[512, 256]` backward 0.08 → 0.13 ms, `[1024,
+/// 1024]` 0.9 → 2.9 ms; BatchNorm `[4, 128, 28, 28]` forward 0.11 → 0.20
+/// ms), and broke even or gained from 2 Mi values (BatchNorm `[32, 64, 32,
+/// 32]` backward, LayerNorm `[4096, 1024]` forward). The backward moves
+/// more per value, so the forward's crossover, the larger, is the one
+/// chosen for both.
+pub(crate) const PARALLEL_MIN: usize = 1 << 20;
+
+/// [`PARALLEL_MIN`], as [`set_parallel_min`] last set it.
+static MIN_VALUES_PER_TASK: AtomicUsize = AtomicUsize::new(PARALLEL_MIN);
+
+/// Sets the fewest values a kernel wakes one more thread for (default
+/// 1 Mi values) and returns the previous setting. Results are bitwise the
+/// same whatever the setting; only speed changes. Tests lower it to run the
+/// threaded paths on small inputs.
+pub fn set_parallel_min(values: usize) -> usize {
+    MIN_VALUES_PER_TASK.swap(values.max(1), Ordering::Relaxed)
+}
+
+/// How many tasks `chunks` chunks of `values` values in all are spread
+/// over: one per [`PARALLEL_MIN`] values, at most one per chunk and one per
+/// thread of the calling pool (never more threads than the caller's pool
+/// has, so a caller already running on all of them adds none).
+fn tasks(chunks: usize, values: usize) -> usize {
+    let by_work = values / MIN_VALUES_PER_TASK.load(Ordering::Relaxed);
+    by_work.min(chunks).min(rayon::current_num_threads()).max(1)
+}
 
 /// Values a chunk should hold: enough to amortize scheduling, few enough
 /// to keep both cores busy and a chunk's data in L2.
@@ -46,10 +83,15 @@ pub(crate) fn map_chunks<R: Send>(
     values: usize,
     f: impl Fn(usize) -> R + Sync + Send,
 ) -> Vec<R> {
-    if chunks > 1 && values >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
-        (0..chunks).into_par_iter().map(f).collect()
-    } else {
-        (0..chunks).map(f).collect()
+    match tasks(chunks, values) {
+        1 => (0..chunks).map(f).collect(),
+        // Runs of at least `chunks / tasks` chunks: rayon cuts no more
+        // than `tasks` of them.
+        t => (0..chunks)
+            .into_par_iter()
+            .with_min_len(chunks / t)
+            .map(f)
+            .collect(),
     }
 }
 
@@ -63,14 +105,18 @@ pub(crate) fn for_blocks<E: Send>(
     f: impl Fn(usize, &mut [E]) + Sync + Send,
 ) {
     let block = block.max(1);
-    if out.len() > block && values >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(i, o)| f(i * block, o));
-    } else {
-        for (i, o) in out.chunks_mut(block).enumerate() {
-            f(i * block, o);
+    let blocks = out.len().div_ceil(block);
+    match tasks(blocks, values) {
+        1 => {
+            for (i, o) in out.chunks_mut(block).enumerate() {
+                f(i * block, o);
+            }
         }
+        t => out
+            .par_chunks_mut(block)
+            .with_min_len(blocks / t)
+            .enumerate()
+            .for_each(|(i, o)| f(i * block, o)),
     }
 }
 
@@ -241,5 +287,48 @@ impl<E: Pooled> Drop for Scratch<E> {
 impl<E: Pooled + std::fmt::Debug> std::fmt::Debug for Scratch<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.v.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    #[test]
+    fn tasks_follow_the_work_the_chunks_and_the_calling_pool() {
+        let min = MIN_VALUES_PER_TASK.load(Ordering::Relaxed);
+        in_pool(4, || {
+            assert_eq!(tasks(8, min - 1), 1);
+            assert_eq!(tasks(8, 2 * min), 2);
+            assert_eq!(tasks(8, 100 * min), 4);
+            assert_eq!(tasks(3, 100 * min), 3);
+            assert_eq!(tasks(0, 100 * min), 1);
+        });
+        in_pool(1, || assert_eq!(tasks(8, 100 * min), 1));
+    }
+
+    #[test]
+    fn every_chunk_runs_once_in_order_whatever_the_tasks() {
+        for (threads, chunks) in [(1, 7), (2, 7), (3, 2), (4, 9)] {
+            let got = in_pool(threads, || map_chunks(chunks, usize::MAX, |i| i));
+            assert_eq!(got, (0..chunks).collect::<Vec<_>>());
+            let mut out = vec![0usize; 10 * chunks + 3];
+            in_pool(threads, || {
+                for_blocks(&mut out, 10, usize::MAX, |start, o| {
+                    for (k, v) in o.iter_mut().enumerate() {
+                        *v = start + k;
+                    }
+                })
+            });
+            assert_eq!(out, (0..out.len()).collect::<Vec<_>>());
+        }
     }
 }

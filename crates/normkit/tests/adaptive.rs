@@ -963,6 +963,8 @@ fn adaptive_ops_refuse_bad_input() {
 /// Results do not depend on the number of threads.
 #[test]
 fn adaptive_ops_are_deterministic_across_threads() {
+    // Split over several threads whatever the default threshold.
+    normkit::set_parallel_min(1 << 12);
     let mut rng = Rng::new(81);
     let shape = [8, 16, 24, 24];
     let len = 8 * 16 * 576;

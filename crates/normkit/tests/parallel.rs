@@ -288,6 +288,7 @@ fn assert_sums_close(what: &str, got: &[f32], expected: &[f64], size: &[f64]) {
 /// threads, are the sums over all rows.
 #[test]
 fn long_rows_merge_every_chunk_into_the_parameter_sums() {
+    set_parallel_min(1 << 12);
     let (rows, d) = LONG;
     let (x, dy, w) = long_rows_inputs(&mut Rng::new(3));
     let (x64, dy64, w64) = (wide(&x), wide(&dy), wide(&w));
@@ -331,6 +332,9 @@ fn bits(v: &[Vec<f32>]) -> Vec<Vec<u32>> {
 #[test]
 fn bitwise_identical_whatever_the_thread_count() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Every input here is split over several threads, whatever the
+    // default threshold (results never depend on it).
+    set_parallel_min(1 << 12);
     let one = bits(&in_pool(1, || run_all(7)));
     for threads in [2, 3, 5] {
         let many = bits(&in_pool(threads, || run_all(7)));

@@ -29,7 +29,9 @@
 //! passes, 2-read-1-write for backward, and both in turn for
 //! forward + backward.
 //!
-//! Threads: everything runs inside one rayon pool of `threads` threads.
+//! Threads: everything runs inside one rayon pool of `threads` threads;
+//! on the medium shapes ([`shapes::MEDIUM`]) normkit is timed in a pool of
+//! one thread as well, and its table row shows that time over the pool's.
 //! normkit and the copy use it; so do candle's fused LayerNorm and RMSNorm.
 //! candle's elementwise ops use candle's own pool (sized by
 //! `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the physical cores).
@@ -54,7 +56,7 @@ mod timing;
 pub use copy::CopyKind;
 pub use inputs::{Inputs, SplitMix64};
 pub use report::{Record, Report, Skip};
-pub use shapes::{bytes, Case, Dtype, Extents, Layout, Mode, Op, Pass};
+pub use shapes::{bytes, Case, Dtype, Extents, Layout, Mode, Op, Pass, MEDIUM};
 pub use timing::{Budget, Sample};
 
 use std::collections::HashMap;
@@ -336,6 +338,9 @@ impl<'a> Runner<'a> {
             }
             self.push(case, imp, dtype, t);
         }
+        if self.wants(Impl::Normkit) && case.is_medium() && self.threads > 1 {
+            self.one_thread(case, &inputs)?;
+        }
         if self.wants(Impl::Copy) {
             for &pass in passes {
                 let (copy_ns, copy_bytes, iters, min_ns) = self.roofline(case, pass, dtype.size());
@@ -353,6 +358,35 @@ impl<'a> Runner<'a> {
                 let rec = self.record(case, Impl::Copy, dtype, pass, sample, copy_bytes, note);
                 self.report.records.push(rec);
             }
+        }
+        Ok(())
+    }
+
+    /// normkit on `case` in a pool of one thread, recorded with
+    /// `threads: 1` beside the run's own.
+    fn one_thread(&mut self, case: &Case, inputs: &Inputs) -> Result<(), BenchError> {
+        let (dtype, budget) = (self.opts.dtype, self.budget);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .map_err(|source| BenchError::Pool { threads: 1, source })?;
+        let samples = pool
+            .install(|| {
+                // Its copies are not kept: the roofline is the run's.
+                let numel = case.extents().numel;
+                let mut copies = copy::Interleave::new(numel, dtype.size(), &budget);
+                kernels::run_normkit(case, inputs, dtype, case.op.passes(), &budget, &mut copies)
+            })
+            .map_err(|source| BenchError::Normkit {
+                case: case.to_string(),
+                source,
+            })?;
+        for (pass, sample) in samples {
+            let bytes = bytes(case, pass, dtype.size());
+            let note = "the same kernels in a pool of 1 thread".to_string();
+            let mut rec = self.record(case, Impl::Normkit, dtype, pass, sample, bytes, note);
+            rec.threads = 1;
+            self.report.records.push(rec);
         }
         Ok(())
     }

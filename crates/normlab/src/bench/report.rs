@@ -131,10 +131,12 @@ impl Report {
         out
     }
 
-    /// normkit's record for the same op, shape, layout and pass.
+    /// normkit's record for the same op, shape, layout and pass, on the
+    /// run's threads.
     fn normkit(&self, r: &Record) -> Option<&Record> {
         self.records.iter().find(|n| {
             n.implementation == Impl::Normkit
+                && n.threads == self.threads
                 && n.op == r.op
                 && n.pass == r.pass
                 && n.shape == r.shape
@@ -207,6 +209,9 @@ impl Report {
                 rows.sort_by_key(|r| r.implementation);
                 for r in rows {
                     let speedup = match (r.implementation, self.normkit(r)) {
+                        (Impl::Normkit, Some(n)) if r.threads != n.threads => {
+                            format!("{:.2}x", r.median_ns / n.median_ns)
+                        }
                         (Impl::Normkit | Impl::Copy, _) | (_, None) => String::new(),
                         (_, Some(n)) => format!("{:.2}x", r.median_ns / n.median_ns),
                     };
@@ -247,7 +252,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nnormkit x: the implementation's median time over normkit's (above 1: normkit is faster)."
+            "\nnormkit x: the implementation's median time over normkit's (above 1: normkit is faster); \
+             on normkit's 1-thread rows, the 1-thread time over the run's (above 1: threads help)."
         );
         out
     }

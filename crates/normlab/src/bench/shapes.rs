@@ -353,6 +353,23 @@ pub fn bytes(case: &Case, pass: Pass, esize: usize) -> u64 {
     }
 }
 
+/// Medium shapes: large enough for normkit to consider threads, small
+/// enough that waking them can cost more than it saves (a transformer's
+/// `[batch · tokens, features]` = `[8 · 64, 256]` rows, a small CNN's
+/// activations). The bench times normkit on these with one thread as well.
+pub const MEDIUM: [&[usize]; 2] = [&[512, 256], &[4, 128, 28, 28]];
+
+impl Case {
+    /// Whether the case's shape is one of [`MEDIUM`] (channels last: its
+    /// `[N, H, W, C]` form).
+    pub fn is_medium(&self) -> bool {
+        MEDIUM.iter().any(|m| match (self.layout, m) {
+            (Layout::Nhwc, [n, c, h, w]) => self.shape == [*n, *h, *w, *c],
+            _ => self.shape == *m,
+        })
+    }
+}
+
 /// How many shapes to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -379,10 +396,13 @@ impl Mode {
     pub fn cases(self) -> Vec<Case> {
         let (rows, channels): (&[&[usize]], &[&[usize]]) = match self {
             Mode::Full => (
-                &[&[16, 768], &[8192, 1024], &[64, 65536]],
-                &[&[16, 32, 8, 8], &[32, 64, 56, 56]],
+                &[&[16, 768], &[512, 256], &[8192, 1024], &[64, 65536]],
+                &[&[16, 32, 8, 8], &[4, 128, 28, 28], &[32, 64, 56, 56]],
             ),
-            Mode::Quick => (&[&[16, 768], &[2048, 1024]], &[&[8, 64, 28, 28]]),
+            Mode::Quick => (
+                &[&[16, 768], &[512, 256], &[2048, 1024]],
+                &[&[4, 128, 28, 28], &[8, 64, 28, 28]],
+            ),
             Mode::Smoke => (&[&[4, 64]], &[&[2, 8, 4, 4]]),
         };
         let mut cases = Vec::new();
@@ -428,6 +448,16 @@ mod tests {
             assert!(cases.contains(&Case::new(op, &[32, 64, 56, 56], Layout::Nchw)));
             assert!(cases.contains(&Case::new(op, &[32, 56, 56, 64], Layout::Nhwc)));
         }
+    }
+
+    #[test]
+    fn medium_shapes_run_in_every_layout() {
+        let cases = Mode::Full.cases();
+        let medium: Vec<&Case> = cases.iter().filter(|c| c.is_medium()).collect();
+        // Three row ops on [512, 256], three channel ops in two layouts.
+        assert_eq!(medium.len(), 9);
+        assert!(medium.contains(&&Case::new(Op::BatchNorm, &[4, 28, 28, 128], Layout::Nhwc)));
+        assert!(!Case::new(Op::LayerNorm, &[16, 768], Layout::Rows).is_medium());
     }
 
     #[test]

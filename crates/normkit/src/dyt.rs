@@ -11,7 +11,8 @@ use crate::layout::{
 };
 use crate::normalize::{Partials, Plan, Scope};
 use crate::op::{
-    affine_grads, affine_of, affine_params, NormOp, OpGrads, Param, Running, Signature,
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Param, Running,
+    Signature,
 };
 use crate::parallel::{chunk_items, items_per_chunk, map_chunks, stream_output, SharedMut};
 use crate::simd::{multiversion, Isa, LANES};
@@ -33,7 +34,7 @@ fn plan(shape: &[usize], axis: ChannelAxis) -> Result<Plan> {
         },
         _ => Geometry::channels(OP, shape, axis)?,
     };
-    numel(OP, shape)?;
+    let total = numel(OP, shape)?;
     let mut p = Plan {
         geo,
         scope: Scope::PerSample { groups: 1 },
@@ -43,7 +44,8 @@ fn plan(shape: &[usize], axis: ChannelAxis) -> Result<Plan> {
         // [n, c, 1] is [n, 1, c] in memory: rows of channels, not runs of one.
         p.geo.axis = ChannelAxis::Last;
     }
-    if p.geo.axis == ChannelAxis::Last && p.geo.s > 1 {
+    // (Only with values: `n · s` overflows beside no channels.)
+    if p.geo.axis == ChannelAxis::Last && p.geo.s > 1 && total > 0 {
         // Each position's row of channels is its own unit of work.
         p.geo.n *= p.geo.s;
         p.geo.s = 1;
@@ -413,10 +415,14 @@ impl NormOp for DytOp {
             len: 1,
         }];
         params.extend(affine_params(self.weight, self.bias, p.geo.c));
-        Ok(Signature {
-            params,
-            running: Running::None,
-        })
+        checked_signature(
+            self.name(),
+            shape,
+            Signature {
+                params,
+                running: Running::None,
+            },
+        )
     }
 
     fn run_forward<T: Elem>(

@@ -95,9 +95,13 @@ pub struct Signature {
 }
 
 impl Signature {
-    /// Total length of the packed parameters.
+    /// Total length of the packed parameters. Every signature an op of
+    /// normkit returns has a total that fits in `usize`; for one built
+    /// otherwise, this saturates at `usize::MAX` (which no slice matches).
     pub fn packed_len(&self) -> usize {
-        self.params.iter().map(|p| p.len).sum()
+        self.params
+            .iter()
+            .fold(0usize, |sum, p| sum.saturating_add(p.len))
     }
 
     /// Splits a packed slice into one slice per parameter, in order.
@@ -256,6 +260,26 @@ pub trait NormOp: Send + Sync {
             sig.check_packed(self.name(), "dparams", d.len(), shape)?;
         }
         self.run_backward(&sig, grads, dy, x, shape, params, saved)
+    }
+}
+
+/// `sig`, once its packed length is known to fit in `usize` (an error
+/// naming `shape` otherwise): how every op's [`NormOp::signature`] ends.
+pub(crate) fn checked_signature(
+    op: &'static str,
+    shape: &[usize],
+    sig: Signature,
+) -> Result<Signature> {
+    let total = sig
+        .params
+        .iter()
+        .try_fold(0usize, |sum, p| sum.checked_add(p.len));
+    match total {
+        Some(_) => Ok(sig),
+        None => Err(NormError::TooLarge {
+            op,
+            shape: shape.to_vec(),
+        }),
     }
 }
 

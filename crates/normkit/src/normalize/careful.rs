@@ -41,17 +41,24 @@ impl Wide {
     /// `Some` when the group of moments `m` (with `rstd`) needs `f64`.
     /// Groups with a NaN or infinite statistic stay on the kernels, which
     /// propagate it as they always have.
+    ///
+    /// (`|mean| + sqrt(n · var) ≥ SAFE` needs one of its terms at
+    /// `SAFE / 2`: the test takes no square root, once per group.)
+    #[inline]
     pub fn from_moments(m: &Moments, rstd: f64) -> Option<Wide> {
-        let reach = m.mean.abs() + (m.count as f64 * m.var).sqrt();
-        let careful = reach >= SAFE || rstd >= SAFE || rstd < 1.0 / SAFE;
-        (careful && reach.is_finite() && rstd.is_finite()).then_some(Wide { mean: m.mean, rstd })
+        let spread = m.count as f64 * m.var;
+        let careful = m.mean.abs() >= SAFE / 2.0
+            || spread >= SAFE * SAFE / 4.0
+            || !(1.0 / SAFE..SAFE).contains(&rstd);
+        let finite = m.mean.is_finite() && spread.is_finite() && rstd.is_finite();
+        (careful && finite).then_some(Wide { mean: m.mean, rstd })
     }
 
     /// `Some` when normalizing with given `mean` and `rstd` (evaluation
     /// mode) needs `f64`: a mean or `rstd` outside the kernels' room.
     pub fn from_given(mean: f32, rstd: f32) -> Option<Wide> {
         let (m, r) = (mean.abs() as f64, rstd as f64);
-        let careful = m >= GIVEN_MEAN || r >= SAFE || (r < 1.0 / SAFE);
+        let careful = m >= GIVEN_MEAN || !(1.0 / SAFE..SAFE).contains(&r);
         (careful && mean.is_finite() && !rstd.is_nan()).then_some(Wide {
             mean: mean as f64,
             rstd: r,
@@ -59,14 +66,31 @@ impl Wide {
     }
 }
 
-/// Whether the backward pass of a group of `n` values with saved `mean`
-/// and `rstd` needs `f64`.
-pub(super) fn backward_needs_wide(mean: f32, rstd: f32, n: usize) -> bool {
-    if !mean.is_finite() || rstd.is_nan() {
-        return false;
+/// When the backward pass of a group of `n` values needs `f64`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BackwardLimit {
+    /// An `rstd` at or below this lets a deviation reach `SAFE / 2`.
+    rstd_min: f32,
+}
+
+impl BackwardLimit {
+    pub fn new(n: usize) -> Self {
+        BackwardLimit {
+            rstd_min: (2.0 * (n as f64).sqrt() / SAFE) as f32,
+        }
     }
-    let r = rstd as f64;
-    !rstd.is_normal() || r >= SAFE || mean.abs() as f64 + (n as f64).sqrt() / r >= SAFE
+
+    /// Whether a group with saved `mean` and `rstd` needs `f64`:
+    /// `|mean| + sqrt(n) / rstd` (a bound on its deviations) may reach
+    /// `SAFE`, or `rstd` is no normal `f32`. No division, once per group.
+    #[inline]
+    pub fn needs_wide(self, mean: f32, rstd: f32) -> bool {
+        let careful = !rstd.is_normal()
+            || rstd as f64 >= SAFE
+            || rstd <= self.rstd_min
+            || mean.abs() as f64 >= SAFE / 2.0;
+        careful && mean.is_finite() && !rstd.is_nan()
+    }
 }
 
 /// `y = (x - mean) · rstd · weight + bias` over the runs of one group.

@@ -1,7 +1,7 @@
 //! The column path: channels-last data whose groups span several rows,
 //! reduced per channel over pieces of rows and combined into groups.
 
-use super::careful::{self, backward_needs_wide};
+use super::careful::{self, BackwardLimit};
 use super::partials::Partials;
 use super::plan::{correction, Backward, Coefs, GroupStats, Norm, Plan, Run, Scope};
 use crate::elem::Elem;
@@ -285,11 +285,11 @@ impl Plan {
         mode: Backward<'_>,
         part: &mut Partials,
     ) -> Option<Partials> {
-        let n = self.group_size();
+        let limit = BackwardLimit::new(self.group_size());
         let mut extra: Option<Partials> = None;
         for k in ks {
             let g = GroupStats::given(mode.stats, k);
-            if !backward_needs_wide(g.mean_hi, g.rstd, n) {
+            if !limit.needs_wide(g.mean_hi, g.rstd) {
                 continue;
             }
             let cg = self.channels_per_group();

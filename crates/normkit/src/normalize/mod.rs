@@ -98,7 +98,7 @@ impl Plan {
         stats: &Stats,
     ) {
         let groups: Vec<GroupStats> = (0..self.num_groups())
-            .map(|k| GroupStats::given(stats, k))
+            .map(|k| GroupStats::given_forward(stats, k))
             .collect();
         self.forward_with_groups(y, x, affine, &groups);
     }

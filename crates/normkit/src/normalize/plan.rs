@@ -122,13 +122,23 @@ impl GroupStats {
         }
     }
 
+    /// Saved statistics, as a backward pass reads them (which decides
+    /// about `f64` itself).
     pub(super) fn given(stats: &Stats, k: usize) -> Self {
-        let mean = stats.mean.get(k).copied().unwrap_or(0.0);
         GroupStats {
-            mean_hi: mean,
+            mean_hi: stats.mean.get(k).copied().unwrap_or(0.0),
             mean_lo: 0.0,
             rstd: stats.rstd[k],
-            wide: Wide::from_given(mean, stats.rstd[k]),
+            wide: None,
+        }
+    }
+
+    /// Given statistics to normalize with (evaluation mode).
+    pub(super) fn given_forward(stats: &Stats, k: usize) -> Self {
+        let g = Self::given(stats, k);
+        GroupStats {
+            wide: Wide::from_given(g.mean_hi, g.rstd),
+            ..g
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The row path backward: pass 1 (sums) of each group skewed with pass 2
 //! (`dx`) of the group before it, or in batches for small groups.
 
-use super::careful::{self, backward_needs_wide};
+use super::careful::{self, BackwardLimit};
 use super::partials::Partials;
 use super::plan::{correction, Backward, Coefs, GroupStats, Plan, Run, BATCH_BYTES};
 use crate::elem::Elem;
@@ -68,6 +68,7 @@ multiversion! {
         // Per-element (LayerNorm) parameter sums go through f32 rows first.
         let per_element = plan.geo.axis == ChannelAxis::Last;
         let mut parts = Partials::new(c, per_element);
+        let limit = BackwardLimit::new(plan.group_size());
         let (end, count) = (groups.end, groups.len());
         let mut held: Option<Held> = None;
         let mut spare = Held::new();
@@ -95,7 +96,7 @@ multiversion! {
             while k0 < end {
                 let ks = k0..(k0 + per).min(end);
                 for (h, k) in batch.iter_mut().zip(ks.clone()) {
-                    bwd_pass1(s, h, plan, k, dy, x, coefs, &mode);
+                    bwd_pass1(s, h, plan, k, dy, x, coefs, &mode, limit);
                 }
                 for h in &batch[..ks.len()] {
                     bwd_pass2(s, h, dx, dy, x, coefs, &mut parts, stream);
@@ -110,7 +111,7 @@ multiversion! {
                 cur.runs.extend(plan.runs(k));
                 cur.run_sums.clear();
                 let g = GroupStats::given(mode.stats, k);
-                if backward_needs_wide(g.mean_hi, g.rstd, plan.group_size()) {
+                if limit.needs_wide(g.mean_hi, g.rstd) {
                     // Alone, in f64: the held group's pass 2 first.
                     if let Some(h) = held.take() {
                         bwd_pass2(s, &h, dx, dy, x, coefs, &mut parts, stream);
@@ -235,12 +236,13 @@ fn bwd_pass1<S: Isa, T: Elem>(
     x: &[T],
     coefs: &Coefs<'_>,
     mode: &Backward<'_>,
+    limit: BackwardLimit,
 ) {
     h.runs.clear();
     h.runs.extend(plan.runs(k));
     h.run_sums.clear();
     let g = GroupStats::given(mode.stats, k);
-    let wide = backward_needs_wide(g.mean_hi, g.rstd, plan.group_size());
+    let wide = limit.needs_wide(g.mean_hi, g.rstd);
     h.wide = wide.then_some(((g.mean_hi, g.rstd), (mode.train, plan.centered)));
     if wide {
         return;

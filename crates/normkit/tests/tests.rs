@@ -5,7 +5,9 @@
 mod adaptive;
 mod common;
 mod errors;
+mod fuzz;
 mod large;
+mod limits;
 mod numerics;
 mod op;
 mod parallel;

@@ -169,13 +169,13 @@ fn group_norm(name: &str, shape: [usize; 3], groups: usize, axis: ChannelAxis, r
     );
 }
 
-/// Scratch bytes of a LayerNorm over one row of `d` values of `T`.
-fn long_row<T: Elem>(d: usize, params: bool) {
-    let shape = [1, d];
-    let (x, dy) = (data::<T>(d, 13), data::<T>(d, 14));
+/// Scratch bytes of a LayerNorm over `rows` rows of `d` values of `T`.
+fn long_rows<T: Elem>(rows: usize, d: usize, params: bool) {
+    let shape = [rows, d];
+    let (x, dy) = (data::<T>(rows * d, 13), data::<T>(rows * d, 14));
     let w = params.then(|| data::<f32>(d, 15));
     let b = params.then(|| data::<f32>(d, 16));
-    let mut y = vec![T::default(); d];
+    let mut y = vec![T::default(); rows * d];
     let mut stats = Stats::default();
     let affine = Affine {
         weight: w.as_deref(),
@@ -184,7 +184,7 @@ fn long_row<T: Elem>(d: usize, params: bool) {
     let fwd = scratch(|| {
         stats = layer_norm_forward(&mut y, &x, &shape, &[d], affine, 1e-5).unwrap();
     });
-    let mut dx = vec![T::default(); d];
+    let mut dx = vec![T::default(); rows * d];
     let (mut dw, mut db) = (
         params.then(|| vec![0.0f32; d]),
         params.then(|| vec![0.0f32; d]),
@@ -197,14 +197,10 @@ fn long_row<T: Elem>(d: usize, params: bool) {
         };
         layer_norm_backward(grads, &dy, &x, &shape, &[d], w.as_deref(), &stats).unwrap();
     });
-    let row = d * std::mem::size_of::<T>();
     println!(
-        "scratch, one {} row of {d} ({} MiB), params {params:<5}: forward {:>11} B ({:.2} B/value), backward {:>11} B ({:.2} B/value)",
+        "scratch, {rows} {} row(s) of {d}, params {params:<5}: forward {fwd:>11} B ({:.2} B per value of a row), backward {bwd:>11} B ({:.2})",
         T::NAME,
-        row >> 20,
-        fwd,
         fwd as f64 / d as f64,
-        bwd,
         bwd as f64 / d as f64
     );
 }
@@ -246,7 +242,9 @@ fn main() {
         reps,
     );
     for params in [false, true] {
-        long_row::<f32>(1 << 24, params);
-        long_row::<bf16>(1 << 24, params);
+        long_rows::<f32>(1, 1 << 24, params);
+        long_rows::<bf16>(1, 1 << 24, params);
     }
+    // One chunk of more than 32 such rows: the sums also flush into f64.
+    long_rows::<f32>(40, 1 << 21, true);
 }

@@ -99,7 +99,16 @@ fn layer_norm<T: Elem>(name: &str, rows: usize, d: usize, reps: usize) {
     );
 }
 
-fn batch_norm(name: &str, shape: [usize; 3], axis: ChannelAxis, reps: usize) {
+/// Times a per-channel op on `[n, c, s]` (or `[n, s, c]`) `f32` data with
+/// weight, bias and both gradients: `fwd` and `bwd` call its entry points.
+fn channel_op(
+    name: &str,
+    shape: [usize; 3],
+    axis: ChannelAxis,
+    reps: usize,
+    fwd: impl Fn(&mut [f32], &[f32], &[usize], Affine<'_>) -> Stats,
+    bwd: impl Fn(Grads<'_, f32>, &[f32], &[f32], &[usize], &[f32], &Stats),
+) {
     let len = shape.iter().product();
     let c = match axis {
         ChannelAxis::First => shape[1],
@@ -107,65 +116,54 @@ fn batch_norm(name: &str, shape: [usize; 3], axis: ChannelAxis, reps: usize) {
     };
     let (x, dy) = (data::<f32>(len, 5), data::<f32>(len, 6));
     let (w, b) = (data::<f32>(c, 7), data::<f32>(c, 8));
-    let cfg = BatchNormConfig {
-        channel_axis: axis,
-        ..Default::default()
-    };
     let mut y = vec![0.0f32; len];
     let mut stats = Stats::default();
-    let fwd = median(reps, || {
-        stats =
-            batch_norm_forward_train(&mut y, &x, &shape, Affine::new(&w, &b), None, &cfg).unwrap();
+    let f = median(reps, || {
+        stats = fwd(&mut y, &x, &shape, Affine::new(&w, &b))
     });
     let (mut dx, mut dw, mut db) = (vec![0.0f32; len], vec![0.0; c], vec![0.0; c]);
-    let bwd = median(reps, || {
+    let b = median(reps, || {
         let grads = Grads {
             dx: &mut dx,
             dweight: Some(&mut dw),
             dbias: Some(&mut db),
         };
-        batch_norm_backward_train(grads, &dy, &x, &shape, Some(&w), &stats, &cfg).unwrap();
+        bwd(grads, &dy, &x, &shape, &w, &stats);
     });
     black_box((&y, &dx));
-    println!(
-        "{name:<34} fwd {:8.3} ms  bwd {:8.3} ms",
-        fwd * 1e3,
-        bwd * 1e3
+    println!("{name:<34} fwd {:8.3} ms  bwd {:8.3} ms", f * 1e3, b * 1e3);
+}
+
+fn batch_norm(name: &str, shape: [usize; 3], axis: ChannelAxis, reps: usize) {
+    let cfg = BatchNormConfig {
+        channel_axis: axis,
+        ..Default::default()
+    };
+    channel_op(
+        name,
+        shape,
+        axis,
+        reps,
+        |y, x, shape, affine| batch_norm_forward_train(y, x, shape, affine, None, &cfg).unwrap(),
+        |g, dy, x, shape, w, st| {
+            batch_norm_backward_train(g, dy, x, shape, Some(w), st, &cfg).unwrap()
+        },
     );
 }
 
 fn group_norm(name: &str, shape: [usize; 3], groups: usize, axis: ChannelAxis, reps: usize) {
-    let len = shape.iter().product();
-    let c = match axis {
-        ChannelAxis::First => shape[1],
-        ChannelAxis::Last => shape[2],
-    };
-    let (x, dy) = (data::<f32>(len, 9), data::<f32>(len, 10));
-    let (w, b) = (data::<f32>(c, 11), data::<f32>(c, 12));
     let cfg = GroupNormConfig {
         num_groups: groups,
         eps: 1e-5,
         channel_axis: axis,
     };
-    let mut y = vec![0.0f32; len];
-    let mut stats = Stats::default();
-    let fwd = median(reps, || {
-        stats = group_norm_forward(&mut y, &x, &shape, Affine::new(&w, &b), &cfg).unwrap();
-    });
-    let (mut dx, mut dw, mut db) = (vec![0.0f32; len], vec![0.0; c], vec![0.0; c]);
-    let bwd = median(reps, || {
-        let grads = Grads {
-            dx: &mut dx,
-            dweight: Some(&mut dw),
-            dbias: Some(&mut db),
-        };
-        group_norm_backward(grads, &dy, &x, &shape, Some(&w), &stats, &cfg).unwrap();
-    });
-    black_box((&y, &dx));
-    println!(
-        "{name:<34} fwd {:8.3} ms  bwd {:8.3} ms",
-        fwd * 1e3,
-        bwd * 1e3
+    channel_op(
+        name,
+        shape,
+        axis,
+        reps,
+        |y, x, shape, affine| group_norm_forward(y, x, shape, affine, &cfg).unwrap(),
+        |g, dy, x, shape, w, st| group_norm_backward(g, dy, x, shape, Some(w), st, &cfg).unwrap(),
     );
 }
 

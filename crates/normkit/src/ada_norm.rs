@@ -455,14 +455,7 @@ impl NormOp for AdaNormOp {
             name: "shift",
             len: nd,
         });
-        checked_signature(
-            self.name(),
-            shape,
-            Signature {
-                params,
-                running: Running::None,
-            },
-        )
+        checked_signature(self.name(), shape, params, Running::None)
     }
 
     fn run_forward<T: Elem>(

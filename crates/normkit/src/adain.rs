@@ -332,13 +332,11 @@ impl NormOp for AdaInOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params: vec![Param {
-                    name: "style",
-                    len: p.s.len(),
-                }],
-                running: Running::None,
-            },
+            vec![Param {
+                name: "style",
+                len: p.s.len(),
+            }],
+            Running::None,
         )
     }
 

@@ -195,14 +195,8 @@ impl NormOp for BatchNormOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params: affine_params(self.weight, self.bias, channels),
-                running: if self.training {
-                    Running::Updates { channels }
-                } else {
-                    Running::Reads { channels }
-                },
-            },
+            affine_params(self.weight, self.bias, channels),
+            Running::updates_or_reads(self.training, channels),
         )
     }
 

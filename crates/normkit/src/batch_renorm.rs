@@ -347,13 +347,11 @@ impl NormOp for BatchRenormOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params: affine_params(self.weight, self.bias, channels),
-                running: if self.training {
-                    Running::Requires { channels }
-                } else {
-                    Running::Reads { channels }
-                },
+            affine_params(self.weight, self.bias, channels),
+            if self.training {
+                Running::Requires { channels }
+            } else {
+                Running::Reads { channels }
             },
         )
     }

@@ -415,14 +415,7 @@ impl NormOp for DytOp {
             len: 1,
         }];
         params.extend(affine_params(self.weight, self.bias, p.geo.c));
-        checked_signature(
-            self.name(),
-            shape,
-            Signature {
-                params,
-                running: Running::None,
-            },
-        )
+        checked_signature(self.name(), shape, params, Running::None)
     }
 
     fn run_forward<T: Elem>(

@@ -280,10 +280,8 @@ impl NormOp for GroupNormOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params: affine_params(self.weight, self.bias, p.geo.c),
-                running: Running::None,
-            },
+            affine_params(self.weight, self.bias, p.geo.c),
+            Running::None,
         )
     }
 
@@ -342,14 +340,8 @@ impl NormOp for InstanceNormOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params: affine_params(self.weight, self.bias, channels),
-                running: if self.training {
-                    Running::Updates { channels }
-                } else {
-                    Running::Reads { channels }
-                },
-            },
+            affine_params(self.weight, self.bias, channels),
+            Running::updates_or_reads(self.training, channels),
         )
     }
 

@@ -175,10 +175,8 @@ impl NormOp for LayerNormOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params: affine_params(self.weight, self.bias, p.geo.c),
-                running: Running::None,
-            },
+            affine_params(self.weight, self.bias, p.geo.c),
+            Running::None,
         )
     }
 
@@ -234,10 +232,8 @@ impl NormOp for RmsNormOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params: affine_params(self.weight, false, p.geo.c),
-                running: Running::None,
-            },
+            affine_params(self.weight, false, p.geo.c),
+            Running::None,
         )
     }
 

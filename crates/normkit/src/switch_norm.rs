@@ -467,14 +467,8 @@ impl NormOp for SwitchNormOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params,
-                running: if self.training {
-                    Running::Updates { channels }
-                } else {
-                    Running::Reads { channels }
-                },
-            },
+            params,
+            Running::updates_or_reads(self.training, channels),
         )
     }
 

@@ -208,13 +208,11 @@ impl NormOp for WeightNormOp {
         checked_signature(
             self.name(),
             shape,
-            Signature {
-                params: vec![Param {
-                    name: "g",
-                    len: p.geo.c,
-                }],
-                running: Running::None,
-            },
+            vec![Param {
+                name: "g",
+                len: p.geo.c,
+            }],
+            Running::None,
         )
     }
 

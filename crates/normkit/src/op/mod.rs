@@ -74,6 +74,16 @@ pub enum Running {
 }
 
 impl Running {
+    /// A training step's updates (`training`) or an evaluation's reads of
+    /// `channels` running statistics.
+    pub(crate) fn updates_or_reads(training: bool, channels: usize) -> Running {
+        if training {
+            Running::Updates { channels }
+        } else {
+            Running::Reads { channels }
+        }
+    }
+
     /// The channel count of the running statistics, if the op has any.
     pub fn channels(self) -> Option<usize> {
         match self {
@@ -263,19 +273,20 @@ pub trait NormOp: Send + Sync {
     }
 }
 
-/// `sig`, once its packed length is known to fit in `usize` (an error
-/// naming `shape` otherwise): how every op's [`NormOp::signature`] ends.
+/// The signature of `params` and `running`, once its packed length is
+/// known to fit in `usize` (an error naming `shape` otherwise): how every
+/// op's [`NormOp::signature`] ends.
 pub(crate) fn checked_signature(
     op: &'static str,
     shape: &[usize],
-    sig: Signature,
+    params: Vec<Param>,
+    running: Running,
 ) -> Result<Signature> {
-    let total = sig
-        .params
+    let total = params
         .iter()
         .try_fold(0usize, |sum, p| sum.checked_add(p.len));
     match total {
-        Some(_) => Ok(sig),
+        Some(_) => Ok(Signature { params, running }),
         None => Err(NormError::TooLarge {
             op,
             shape: shape.to_vec(),

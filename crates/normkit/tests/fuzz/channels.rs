@@ -132,84 +132,102 @@ fn running(g: &mut Gen, c: Option<usize>) -> (Vec<f32>, Vec<f32>) {
     (mean, var)
 }
 
-pub fn batch_norm(g: &mut Gen, t: &mut Tally) {
-    any_dtype!(g, batch_norm_case(g, t))
+/// A forward pass with training-mode running statistics.
+type TrainFn<T, C> =
+    fn(&mut [T], &[T], &[usize], Affine<'_>, Option<RunningStats<'_>>, &C) -> Result<Stats>;
+/// A forward pass normalizing with running statistics.
+type EvalFn<T, C> = fn(&mut [T], &[T], &[usize], Affine<'_>, &[f32], &[f32], &C) -> Result<Stats>;
+/// A backward pass.
+type BackFn<T, C> =
+    fn(Grads<'_, T>, &[T], &[T], &[usize], Option<&[f32]>, &Stats, &C) -> Result<()>;
+
+/// The four entry points of an op with running statistics (BatchNorm,
+/// InstanceNorm), and how many statistics it saves in either mode.
+struct RunningOp<T, C> {
+    op: &'static str,
+    cfg: C,
+    train: (TrainFn<T, C>, BackFn<T, C>),
+    eval: (EvalFn<T, C>, BackFn<T, C>),
+    saved: fn(&[usize], Option<usize>, bool) -> Option<usize>,
 }
 
-fn batch_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
-    let mut k = Common::<T>::new(g);
-    let cfg = BatchNormConfig {
-        eps: k.eps,
-        momentum: g.momentum(),
-        channel_axis: k.axis,
-    };
+/// `base` with the mode's suffix, as the entry points are named.
+fn mode(base: &str, train: bool) -> String {
+    format!("{base}_{}", if train { "train" } else { "eval" })
+}
+
+fn running_op_case<T: Sent, C: std::fmt::Debug>(
+    g: &mut Gen,
+    t: &mut Tally,
+    mut k: Common<T>,
+    e: RunningOp<T, C>,
+) {
     let train = g.rng.chance(0.6);
     let (mut rm, mut rv) = running(g, k.c);
     let (rm0, rv0) = (rm.clone(), rv.clone());
     let with_running = !train || g.rng.chance(0.6);
     let case = Case {
         desc: k.desc(format!(
-            "train {train} momentum {:?} running {with_running} lengths {} {}",
-            cfg.momentum,
+            "train {train} {:?} running {with_running} lengths {} {}",
+            e.cfg,
             rm.len(),
             rv.len()
         )),
     };
     let run_ok = !with_running || (Some(rm.len()) == k.c && Some(rv.len()) == k.c);
     let shape = k.shape.clone();
-    let call = Call::new(&case, "batch_norm", k.forward_fits() && run_ok, &[&shape]);
+    let call = Call::new(&case, e.op, k.forward_fits() && run_ok, &[&shape]);
+    let (y, x, a) = k.split();
     let r = if train {
         let running = with_running.then_some(RunningStats {
             mean: &mut rm,
             var: &mut rv,
         });
-        {
-            let (y, x, a) = k.split();
-            batch_norm_forward_train(y, x, &shape, a, running, &cfg)
-        }
+        (e.train.0)(y, x, &shape, a, running, &e.cfg)
     } else {
-        {
-            let (y, x, a) = k.split();
-            batch_norm_forward_eval(y, x, &shape, a, &rm, &rv, &cfg)
-        }
+        (e.eval.0)(y, x, &shape, a, &rm, &rv, &e.cfg)
     };
     let keep = [
         kept("running_mean", &rm0, &rm),
         kept("running_var", &rv0, &rv),
     ];
     let ok = call.verdict(&r, &[Some(out("y", &k.y))], &keep);
+    t.add("fn", &mode(&format!("{}_forward", e.op), train), ok);
+
+    let per = (e.saved)(&shape, k.c, train);
+    let stats = saved_stats(g, r.ok(), per);
+    let mut bk = Back::new(g, &k);
+    let lens_ok = bk.fits(&k) && stats_fit(&stats, per);
+    let call = Call::new(&case, e.op, lens_ok, &[&shape]);
+    let backward = if train { e.train.1 } else { e.eval.1 };
+    let (gr, dy) = bk.split();
+    let r = backward(gr, dy, &k.x, &shape, k.w.as_deref(), &stats, &e.cfg);
     t.add(
         "fn",
-        if train {
-            "batch_norm_forward_train"
-        } else {
-            "batch_norm_forward_eval"
-        },
-        ok,
+        &mode(&format!("{}_backward", e.op), train),
+        bk.verdict(&call, &r),
     );
+}
 
-    let stats = saved_stats(g, r.ok(), k.c);
-    let mut bk = Back::new(g, &k);
-    let lens_ok = bk.fits(&k) && stats_fit(&stats, k.c);
-    let call = Call::new(&case, "batch_norm", lens_ok, &[&shape]);
-    let w = k.w.as_deref();
-    let r = if train {
-        {
-            let (gr, dy) = bk.split();
-            batch_norm_backward_train(gr, dy, &k.x, &shape, w, &stats, &cfg)
-        }
-    } else {
-        {
-            let (gr, dy) = bk.split();
-            batch_norm_backward_eval(gr, dy, &k.x, &shape, w, &stats, &cfg)
-        }
+pub fn batch_norm(g: &mut Gen, t: &mut Tally) {
+    any_dtype!(g, batch_norm_case(g, t))
+}
+
+fn batch_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+    let k = Common::<T>::new(g);
+    let cfg = BatchNormConfig {
+        eps: k.eps,
+        momentum: g.momentum(),
+        channel_axis: k.axis,
     };
-    let name = if train {
-        "batch_norm_backward_train"
-    } else {
-        "batch_norm_backward_eval"
+    let e = RunningOp {
+        op: "batch_norm",
+        cfg,
+        train: (batch_norm_forward_train, batch_norm_backward_train),
+        eval: (batch_norm_forward_eval, batch_norm_backward_eval),
+        saved: |_, c, _| c,
     };
-    t.add("fn", name, bk.verdict(&call, &r));
+    running_op_case(g, t, k, e);
 }
 
 pub fn group_norm(g: &mut Gen, t: &mut Tally) {
@@ -258,86 +276,24 @@ pub fn instance_norm(g: &mut Gen, t: &mut Tally) {
 }
 
 fn instance_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
-    let mut k = Common::<T>::new(g);
+    let k = Common::<T>::new(g);
     let cfg = InstanceNormConfig {
         eps: k.eps,
         momentum: g.momentum(),
         channel_axis: k.axis,
     };
-    let train = g.rng.chance(0.6);
-    let (mut rm, mut rv) = running(g, k.c);
-    let (rm0, rv0) = (rm.clone(), rv.clone());
-    let with_running = !train || g.rng.chance(0.5);
-    let case = Case {
-        desc: k.desc(format!(
-            "train {train} momentum {:?} running {with_running} lengths {} {}",
-            cfg.momentum,
-            rm.len(),
-            rv.len()
-        )),
+    let e = RunningOp {
+        op: "instance_norm",
+        cfg,
+        train: (instance_norm_forward_train, instance_norm_backward_train),
+        eval: (instance_norm_forward_eval, instance_norm_backward_eval),
+        // Training saves per (sample, channel), evaluation per channel.
+        saved: |shape, c, train| match train {
+            true => shape.first().zip(c).and_then(|(&n, c)| n.checked_mul(c)),
+            false => c,
+        },
     };
-    let run_ok = !with_running || (Some(rm.len()) == k.c && Some(rv.len()) == k.c);
-    let shape = k.shape.clone();
-    let call = Call::new(
-        &case,
-        "instance_norm",
-        k.forward_fits() && run_ok,
-        &[&shape],
-    );
-    let r = if train {
-        let running = with_running.then_some(RunningStats {
-            mean: &mut rm,
-            var: &mut rv,
-        });
-        {
-            let (y, x, a) = k.split();
-            instance_norm_forward_train(y, x, &shape, a, running, &cfg)
-        }
-    } else {
-        {
-            let (y, x, a) = k.split();
-            instance_norm_forward_eval(y, x, &shape, a, &rm, &rv, &cfg)
-        }
-    };
-    let keep = [
-        kept("running_mean", &rm0, &rm),
-        kept("running_var", &rv0, &rv),
-    ];
-    let ok = call.verdict(&r, &[Some(out("y", &k.y))], &keep);
-    let name = if train {
-        "instance_norm_forward_train"
-    } else {
-        "instance_norm_forward_eval"
-    };
-    t.add("fn", name, ok);
-
-    let per = if train {
-        shape.first().zip(k.c).and_then(|(&n, c)| n.checked_mul(c))
-    } else {
-        k.c
-    };
-    let stats = saved_stats(g, r.ok(), per);
-    let mut bk = Back::new(g, &k);
-    let lens_ok = bk.fits(&k) && stats_fit(&stats, per);
-    let call = Call::new(&case, "instance_norm", lens_ok, &[&shape]);
-    let w = k.w.as_deref();
-    let r = if train {
-        {
-            let (gr, dy) = bk.split();
-            instance_norm_backward_train(gr, dy, &k.x, &shape, w, &stats, &cfg)
-        }
-    } else {
-        {
-            let (gr, dy) = bk.split();
-            instance_norm_backward_eval(gr, dy, &k.x, &shape, w, &stats, &cfg)
-        }
-    };
-    let name = if train {
-        "instance_norm_backward_train"
-    } else {
-        "instance_norm_backward_eval"
-    };
-    t.add("fn", name, bk.verdict(&call, &r));
+    running_op_case(g, t, k, e);
 }
 
 pub fn adain(g: &mut Gen, t: &mut Tally) {
@@ -452,16 +408,12 @@ fn switch_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
             mean: &mut rm,
             var: &mut rv,
         });
-        {
-            let (y, x, a) = k.split();
-            switch_norm_forward_train(y, x, &shape, a, weights, running, &cfg)
-        }
+        let (y, x, a) = k.split();
+        switch_norm_forward_train(y, x, &shape, a, weights, running, &cfg)
     } else {
         let (m, v) = (&rm[..], &rv[..]);
-        {
-            let (y, x, a) = k.split();
-            switch_norm_forward_eval(y, x, &shape, a, weights, m, v, &cfg)
-        }
+        let (y, x, a) = k.split();
+        switch_norm_forward_eval(y, x, &shape, a, weights, m, v, &cfg)
     };
     let keep = [
         kept("running_mean", &rm0, &rm),

@@ -266,6 +266,15 @@ impl Gen {
         (0..rank).map(|_| self.extent()).collect()
     }
 
+    /// A `normalized_shape` for `shape`: mostly a trailing part of it.
+    pub fn trailing(&mut self, shape: &[usize]) -> Vec<usize> {
+        if self.rng.chance(0.1) || shape.is_empty() {
+            return self.shape(0, 2);
+        }
+        let k = self.rng.between(0, shape.len());
+        shape[shape.len() - k..].to_vec()
+    }
+
     /// A buffer length for a slice whose right length is `right` (`None`
     /// when it overflows): usually right when that fits, else a few values.
     pub fn len(&mut self, right: Option<usize>) -> usize {

@@ -48,6 +48,59 @@ impl Tally {
     }
 }
 
+/// The public functions the families call, each of which a full run
+/// must reach.
+const ENTRY_POINTS: [&str; 32] = [
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "ada_layer_norm_forward",
+    "ada_layer_norm_backward",
+    "ada_rms_norm_forward",
+    "ada_rms_norm_backward",
+    "dyt_forward",
+    "dyt_backward",
+    "weight_norm_forward",
+    "weight_norm_backward",
+    "fold_batch_norm",
+    "batch_norm_forward_train",
+    "batch_norm_forward_eval",
+    "batch_norm_backward_train",
+    "batch_norm_backward_eval",
+    "group_norm_forward",
+    "group_norm_backward",
+    "instance_norm_forward_train",
+    "instance_norm_forward_eval",
+    "instance_norm_backward_train",
+    "instance_norm_backward_eval",
+    "adain_forward",
+    "adain_backward",
+    "switch_norm_forward_train",
+    "switch_norm_forward_eval",
+    "switch_norm_backward",
+    "batch_renorm_forward_train",
+    "batch_renorm_forward_eval",
+    "batch_renorm_backward_train",
+    "batch_renorm_backward_eval",
+];
+
+/// The ops of `normkit::op` that [`ops::any_op`] builds, by name.
+const OPS: [&str; 12] = [
+    "layer_norm",
+    "rms_norm",
+    "ada_layer_norm",
+    "ada_rms_norm",
+    "dyt",
+    "weight_norm",
+    "batch_norm",
+    "group_norm",
+    "instance_norm",
+    "adain",
+    "switch_norm",
+    "batch_renorm",
+];
+
 /// A family of cases: one random case of some entry points.
 type Family = fn(&mut Gen, &mut Tally);
 
@@ -162,7 +215,12 @@ fn batch(seed: u64, first: usize, count: usize) -> Result<Tally, String> {
         Some(s) if !s.success() => format!("exited with {s}"),
         Some(_) => {
             let mut tally = Tally::default();
-            for line in out.lines().filter_map(|l| l.strip_prefix("FUZZ ")) {
+            // libtest prints `test fuzz::child ... ` without a newline
+            // before the test's own output: the first line is glued to it.
+            for line in out
+                .lines()
+                .filter_map(|l| l.split_once("FUZZ ").map(|(_, r)| r))
+            {
                 let f: Vec<&str> = line.split(' ').collect();
                 let n = f.len();
                 let key = f[..n - 2].join(" ");
@@ -217,6 +275,12 @@ fn no_panic_no_abort() {
         println!("{k:<36} {c:>8} {o:>8} {:>8}", c - o);
     }
     if cases >= 2_000 {
+        for key in ENTRY_POINTS.iter().map(|f| format!("fn {f}")).chain(
+            OPS.iter()
+                .flat_map(|op| ["forward", "backward"].map(|pass| format!("op {op} {pass}"))),
+        ) {
+            assert!(total.0.contains_key(&key), "{key}: never called");
+        }
         for (k, [c, o]) in &total.0 {
             assert!(*o > 0 && o < c, "{k}: {o} of {c} calls succeeded");
         }

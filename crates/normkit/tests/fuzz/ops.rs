@@ -70,12 +70,7 @@ fn random_op(g: &mut Gen, shape: &[usize]) -> (Box<dyn ErasedOp>, Vec<Vec<usize>
     let eps = g.eps();
     let axis = g.axis();
     let (weight, bias, training) = (g.rng.chance(0.6), g.rng.chance(0.6), g.rng.chance(0.6));
-    let normalized = if g.rng.chance(0.8) {
-        let k = g.rng.between(0, shape.len());
-        shape[shape.len() - k..].to_vec()
-    } else {
-        g.shape(0, 2)
-    };
+    let normalized = g.trailing(shape);
     let momentum = g.momentum();
     let op: Box<dyn ErasedOp> = match g.rng.between(0, 10) {
         0 => Box::new(LayerNormOp {

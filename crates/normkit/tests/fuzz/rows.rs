@@ -66,17 +66,20 @@ pub fn layer_norm(g: &mut Gen, t: &mut Tally) {
     any_dtype!(g, layer_norm_case(g, t))
 }
 
-fn layer_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+/// The shapes of a row op: the input's, `normalized_shape`, and their
+/// element counts `n`, `d` and `rows = n / d` (`None` on overflow).
+#[allow(clippy::type_complexity)]
+fn row_shapes(g: &mut Gen) -> (Vec<usize>, Vec<usize>, [Option<usize>; 3]) {
     let shape = g.shape(0, 4);
-    let normalized = if g.rng.chance(0.1) {
-        g.shape(0, 2)
-    } else {
-        let k = g.rng.between(0, shape.len());
-        shape[shape.len() - k..].to_vec()
-    };
-    let (rms, eps) = (g.rng.chance(0.4), g.eps());
+    let normalized = g.trailing(&shape);
     let (n, d) = (numel(&shape), numel(&normalized));
     let rows = n.zip(d).and_then(|(n, d)| n.checked_div(d));
+    (shape, normalized, [n, d, rows])
+}
+
+fn layer_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+    let (shape, normalized, [n, d, rows]) = row_shapes(g);
+    let (rms, eps) = (g.rng.chance(0.4), g.eps());
     let x: Vec<T> = input(g, n);
     let mut y: Vec<T> = output(g, n);
     let w = param(g, d);
@@ -150,16 +153,8 @@ pub fn ada_norm(g: &mut Gen, t: &mut Tally) {
 }
 
 fn ada_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
-    let shape = g.shape(0, 4);
-    let normalized = if g.rng.chance(0.1) || shape.is_empty() {
-        g.shape(0, 2)
-    } else {
-        let k = g.rng.between(0, shape.len());
-        shape[shape.len() - k..].to_vec()
-    };
+    let (shape, normalized, [n, d, rows]) = row_shapes(g);
     let (rms, eps) = (g.rng.chance(0.4), g.eps());
-    let (n, d) = (numel(&shape), numel(&normalized));
-    let rows = n.zip(d).and_then(|(n, d)| n.checked_div(d));
     let nd = shape.first().zip(d).and_then(|(&s, d)| s.checked_mul(d));
     let x: Vec<T> = input(g, n);
     let mut y: Vec<T> = output(g, n);

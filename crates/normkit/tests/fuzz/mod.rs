@@ -120,11 +120,15 @@ const FAMILIES: [(&str, Family); 13] = [
     ("op", ops::any_op),
 ];
 
+/// The variable `name`, or `default` when it is unset; a value that does
+/// not parse fails the run rather than quietly running the default.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
 }
 
 /// Runs cases `first..first + count` of `seed`, printing each case's

@@ -14,7 +14,8 @@
 //! `NORMKIT_FUZZ_SEED` the seed. A failing case reruns alone with
 //! `NORMKIT_FUZZ_CHILD=seed,case,1` and `--ignored --exact fuzz::child`.
 //! Run it in the overflow-checked profile too:
-//! `cargo test --profile fuzz -p normkit --test integration fuzz::`.
+//! `cargo test --profile fuzz -p normkit --test integration fuzz::`
+//! (`scripts/test-fuzz` runs both).
 
 mod channels;
 mod gen;

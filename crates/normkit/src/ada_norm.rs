@@ -4,10 +4,13 @@
 use crate::elem::Elem;
 use crate::error::{NormError, Result};
 use crate::layout::RunningStats;
-use crate::layout::{check_eps, check_len, numel, Affine, ChannelAxis, Geometry, Grads, Stats};
+use crate::layout::{
+    check_eps, check_len, numel, product, Affine, ChannelAxis, Geometry, Grads, Stats,
+};
 use crate::normalize::{Plan, Scope};
 use crate::op::{
-    affine_grads, affine_of, affine_params, NormOp, OpGrads, Param, Running, Signature,
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Param, Running,
+    Signature,
 };
 use crate::parallel::{map_chunks, SharedMut};
 
@@ -172,6 +175,8 @@ struct Samples {
     n: usize,
     rows: usize,
     d: usize,
+    /// `n · d`, the length of `scale` and `shift` (checked).
+    nd: usize,
     centered: bool,
 }
 
@@ -206,10 +211,13 @@ impl Samples {
         }
         let n = shape[0];
         let rows = (total / d).checked_div(n).unwrap_or(0);
+        // The modulation's length, even when `x` is empty.
+        let nd = product(op, &[n, d], shape)?;
         Ok(Samples {
             n,
             rows,
             d,
+            nd,
             centered,
         })
     }
@@ -237,11 +245,11 @@ impl Samples {
         modulation: Modulation<'_>,
         shape: &[usize],
     ) -> Result<()> {
-        let len = self.n * self.rows * self.d;
+        let len = self.rows * self.nd;
         check_len(op, "x", x.len(), len, shape)?;
         check_len(op, "y", y.len(), len, shape)?;
-        check_len(op, "scale", modulation.scale.len(), self.n * self.d, shape)?;
-        check_len(op, "shift", modulation.shift.len(), self.n * self.d, shape)?;
+        check_len(op, "scale", modulation.scale.len(), self.nd, shape)?;
+        check_len(op, "shift", modulation.shift.len(), self.nd, shape)?;
         crate::layout::check_affine(op, affine, self.d, shape)
     }
 
@@ -260,10 +268,10 @@ impl Samples {
     ) -> Result<()> {
         self.check_forward(op, dy, x, affine, modulation, shape)?;
         crate::layout::check_grads(op, grads, x.len(), self.d, shape)?;
-        let nd = self.n * self.d;
+        let nd = self.nd;
         crate::layout::check_opt_len(op, "dscale", dmodulation.dscale.as_deref(), nd, shape)?;
         crate::layout::check_opt_len(op, "dshift", dmodulation.dshift.as_deref(), nd, shape)?;
-        let rows = self.n * self.rows;
+        let rows = x.len() / self.d;
         if self.centered {
             check_len(op, "mean", stats.mean.len(), rows, shape)?;
         }
@@ -293,6 +301,10 @@ impl Samples {
         modulation: Modulation<'_>,
         eps: f32,
     ) -> Stats {
+        if x.is_empty() {
+            // No rows, however many samples: nothing to walk.
+            return Stats::default();
+        }
         let len = self.rows * self.d;
         let plan = self.plan();
         let y = SharedMut::new(y);
@@ -325,6 +337,19 @@ impl Samples {
         modulation: Modulation<'_>,
         stats: &Stats,
     ) {
+        if x.is_empty() {
+            // Every parameter gradient is an empty sum.
+            let outs = [
+                grads.dweight,
+                grads.dbias,
+                dmodulation.dscale,
+                dmodulation.dshift,
+            ];
+            for out in outs.into_iter().flatten() {
+                out.fill(0.0);
+            }
+            return;
+        }
         let (len, d, rows) = (self.rows * self.d, self.d, self.rows);
         let plan = self.plan();
         let dx = SharedMut::new(grads.dx);
@@ -430,10 +455,7 @@ impl NormOp for AdaNormOp {
             name: "shift",
             len: nd,
         });
-        Ok(Signature {
-            params,
-            running: Running::None,
-        })
+        checked_signature(self.name(), shape, params, Running::None)
     }
 
     fn run_forward<T: Elem>(

@@ -7,7 +7,7 @@ use crate::instances::{apply_per_instance, InstanceCoef};
 use crate::layout::RunningStats;
 use crate::layout::{check_eps, check_len, Affine, ChannelAxis, Geometry, Grads, Stats};
 use crate::normalize::{Plan, Scope};
-use crate::op::{NormOp, OpGrads, Param, Running, Signature};
+use crate::op::{checked_signature, NormOp, OpGrads, Param, Running, Signature};
 use crate::parallel::{map_chunks, SharedMut};
 
 const OP: &str = "adain";
@@ -88,14 +88,17 @@ impl Pair {
         check_eps(OP, cfg.eps)?;
         let x = Geometry::channels(OP, x_shape, cfg.channel_axis)?;
         let s = Geometry::channels(OP, style_shape, cfg.channel_axis)?;
-        if x.n != s.n || x.c != s.c {
-            return Err(NormError::Length {
-                op: OP,
-                name: "style (samples × channels)",
-                expected: x.n * x.c,
-                got: s.n * s.c,
-                shape: x_shape.to_vec(),
-            });
+        // The extents as given: their products may overflow.
+        for (name, expected, got) in [("style batch", x.n, s.n), ("style channels", x.c, s.c)] {
+            if expected != got {
+                return Err(NormError::Length {
+                    op: OP,
+                    name,
+                    expected,
+                    got,
+                    shape: style_shape.to_vec(),
+                });
+            }
         }
         let least = if cfg.unbiased { 2 } else { 1 };
         for (g, shape) in [(&x, x_shape), (&s, style_shape)] {
@@ -166,6 +169,10 @@ pub fn adain_forward<T: Elem>(
     check_len(OP, "x", x.len(), p.x.len(), x_shape)?;
     check_len(OP, "y", y.len(), p.x.len(), x_shape)?;
     check_len(OP, "style", style.len(), p.s.len(), style_shape)?;
+    if x.is_empty() {
+        // No samples or no channels, whatever the other extents.
+        return Ok(AdaInStats::default());
+    }
     let (c, len) = (p.x.c, p.x.c * p.x.s);
     let bessel = Pair::bessel(p.s.s, cfg.unbiased);
     let style_moments = Pair::plan(&p.s).moments(style);
@@ -235,6 +242,9 @@ pub fn adain_backward<T: Elem>(
         ("style_std", &stats.style_std),
     ] {
         check_len(OP, name, v.len(), instances, x_shape)?;
+    }
+    if x.is_empty() {
+        return Ok(());
     }
     let (c, len) = (p.x.c, p.x.c * p.x.s);
     let (_, fold) = p.content_eps(cfg);
@@ -319,13 +329,15 @@ impl NormOp for AdaInOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = Pair::new(shape, &self.style_shape, &self.cfg)?;
-        Ok(Signature {
-            params: vec![Param {
+        checked_signature(
+            self.name(),
+            shape,
+            vec![Param {
                 name: "style",
                 len: p.s.len(),
             }],
-            running: Running::None,
-        })
+            Running::None,
+        )
     }
 
     fn run_forward<T: Elem>(

@@ -6,7 +6,9 @@ use crate::layout::{
     check_eps, check_len, Affine, ChannelAxis, Geometry, Grads, Momentum, RunningStats, Stats,
 };
 use crate::normalize::{stats_from_running, update_running, Plan, Scope};
-use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running, Signature};
+use crate::op::{
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Running, Signature,
+};
 
 const OP: &str = "batch_norm";
 
@@ -217,14 +219,12 @@ impl NormOp for BatchNormOp {
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(shape, &self.cfg)?;
         let channels = p.geo.c;
-        Ok(Signature {
-            params: affine_params(self.weight, self.bias, channels),
-            running: if self.training {
-                Running::Updates { channels }
-            } else {
-                Running::Reads { channels }
-            },
-        })
+        checked_signature(
+            self.name(),
+            shape,
+            affine_params(self.weight, self.bias, channels),
+            Running::updates_or_reads(self.training, channels),
+        )
     }
 
     fn run_forward<T: Elem>(

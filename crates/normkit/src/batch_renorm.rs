@@ -9,7 +9,9 @@ use crate::layout::{
 };
 use crate::moments::rstd;
 use crate::normalize::{update_running, Plan, Scope};
-use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running, Signature};
+use crate::op::{
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Running, Signature,
+};
 
 const OP: &str = "batch_renorm";
 
@@ -342,14 +344,16 @@ impl NormOp for BatchRenormOp {
             check_limits(&self.cfg)?;
             Geometry::channels(OP, shape, self.cfg.channel_axis)?.c
         };
-        Ok(Signature {
-            params: affine_params(self.weight, self.bias, channels),
-            running: if self.training {
+        checked_signature(
+            self.name(),
+            shape,
+            affine_params(self.weight, self.bias, channels),
+            if self.training {
                 Running::Requires { channels }
             } else {
                 Running::Reads { channels }
             },
-        })
+        )
     }
 
     fn run_forward<T: Elem>(

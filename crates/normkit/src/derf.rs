@@ -5,7 +5,8 @@ use crate::erf::{erf, exp_neg_sq, TWO_OVER_SQRT_PI};
 use crate::error::Result;
 use crate::layout::{Affine, ChannelAxis, Grads, RunningStats};
 use crate::op::{
-    affine_grads, affine_of, affine_params, NormOp, OpGrads, Param, Running, Signature,
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Param, Running,
+    Signature,
 };
 use crate::pointwise::{self, Pointwise};
 use crate::simd::Isa;
@@ -136,10 +137,7 @@ impl NormOp for DerfOp {
         let scalar = |name| Param { name, len: 1 };
         let mut params = vec![scalar("alpha"), scalar("shift")];
         params.extend(affine_params(self.weight, self.bias, p.geo.c));
-        Ok(Signature {
-            params,
-            running: Running::None,
-        })
+        checked_signature(self.name(), shape, params, Running::None)
     }
 
     fn run_forward<T: Elem>(

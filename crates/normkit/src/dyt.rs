@@ -4,7 +4,8 @@ use crate::elem::Elem;
 use crate::error::Result;
 use crate::layout::{Affine, ChannelAxis, Grads, RunningStats};
 use crate::op::{
-    affine_grads, affine_of, affine_params, NormOp, OpGrads, Param, Running, Signature,
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Param, Running,
+    Signature,
 };
 use crate::pointwise::{self, Pointwise};
 use crate::simd::Isa;
@@ -107,10 +108,7 @@ impl NormOp for DytOp {
             len: 1,
         }];
         params.extend(affine_params(self.weight, self.bias, p.geo.c));
-        Ok(Signature {
-            params,
-            running: Running::None,
-        })
+        checked_signature(self.name(), shape, params, Running::None)
     }
 
     fn run_forward<T: Elem>(

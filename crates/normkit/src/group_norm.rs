@@ -7,7 +7,9 @@ use crate::layout::{
     check_eps, check_len, Affine, ChannelAxis, Geometry, Grads, Momentum, RunningStats, Stats,
 };
 use crate::normalize::{stats_from_running, update_running, Plan, Scope};
-use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running, Signature};
+use crate::op::{
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Running, Signature,
+};
 
 /// Group Normalization (Wu & He, 2018, "Group Normalization").
 ///
@@ -275,10 +277,12 @@ impl NormOp for GroupNormOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(self.name(), shape, &self.cfg)?;
-        Ok(Signature {
-            params: affine_params(self.weight, self.bias, p.geo.c),
-            running: Running::None,
-        })
+        checked_signature(
+            self.name(),
+            shape,
+            affine_params(self.weight, self.bias, p.geo.c),
+            Running::None,
+        )
     }
 
     fn run_forward<T: Elem>(
@@ -333,14 +337,12 @@ impl NormOp for InstanceNormOp {
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(self.name(), shape, &self.cfg.groups(shape))?;
         let channels = p.geo.c;
-        Ok(Signature {
-            params: affine_params(self.weight, self.bias, channels),
-            running: if self.training {
-                Running::Updates { channels }
-            } else {
-                Running::Reads { channels }
-            },
-        })
+        checked_signature(
+            self.name(),
+            shape,
+            affine_params(self.weight, self.bias, channels),
+            Running::updates_or_reads(self.training, channels),
+        )
     }
 
     fn run_forward<T: Elem>(

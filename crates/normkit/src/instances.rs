@@ -4,35 +4,26 @@
 
 use crate::elem::Elem;
 use crate::layout::{ChannelAxis, Geometry};
-use crate::moments::split;
 
-/// `out = a + b · ((v - mean_hi) - mean_lo) + c · w` for one (sample,
-/// channel); the mean is subtracted as a hi/lo pair so that a large mean
-/// costs no digits.
+/// `out = a + b · (v - mean) + c · w` for one (sample, channel), in `f64`:
+/// a large mean costs no digits, and `v - mean` cannot overflow for values
+/// near `f32::MAX`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct InstanceCoef {
-    a: f32,
-    b: f32,
-    c: f32,
-    mean_hi: f32,
-    mean_lo: f32,
+    a: f64,
+    b: f64,
+    c: f64,
+    mean: f64,
 }
 
 impl InstanceCoef {
     pub(crate) fn new(mean: f64, a: f64, b: f64, c: f64) -> Self {
-        let (mean_hi, mean_lo) = split(mean);
-        InstanceCoef {
-            a: a as f32,
-            b: b as f32,
-            c: c as f32,
-            mean_hi,
-            mean_lo,
-        }
+        InstanceCoef { a, b, c, mean }
     }
 
     #[inline(always)]
-    fn centered(&self, v: f32) -> f32 {
-        (v - self.mean_hi) - self.mean_lo
+    fn centered(&self, v: f64) -> f64 {
+        v - self.mean
     }
 }
 
@@ -70,11 +61,11 @@ pub(crate) fn apply_per_instance<T: Elem>(
 ) {
     walk(g, |k, i| {
         let co = &coefs[k];
-        let mut o = co.a + co.b * co.centered(v[i].to_f32());
+        let mut o = co.a + co.b * co.centered(v[i].to_f64());
         if let Some(w) = w {
-            o += co.c * w[i].to_f32();
+            o += co.c * w[i].to_f64();
         }
-        out[i] = T::from_f32(o);
+        out[i] = T::from_f64(o);
     });
 }
 
@@ -89,9 +80,9 @@ pub(crate) fn sums_per_instance<T: Elem>(
     let mut out = vec![[0.0f64; 2]; coefs.len()];
     walk(g, |k, i| {
         let co = &coefs[k];
-        let wi = w[i].to_f32() as f64;
+        let wi = w[i].to_f64();
         out[k][0] += wi;
-        out[k][1] += wi * (co.b * co.centered(v[i].to_f32())) as f64;
+        out[k][1] += wi * co.b * co.centered(v[i].to_f64());
     });
     out
 }

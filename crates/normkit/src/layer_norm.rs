@@ -5,7 +5,9 @@ use crate::error::{NormError, Result};
 use crate::layout::RunningStats;
 use crate::layout::{check_eps, numel, Affine, ChannelAxis, Geometry, Grads, Stats};
 use crate::normalize::{Plan, Scope};
-use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running, Signature};
+use crate::op::{
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Running, Signature,
+};
 
 /// Rows × row length, after checking that `shape` ends with a non-empty
 /// `normalized_shape`.
@@ -170,10 +172,12 @@ impl NormOp for LayerNormOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(self.name(), shape, &self.normalized_shape, self.eps, true)?;
-        Ok(Signature {
-            params: affine_params(self.weight, self.bias, p.geo.c),
-            running: Running::None,
-        })
+        checked_signature(
+            self.name(),
+            shape,
+            affine_params(self.weight, self.bias, p.geo.c),
+            Running::None,
+        )
     }
 
     fn run_forward<T: Elem>(
@@ -225,10 +229,12 @@ impl NormOp for RmsNormOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(self.name(), shape, &self.normalized_shape, self.eps, false)?;
-        Ok(Signature {
-            params: affine_params(self.weight, false, p.geo.c),
-            running: Running::None,
-        })
+        checked_signature(
+            self.name(),
+            shape,
+            affine_params(self.weight, false, p.geo.c),
+            Running::None,
+        )
     }
 
     fn run_forward<T: Elem>(

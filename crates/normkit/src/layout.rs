@@ -145,20 +145,31 @@ impl Geometry {
         };
         // With an empty batch the product above is 0 whatever the other
         // extents are, so check the per-sample ones the plans multiply.
-        let s = numel(op, spatial)?;
-        numel(op, &[c, s])?;
+        let s = product(op, spatial, shape)?;
+        product(op, &[c, s], shape)?;
         Ok(Geometry { n, c, s, axis })
     }
 
+    /// Number of values. The product of the three fits (it is the input's
+    /// checked element count), but `n · c` alone may not when `s` is 0.
     pub fn len(&self) -> usize {
-        self.n * self.c * self.s
+        if self.c == 0 || self.s == 0 {
+            0
+        } else {
+            self.n * self.c * self.s
+        }
     }
 }
 
 /// Number of elements of `shape`, or an error if it overflows.
 pub(crate) fn numel(op: &'static str, shape: &[usize]) -> Result<usize> {
-    shape
-        .iter()
+    product(op, shape, shape)
+}
+
+/// The product of `dims`, or an error naming `shape` (the input shape the
+/// caller was given) if it overflows.
+pub(crate) fn product(op: &'static str, dims: &[usize], shape: &[usize]) -> Result<usize> {
+    dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| NormError::TooLarge {
             op,

@@ -72,7 +72,7 @@ impl Moments {
         Moments {
             count,
             mean: m0 + shift / s,
-            var: ((sdd / n - shift * shift) / (s * s)).max(0.0),
+            var: non_negative((sdd / n - shift * shift) / (s * s)),
         }
     }
 
@@ -113,7 +113,7 @@ impl Moments {
         Some(Moments {
             count,
             mean: shift as f64 + mean_d,
-            var: (msq - mean_d * mean_d).max(0.0),
+            var: non_negative(msq - mean_d * mean_d),
         })
     }
 
@@ -134,6 +134,17 @@ impl Moments {
             mean: self.mean + delta * nb / n,
             var: m2 / n,
         }
+    }
+}
+
+/// `v`, or 0 where rounding made it negative; NaN stays NaN (a group with
+/// a NaN has a NaN variance, as PyTorch saves it, never 0).
+#[inline]
+fn non_negative(v: f64) -> f64 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
     }
 }
 

@@ -54,7 +54,7 @@ pub(crate) fn plan(op: &'static str, shape: &[usize], axis: ChannelAxis) -> Resu
         },
         _ => Geometry::channels(op, shape, axis)?,
     };
-    numel(op, shape)?;
+    let total = numel(op, shape)?;
     let mut p = Plan {
         geo,
         scope: Scope::PerSample { groups: 1 },
@@ -64,7 +64,8 @@ pub(crate) fn plan(op: &'static str, shape: &[usize], axis: ChannelAxis) -> Resu
         // [n, c, 1] is [n, 1, c] in memory: rows of channels, not runs of one.
         p.geo.axis = ChannelAxis::Last;
     }
-    if p.geo.axis == ChannelAxis::Last && p.geo.s > 1 {
+    // (Only with values: `n · s` overflows beside no channels.)
+    if p.geo.axis == ChannelAxis::Last && p.geo.s > 1 && total > 0 {
         // Each position's row of channels is its own unit of work.
         p.geo.n *= p.geo.s;
         p.geo.s = 1;

@@ -11,7 +11,8 @@ use crate::layout::{
 use crate::moments::Moments;
 use crate::normalize::{update_running, Plan, Scope};
 use crate::op::{
-    affine_grads, affine_of, affine_params, NormOp, OpGrads, Param, Running, Signature,
+    affine_grads, affine_of, affine_params, checked_signature, NormOp, OpGrads, Param, Running,
+    Signature,
 };
 
 const OP: &str = "switch_norm";
@@ -463,14 +464,12 @@ impl NormOp for SwitchNormOp {
         for name in ["mean_weight", "var_weight"] {
             params.push(Param { name, len: 3 });
         }
-        Ok(Signature {
+        checked_signature(
+            self.name(),
+            shape,
             params,
-            running: if self.training {
-                Running::Updates { channels }
-            } else {
-                Running::Reads { channels }
-            },
-        })
+            Running::updates_or_reads(self.training, channels),
+        )
     }
 
     fn run_forward<T: Elem>(

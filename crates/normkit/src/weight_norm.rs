@@ -5,9 +5,24 @@ use crate::error::{NormError, Result};
 use crate::layout::RunningStats;
 use crate::layout::{check_len, numel, Affine, ChannelAxis, Geometry, Stats};
 use crate::normalize::{Plan, Scope};
-use crate::op::{NormOp, OpGrads, Param, Running, Signature};
+use crate::op::{checked_signature, NormOp, OpGrads, Param, Running, Signature};
 
 const OP: &str = "weight_norm";
+
+/// Norms between these have an inverse that is a normal `f32` with room
+/// to spare (`2⁻¹²⁰` and `2¹²⁰`).
+const SMALL: f64 = 7.523_163_845_262_64e-37;
+const LARGE: f64 = 1.329_227_995_784_916e36;
+
+/// `‖v‖` of group `j` in `f64`, for a saved norm that `f32` could not hold
+/// (overflowed to infinity, or subnormal and imprecise).
+fn exact_norm<T: Elem>(p: &Plan, v: &[T], j: usize) -> f64 {
+    p.runs(j)
+        .flat_map(|r| v[r.range()].iter())
+        .map(|x| x.to_f64() * x.to_f64())
+        .sum::<f64>()
+        .sqrt()
+}
 
 /// `v` as `[outer, kept, inner]` around the kept dimension, one norm per
 /// index of it; or a single norm over everything when `dim` is `None`.
@@ -101,6 +116,18 @@ pub fn weight_norm_forward<T: Elem>(
         },
         &stats,
     );
+    // A norm whose inverse `f32` cannot hold well (norms of values near
+    // `f32::MAX`, or of subnormal ones): `w` again in `f64`.
+    for (j, &nrm) in norms.iter().enumerate() {
+        if !(SMALL..=LARGE).contains(&nrm) && nrm.is_finite() {
+            let a = g[j] as f64 / nrm;
+            for r in p.runs(j) {
+                for (o, x) in w[r.range()].iter_mut().zip(&v[r.range()]) {
+                    *o = T::from_f64(x.to_f64() * a);
+                }
+            }
+        }
+    }
     Ok(norms.into_iter().map(|n| n as f32).collect())
 }
 
@@ -130,22 +157,29 @@ pub fn weight_norm_backward<T: Elem>(
     check_len(OP, "dg", dg.len(), k, shape)?;
     check_len(OP, "norms", norms.len(), k, shape)?;
     for (j, (dgj, (&gj, &nj))) in dg.iter_mut().zip(g.iter().zip(norms)).enumerate() {
-        let inv = 1.0 / nj as f64;
+        // A norm f32 could not hold is recomputed (NaN stays NaN).
+        let nrm = if nj.is_normal() || nj.is_nan() {
+            nj as f64
+        } else {
+            exact_norm(&p, v, j)
+        };
+        let inv = 1.0 / nrm;
         let sum: f64 = p
             .runs(j)
             .flat_map(|r| dw[r.range()].iter().zip(&v[r.range()]))
             .map(|(&d, &x)| d.to_f64() * x.to_f64() * inv)
             .sum();
         *dgj = sum as f32;
-        let scale = (gj as f64 * inv) as f32;
-        let (inv, sum) = (inv as f32, sum as f32);
+        // In f64 throughout: g / ‖v‖ and v / ‖v‖ may leave f32's range
+        // where dv does not.
+        let scale = gj as f64 * inv;
         for r in p.runs(j) {
             for ((o, &d), &x) in dv[r.range()]
                 .iter_mut()
                 .zip(&dw[r.range()])
                 .zip(&v[r.range()])
             {
-                *o = T::from_f32(scale * (d.to_f32() - x.to_f32() * inv * sum));
+                *o = T::from_f64(scale * (d.to_f64() - x.to_f64() * inv * sum));
             }
         }
     }
@@ -171,13 +205,15 @@ impl NormOp for WeightNormOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(shape, self.dim)?;
-        Ok(Signature {
-            params: vec![Param {
+        checked_signature(
+            self.name(),
+            shape,
+            vec![Param {
                 name: "g",
                 len: p.geo.c,
             }],
-            running: Running::None,
-        })
+            Running::None,
+        )
     }
 
     fn run_forward<T: Elem>(

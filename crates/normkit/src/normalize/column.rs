@@ -1,8 +1,9 @@
 //! The column path: channels-last data whose groups span several rows,
 //! reduced per channel over pieces of rows and combined into groups.
 
+use super::careful::{self, BackwardLimit};
 use super::partials::Partials;
-use super::plan::{correction, Backward, Coefs, GroupStats, Norm, Plan, Scope};
+use super::plan::{correction, Backward, Coefs, GroupStats, Norm, Plan, Run, Scope};
 use crate::elem::Elem;
 use crate::lanes::{self, DxChannels, Periodic};
 use crate::layout::Geometry;
@@ -109,6 +110,7 @@ impl Plan {
                 let out = unsafe { y.range(r.start * c..r.end * c) };
                 column_apply(out, &x[r.start * c..r.end * c], &per, &cc, stream);
             });
+            self.careful_forward(0, &groups, &y, x, coefs);
             moments
         } else {
             // Per-sample statistics: one task per sample does both sweeps
@@ -151,6 +153,7 @@ impl Plan {
                         unsafe { y.range(u * unit_len + span.start..u * unit_len + span.end) };
                     column_apply(out, &xs[span], &per, &cc, stream);
                 }
+                self.careful_forward(u * groups.len(), &groups, &y, x, coefs);
                 m
             })
             .concat()
@@ -179,13 +182,14 @@ impl Plan {
         if units.count == 1 {
             let groups = unit_stats(0);
             let sums = self.column_sums(dy, x, &groups);
-            let (part, k) =
+            let (mut part, k) =
                 self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows, &per);
             self.column_pass2(dx, dy, x, &per, &k);
-            vec![part]
+            let wide = self.careful_backward(0..groups_per_unit, dx, dy, x, coefs, mode, &mut part);
+            std::iter::once(part).chain(wide).collect()
         } else {
             let unit_len = units.rows * c;
-            map_chunks(units.count, total, |u| {
+            let parts = map_chunks(units.count, total, |u| {
                 let span = u * unit_len..(u + 1) * unit_len;
                 let (xs, dys) = (&x[span.clone()], &dy[span.clone()]);
                 let groups = unit_stats(u);
@@ -202,7 +206,7 @@ impl Plan {
                         }
                     }
                 }
-                let (part, k) =
+                let (mut part, k) =
                     self.column_dx_coefs(&groups, &sums, coefs, mode.train, units.rows, &per);
                 // Backwards, piece by piece: the last pieces read are in cache.
                 for r in pieces_backwards(units.rows, per_piece) {
@@ -213,8 +217,15 @@ impl Plan {
                     let out = unsafe { dx.range(at) };
                     column_dx(out, &dys[piece.clone()], &xs[piece], &per, &k);
                 }
-                part
-            })
+                let ks = u * groups_per_unit..(u + 1) * groups_per_unit;
+                let wide = self.careful_backward(ks, dx, dy, x, coefs, mode, &mut part);
+                (part, wide)
+            });
+            // Each unit's sums, then its groups redone in f64, in unit order.
+            parts
+                .into_iter()
+                .flat_map(|(part, wide)| std::iter::once(part).chain(wide))
+                .collect()
         }
     }
 
@@ -268,6 +279,63 @@ impl Plan {
             let out = unsafe { dx.range(span.clone()) };
             column_dx(out, &dy[span.clone()], &x[span], per, k);
         });
+    }
+
+    /// Rewrites in `f64` the output of the groups (`first`, the next, ...)
+    /// whose statistics `groups` need it ([`careful`]), once the kernels
+    /// have written every value.
+    fn careful_forward<T: Elem>(
+        &self,
+        first: usize,
+        groups: &[GroupStats],
+        y: &SharedMut<'_, T>,
+        x: &[T],
+        coefs: &Coefs<'_>,
+    ) {
+        for (k, g) in (first..).zip(groups) {
+            if let Some(w) = g.wide {
+                let runs: Vec<Run> = self.runs(k).collect();
+                careful::forward_runs(&runs, w, y, x, coefs);
+            }
+        }
+    }
+
+    /// Redoes in `f64` the backward of the groups in `ks` whose saved
+    /// statistics need it ([`careful`]), once the kernels have written
+    /// every value: their `dx` rewritten, their channels' sums in `part`
+    /// zeroed and returned in a partial of their own.
+    #[allow(clippy::too_many_arguments)]
+    fn careful_backward<T: Elem>(
+        &self,
+        ks: Range<usize>,
+        dx: &SharedMut<'_, T>,
+        dy: &[T],
+        x: &[T],
+        coefs: &Coefs<'_>,
+        mode: Backward<'_>,
+        part: &mut Partials,
+    ) -> Option<Partials> {
+        let limit = BackwardLimit::new(self.group_size());
+        let mut extra: Option<Partials> = None;
+        for k in ks {
+            let g = GroupStats::given(mode.stats, k);
+            if !limit.needs_wide(g.mean_hi, g.rstd) {
+                continue;
+            }
+            let cg = self.channels_per_group();
+            let first = match self.scope {
+                Scope::AcrossBatch => k,
+                Scope::PerSample { groups } => k % groups * cg,
+            };
+            for ch in first..first + cg {
+                part.clear(ch);
+            }
+            let runs: Vec<Run> = self.runs(k).collect();
+            let extra = extra.get_or_insert_with(|| Partials::new(self.geo.c, true));
+            let flags = (mode.train, self.centered);
+            careful::backward_runs(&runs, (g.mean_hi, g.rstd), flags, dx, dy, x, coefs, extra);
+        }
+        extra
     }
 
     /// A per-group value repeated for each channel of the group.
@@ -393,12 +461,15 @@ multiversion! {
         }
         let shift = if centered { column_shift(x, c) } else { vec![0.0; c] };
         let [s1, s2] = lanes::col_shifted_sums(s, x, c, &shift);
-        let swept: Option<Vec<Moments>> = (0..c)
+        let swept: Vec<Option<Moments>> = (0..c)
             .map(|ch| Moments::from_shifted(rows, shift[ch], [s1[ch], s2[ch]], centered))
             .collect();
-        if let Some(m) = swept {
-            return m;
+        if swept.iter().all(Option::is_some) {
+            return swept.into_iter().flatten().collect();
         }
+        // The fallback's sums are taken for every channel (in vector
+        // loops) but kept only where the sweep was refused: a channel's
+        // statistics depend on that channel alone.
         let scale: Vec<f32> = lanes::col_max_abs(s, x, c).into_iter().map(scale_for).collect();
         let zero = vec![0.0f32; c];
         let m0: Vec<f32> = if centered {
@@ -410,6 +481,9 @@ multiversion! {
         let [d1, d2] = lanes::col_dev_sums(s, x, c, &scale, &m0);
         (0..c)
             .map(|ch| {
+                if let Some(m) = swept[ch] {
+                    return m;
+                }
                 let sc = scale[ch] as f64;
                 if centered {
                     Moments::from_deviations(rows, m0[ch] as f64 / sc, scale[ch], d1[ch], d2[ch])

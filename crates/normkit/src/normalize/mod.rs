@@ -27,6 +27,7 @@
 //! results do not depend on the thread count. A new normalization that is
 //! "some groups of channels, per-channel affine" needs only a new `Plan`.
 
+mod careful;
 mod checks;
 mod column;
 mod partials;
@@ -68,6 +69,7 @@ impl Plan {
             };
             return (stats, vec![Moments::EMPTY; groups]);
         }
+        let p = p.unweighted_if(affine.weight.is_none() && affine.bias.is_none());
         let coefs = Coefs::new(p.geo.c, affine.weight, affine.bias);
         let moments = if p.columnar() {
             p.column_forward(y, x, &coefs, Norm::Batch(eps))
@@ -97,7 +99,7 @@ impl Plan {
         stats: &Stats,
     ) {
         let groups: Vec<GroupStats> = (0..self.num_groups())
-            .map(|k| GroupStats::given(stats, k))
+            .map(|k| GroupStats::given_forward(stats, k))
             .collect();
         self.forward_with_groups(y, x, affine, &groups);
     }
@@ -136,6 +138,7 @@ impl Plan {
         if p.geo.len() == 0 {
             return;
         }
+        let p = p.unweighted_if(affine.weight.is_none() && affine.bias.is_none());
         let coefs = Coefs::new(p.geo.c, affine.weight, affine.bias);
         if p.columnar() {
             p.column_forward(y, x, &coefs, Norm::Given(groups));
@@ -210,6 +213,8 @@ impl Plan {
             }
             return;
         }
+        let no_params = grads.dweight.is_none() && grads.dbias.is_none();
+        let p = p.unweighted_if(weight.is_none() && no_params);
         let coefs = Coefs::weight_only(p.geo.c, weight);
         let mode = Backward { stats, train };
         let dx = SharedMut::new(grads.dx);

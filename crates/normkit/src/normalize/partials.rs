@@ -54,6 +54,20 @@ impl Partials {
         self.dbias[channel] += dbias;
     }
 
+    /// Zeroes the sums of `channel` (redone elsewhere).
+    pub fn clear(&mut self, channel: usize) {
+        for v in [&mut self.dweight, &mut self.dbias] {
+            if let Some(v) = v.get_mut(channel) {
+                *v = 0.0;
+            }
+        }
+        for v in [&mut self.dweight32, &mut self.dbias32] {
+            if let Some(v) = v.get_mut(channel) {
+                *v = 0.0;
+            }
+        }
+    }
+
     /// Adds the `f32` sums into the `f64` ones and zeroes them.
     pub fn flush(&mut self) {
         self.widen();

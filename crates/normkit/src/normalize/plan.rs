@@ -2,6 +2,7 @@
 //! canonical `[n, c, s]` / `[n, s, c]` view, and the choices that follow
 //! from it (row or column path, batched or skewed sweeps).
 
+use super::careful::Wide;
 use crate::layout::{ChannelAxis, Geometry, Stats};
 use crate::moments::{rstd, split, Moments};
 use std::borrow::Cow;
@@ -105,23 +106,39 @@ pub(super) struct GroupStats {
     pub(super) mean_hi: f32,
     pub(super) mean_lo: f32,
     pub(super) rstd: f32,
+    /// The group is normalized in `f64` ([`super::careful`]).
+    pub(super) wide: Option<Wide>,
 }
 
 impl GroupStats {
     pub(super) fn from_moments(m: &Moments, eps: f32) -> Self {
         let (mean_hi, mean_lo) = split(m.mean);
+        let r = rstd(m.var, eps);
         GroupStats {
             mean_hi,
             mean_lo,
-            rstd: rstd(m.var, eps) as f32,
+            rstd: r as f32,
+            wide: Wide::from_moments(m, r),
         }
     }
 
+    /// Saved statistics, as a backward pass reads them (which decides
+    /// about `f64` itself).
     pub(super) fn given(stats: &Stats, k: usize) -> Self {
         GroupStats {
             mean_hi: stats.mean.get(k).copied().unwrap_or(0.0),
             mean_lo: 0.0,
             rstd: stats.rstd[k],
+            wide: None,
+        }
+    }
+
+    /// Given statistics to normalize with (evaluation mode).
+    pub(super) fn given_forward(stats: &Stats, k: usize) -> Self {
+        let g = Self::given(stats, k);
+        GroupStats {
+            wide: Wide::from_given(g.mean_hi, g.rstd),
+            ..g
         }
     }
 }
@@ -185,6 +202,31 @@ impl Plan {
             p.geo.axis = ChannelAxis::Last;
         }
         p
+    }
+
+    /// When `unweighted` (no per-channel parameter is read or written), a
+    /// row-path plan of channels-last rows as the same memory seen
+    /// channels first: `[n, groups, c / groups]`, each group one run of
+    /// one "channel". The kernels then run with a scalar weight of 1 —
+    /// the same bits as a weight of ones — and need no per-channel
+    /// buffers (ones, zeros, partial sums) as long as a row.
+    pub(super) fn unweighted_if(&self, unweighted: bool) -> Plan {
+        match self.scope {
+            Scope::PerSample { groups }
+                if unweighted && self.geo.axis == ChannelAxis::Last && self.geo.s == 1 =>
+            {
+                Plan {
+                    geo: Geometry {
+                        n: self.geo.n,
+                        c: groups,
+                        s: self.geo.c / groups,
+                        axis: ChannelAxis::First,
+                    },
+                    ..*self
+                }
+            }
+            _ => *self,
+        }
     }
 
     /// Channels-last data whose groups span several rows.

@@ -1,6 +1,7 @@
 //! The row path backward: pass 1 (sums) of each group skewed with pass 2
 //! (`dx`) of the group before it, or in batches for small groups.
 
+use super::careful::{self, BackwardLimit};
 use super::partials::Partials;
 use super::plan::{correction, Backward, Coefs, GroupStats, Plan, Run, BATCH_BYTES};
 use crate::elem::Elem;
@@ -41,6 +42,9 @@ struct Held {
     /// Per-run `[Σdy, Σdy·x̂, Σx̂]` (runs of one channel).
     run_sums: Vec<[f64; 3]>,
     delta: f64,
+    /// Saved `(mean, rstd)` and `(train, centered)` of a group whose
+    /// backward runs in `f64` ([`careful`]), both passes in pass 2.
+    wide: Option<((f32, f32), (bool, bool))>,
 }
 
 multiversion! {
@@ -64,6 +68,7 @@ multiversion! {
         // Per-element (LayerNorm) parameter sums go through f32 rows first.
         let per_element = plan.geo.axis == ChannelAxis::Last;
         let mut parts = Partials::new(c, per_element);
+        let limit = BackwardLimit::new(plan.group_size());
         let (end, count) = (groups.end, groups.len());
         let mut held: Option<Held> = None;
         let mut spare = Held::new();
@@ -91,7 +96,7 @@ multiversion! {
             while k0 < end {
                 let ks = k0..(k0 + per).min(end);
                 for (h, k) in batch.iter_mut().zip(ks.clone()) {
-                    bwd_pass1(s, h, plan, k, dy, x, coefs, &mode);
+                    bwd_pass1(s, h, plan, k, dy, x, coefs, &mode, limit);
                 }
                 for h in &batch[..ks.len()] {
                     bwd_pass2(s, h, dx, dy, x, coefs, &mut parts, stream);
@@ -106,6 +111,19 @@ multiversion! {
                 cur.runs.extend(plan.runs(k));
                 cur.run_sums.clear();
                 let g = GroupStats::given(mode.stats, k);
+                if limit.needs_wide(g.mean_hi, g.rstd) {
+                    // Alone, in f64: the held group's pass 2 first.
+                    if let Some(h) = held.take() {
+                        bwd_pass2(s, &h, dx, dy, x, coefs, &mut parts, stream);
+                        finish(&h, &mut parts);
+                    }
+                    let flags = (mode.train, plan.centered);
+                    let stats = (g.mean_hi, g.rstd);
+                    careful::backward_runs(&cur.runs, stats, flags, dx, dy, x, coefs, &mut parts);
+                    finish(&cur, &mut parts);
+                    spare = cur;
+                    continue;
+                }
                 let mean = if plan.centered { g.mean_hi } else { 0.0 };
                 // Runs of the group after this one, fetched while this loop runs.
                 after.clear();
@@ -182,6 +200,7 @@ impl Held {
             coef: DX_NONE,
             run_sums: Vec::new(),
             delta: 0.0,
+            wide: None,
         }
     }
 
@@ -217,11 +236,17 @@ fn bwd_pass1<S: Isa, T: Elem>(
     x: &[T],
     coefs: &Coefs<'_>,
     mode: &Backward<'_>,
+    limit: BackwardLimit,
 ) {
     h.runs.clear();
     h.runs.extend(plan.runs(k));
     h.run_sums.clear();
     let g = GroupStats::given(mode.stats, k);
+    let wide = limit.needs_wide(g.mean_hi, g.rstd);
+    h.wide = wide.then_some(((g.mean_hi, g.rstd), (mode.train, plan.centered)));
+    if wide {
+        return;
+    }
     let mean = if plan.centered { g.mean_hi } else { 0.0 };
     let (mut sg, mut sgx, mut sx) = (0.0f64, 0.0f64, 0.0f64);
     for run in &h.runs {
@@ -264,6 +289,10 @@ fn bwd_pass2<S: Isa, T: Elem>(
     parts: &mut Partials,
     stream: bool,
 ) {
+    if let Some((stats, flags)) = h.wide {
+        careful::backward_runs(&h.runs, stats, flags, dx, dy, x, coefs, parts);
+        return;
+    }
     for run in &h.runs {
         let (xr, dyr) = (&x[run.range()], &dy[run.range()]);
         // SAFETY: each value belongs to exactly one group's runs, and each

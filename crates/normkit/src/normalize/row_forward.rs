@@ -1,6 +1,7 @@
 //! The row path forward: each group a few long contiguous runs, its
 //! statistics and its output computed while it is in cache.
 
+use super::careful;
 use super::plan::{Coefs, GroupStats, Norm, Plan, Run, BATCH_BYTES, SKEW_MAX_BYTES};
 use crate::elem::Elem;
 use crate::lanes::{self, Ahead};
@@ -47,6 +48,10 @@ fn write_group<S: Isa, T: Elem>(
     coefs: &Coefs<'_>,
     stream: bool,
 ) {
+    if let Some(w) = g.wide {
+        careful::forward_runs(runs, w, y, x, coefs);
+        return;
+    }
     for (j, run) in runs.iter().enumerate() {
         let xr = &x[run.range()];
         let ahead = next
@@ -151,10 +156,12 @@ multiversion! {
             let m = finish_moments(s, runs.iter().map(|r| &x[r.range()]), shift, sums, plan.centered);
             out.push(m);
             let g = GroupStats::from_moments(&m, eps);
-            if skew {
+            if skew && g.wide.is_none() {
                 held_stats = Some(g);
                 std::mem::swap(&mut runs, &mut held);
             } else {
+                // A group normalized in f64 is written alone.
+                held_stats = None;
                 write_group(s, &runs, &after, g, y, x, coefs, stream);
             }
         }

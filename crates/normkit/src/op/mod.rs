@@ -78,6 +78,16 @@ pub enum Running {
 }
 
 impl Running {
+    /// A training step's updates (`training`) or an evaluation's reads of
+    /// `channels` running statistics.
+    pub(crate) fn updates_or_reads(training: bool, channels: usize) -> Running {
+        if training {
+            Running::Updates { channels }
+        } else {
+            Running::Reads { channels }
+        }
+    }
+
     /// The channel count of the running statistics, if the op has any.
     pub fn channels(self) -> Option<usize> {
         match self {
@@ -99,9 +109,13 @@ pub struct Signature {
 }
 
 impl Signature {
-    /// Total length of the packed parameters.
+    /// Total length of the packed parameters. Every signature an op of
+    /// normkit returns has a total that fits in `usize`; for one built
+    /// otherwise, this saturates at `usize::MAX` (which no slice matches).
     pub fn packed_len(&self) -> usize {
-        self.params.iter().map(|p| p.len).sum()
+        self.params
+            .iter()
+            .fold(0usize, |sum, p| sum.saturating_add(p.len))
     }
 
     /// Splits a packed slice into one slice per parameter, in order.
@@ -276,6 +290,27 @@ pub trait NormOp: Send + Sync {
         });
         let sig = checked.map_err(|e| self.refuse(true, e))?;
         self.run_backward(&sig, grads, dy, x, shape, params, saved)
+    }
+}
+
+/// The signature of `params` and `running`, once its packed length is
+/// known to fit in `usize` (an error naming `shape` otherwise): how every
+/// op's [`NormOp::signature`] ends.
+pub(crate) fn checked_signature(
+    op: &'static str,
+    shape: &[usize],
+    params: Vec<Param>,
+    running: Running,
+) -> Result<Signature> {
+    let total = params
+        .iter()
+        .try_fold(0usize, |sum, p| sum.checked_add(p.len));
+    match total {
+        Some(_) => Ok(Signature { params, running }),
+        None => Err(NormError::TooLarge {
+            op,
+            shape: shape.to_vec(),
+        }),
     }
 }
 

@@ -1,0 +1,424 @@
+//! Fuzz cases of the entry points over rows: LayerNorm, RMSNorm, their
+//! modulated forms, Dynamic Tanh, WeightNorm and BatchNorm folding.
+
+use normkit::*;
+
+use super::gen::{fresh, fresh_opt, numel, out, out_opt, Call, Case, Gen, Sent};
+use super::Tally;
+
+/// Runs `$f::<T>($args)` for a random element type.
+macro_rules! any_dtype {
+    ($g:expr, $f:ident($($a:expr),*)) => {
+        match $g.rng.between(0, 2) {
+            0 => $f::<f32>($($a),*),
+            1 => $f::<bf16>($($a),*),
+            _ => $f::<f16>($($a),*),
+        }
+    };
+}
+pub(super) use any_dtype;
+
+/// `Some(len)` when `v` is absent or `len` long.
+pub fn fits(v: &Option<Vec<f32>>, len: Option<usize>) -> bool {
+    v.as_ref().is_none_or(|v| Some(v.len()) == len)
+}
+
+/// Values for a slice whose right length is `right`.
+pub fn input<T: Sent>(g: &mut Gen, right: Option<usize>) -> Vec<T> {
+    let len = g.len(right);
+    g.values(len)
+}
+
+/// Parameters (present 70% of the time) for a slice of length `right`.
+pub fn param(g: &mut Gen, right: Option<usize>) -> Option<Vec<f32>> {
+    let len = g.len(right);
+    g.maybe_params(len)
+}
+
+/// An output buffer for a slice of length `right`.
+pub fn output<T: Sent>(g: &mut Gen, right: Option<usize>) -> Vec<T> {
+    let len = g.len(right);
+    fresh(len)
+}
+
+/// An optional gradient output for a slice of length `right`.
+pub fn grad(g: &mut Gen, right: Option<usize>) -> Option<Vec<f32>> {
+    let len = g.len(right);
+    fresh_opt(g, len)
+}
+
+/// Saved statistics for a backward pass: the forward's when it succeeded
+/// (now and then damaged), else random ones of about `rows` values.
+pub fn saved_stats(g: &mut Gen, fwd: Option<Stats>, rows: Option<usize>) -> Stats {
+    let mut s = fwd.unwrap_or_else(|| {
+        let (a, b) = (g.len(rows), g.len(rows));
+        Stats {
+            mean: g.params(a),
+            rstd: g.params(b),
+        }
+    });
+    g.damage(&mut s.mean);
+    g.damage(&mut s.rstd);
+    s
+}
+
+pub fn layer_norm(g: &mut Gen, t: &mut Tally) {
+    any_dtype!(g, layer_norm_case(g, t))
+}
+
+/// The shapes of a row op: the input's, `normalized_shape`, and their
+/// element counts `n`, `d` and `rows = n / d` (`None` on overflow).
+#[allow(clippy::type_complexity)]
+fn row_shapes(g: &mut Gen) -> (Vec<usize>, Vec<usize>, [Option<usize>; 3]) {
+    let shape = g.shape(0, 4);
+    let normalized = g.trailing(&shape);
+    let (n, d) = (numel(&shape), numel(&normalized));
+    let rows = n.zip(d).and_then(|(n, d)| n.checked_div(d));
+    (shape, normalized, [n, d, rows])
+}
+
+fn layer_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+    let (shape, normalized, [n, d, rows]) = row_shapes(g);
+    let (rms, eps) = (g.rng.chance(0.4), g.eps());
+    let x: Vec<T> = input(g, n);
+    let mut y: Vec<T> = output(g, n);
+    let w = param(g, d);
+    let b = if rms { None } else { param(g, d) };
+    let case = Case {
+        desc: format!(
+            "{} shape {shape:?} normalized {normalized:?} eps {eps:e} rms {rms}, lengths x {} y {} w {:?} b {:?}",
+            T::NAME,
+            x.len(),
+            y.len(),
+            w.as_ref().map(Vec::len),
+            b.as_ref().map(Vec::len)
+        ),
+    };
+    let op = if rms { "rms_norm" } else { "layer_norm" };
+    let lens_ok = Some(x.len()) == n && Some(y.len()) == n && fits(&w, d) && fits(&b, d);
+    let shapes: [&[usize]; 2] = [&shape, &normalized];
+    let call = Call::new(&case, op, lens_ok, &shapes);
+    let r = if rms {
+        rms_norm_forward(&mut y, &x, &shape, &normalized, w.as_deref(), eps)
+    } else {
+        let affine = Affine {
+            weight: w.as_deref(),
+            bias: b.as_deref(),
+        };
+        layer_norm_forward(&mut y, &x, &shape, &normalized, affine, eps)
+    };
+    let ok = call.verdict(&r, &[Some(out("y", &y))], &[]);
+    t.add("fn", &format!("{op}_forward"), ok);
+
+    let stats = saved_stats(g, r.ok(), rows);
+    let dy: Vec<T> = input(g, n);
+    let mut dx: Vec<T> = output(g, n);
+    let mut dw = grad(g, d);
+    let mut db = if rms && g.rng.chance(0.9) {
+        None
+    } else {
+        grad(g, d)
+    };
+    let lens_ok = Some(x.len()) == n
+        && fits(&w, d)
+        && Some(dy.len()) == n
+        && Some(dx.len()) == n
+        && fits(&dw, d)
+        && fits(&db, d)
+        && Some(stats.rstd.len()) == rows
+        && (rms || Some(stats.mean.len()) == rows)
+        && !(rms && db.is_some());
+    let call = Call::new(&case, op, lens_ok, &shapes);
+    let grads = Grads {
+        dx: &mut dx,
+        dweight: dw.as_deref_mut(),
+        dbias: db.as_deref_mut(),
+    };
+    let r = if rms {
+        rms_norm_backward(grads, &dy, &x, &shape, &normalized, w.as_deref(), &stats)
+    } else {
+        layer_norm_backward(grads, &dy, &x, &shape, &normalized, w.as_deref(), &stats)
+    };
+    let outs = [
+        Some(out("dx", &dx)),
+        out_opt("dweight", &dw),
+        out_opt("dbias", &db),
+    ];
+    let ok = call.verdict(&r, &outs, &[]);
+    t.add("fn", &format!("{op}_backward"), ok);
+}
+
+pub fn ada_norm(g: &mut Gen, t: &mut Tally) {
+    any_dtype!(g, ada_norm_case(g, t))
+}
+
+fn ada_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+    let (shape, normalized, [n, d, rows]) = row_shapes(g);
+    let (rms, eps) = (g.rng.chance(0.4), g.eps());
+    let nd = shape.first().zip(d).and_then(|(&s, d)| s.checked_mul(d));
+    let x: Vec<T> = input(g, n);
+    let mut y: Vec<T> = output(g, n);
+    let (scale, shift) = (g.params_for(nd), g.params_for(nd));
+    let w = param(g, d);
+    let b = if rms { None } else { param(g, d) };
+    let case = Case {
+        desc: format!(
+            "{} shape {shape:?} normalized {normalized:?} eps {eps:e} rms {rms}, lengths x {} y {} scale {} shift {} w {:?} b {:?}",
+            T::NAME,
+            x.len(),
+            y.len(),
+            scale.len(),
+            shift.len(),
+            w.as_ref().map(Vec::len),
+            b.as_ref().map(Vec::len)
+        ),
+    };
+    let op = if rms {
+        "ada_rms_norm"
+    } else {
+        "ada_layer_norm"
+    };
+    let m = Modulation {
+        scale: &scale,
+        shift: &shift,
+    };
+    let lens_ok = Some(x.len()) == n
+        && Some(y.len()) == n
+        && Some(scale.len()) == nd
+        && Some(shift.len()) == nd
+        && fits(&w, d)
+        && fits(&b, d);
+    let shapes: [&[usize]; 2] = [&shape, &normalized];
+    let call = Call::new(&case, op, lens_ok, &shapes);
+    let affine = Affine {
+        weight: w.as_deref(),
+        bias: b.as_deref(),
+    };
+    let r = if rms {
+        ada_rms_norm_forward(&mut y, &x, &shape, &normalized, w.as_deref(), m, eps)
+    } else {
+        ada_layer_norm_forward(&mut y, &x, &shape, &normalized, affine, m, eps)
+    };
+    let ok = call.verdict(&r, &[Some(out("y", &y))], &[]);
+    t.add("fn", &format!("{op}_forward"), ok);
+
+    let stats = saved_stats(g, r.ok(), rows);
+    let dy: Vec<T> = input(g, n);
+    let mut dx: Vec<T> = output(g, n);
+    let (mut dw, mut dscale, mut dshift) = (grad(g, d), grad(g, nd), grad(g, nd));
+    let mut db = if rms { None } else { grad(g, d) };
+    let lens_ok = Some(x.len()) == n
+        && Some(scale.len()) == nd
+        && Some(shift.len()) == nd
+        && fits(&w, d)
+        && fits(&b, d)
+        && Some(dy.len()) == n
+        && Some(dx.len()) == n
+        && fits(&dw, d)
+        && fits(&db, d)
+        && fits(&dscale, nd)
+        && fits(&dshift, nd)
+        && Some(stats.rstd.len()) == rows
+        && (rms || Some(stats.mean.len()) == rows);
+    let call = Call::new(&case, op, lens_ok, &shapes);
+    let grads = Grads {
+        dx: &mut dx,
+        dweight: dw.as_deref_mut(),
+        dbias: db.as_deref_mut(),
+    };
+    let dm = ModulationGrads {
+        dscale: dscale.as_deref_mut(),
+        dshift: dshift.as_deref_mut(),
+    };
+    let r = if rms {
+        let w = w.as_deref();
+        ada_rms_norm_backward(grads, dm, &dy, &x, &shape, &normalized, w, m, &stats)
+    } else {
+        ada_layer_norm_backward(grads, dm, &dy, &x, &shape, &normalized, affine, m, &stats)
+    };
+    let outs = [
+        Some(out("dx", &dx)),
+        out_opt("dweight", &dw),
+        out_opt("dbias", &db),
+        out_opt("dscale", &dscale),
+        out_opt("dshift", &dshift),
+    ];
+    let ok = call.verdict(&r, &outs, &[]);
+    t.add("fn", &format!("{op}_backward"), ok);
+}
+
+/// The channel count of a `[N, C, *]` / `[*, C]` shape, as the op reads it.
+pub fn channels(shape: &[usize], axis: ChannelAxis) -> Option<usize> {
+    match axis {
+        ChannelAxis::First => shape.get(1).copied(),
+        ChannelAxis::Last => shape.last().copied(),
+    }
+}
+
+pub fn dyt(g: &mut Gen, t: &mut Tally) {
+    any_dtype!(g, dyt_case(g, t))
+}
+
+fn dyt_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+    let shape = g.shape(0, 4);
+    let axis = g.axis();
+    let alpha = g
+        .rng
+        .pick(&[0.5, 0.5, -2.0, 0.0, 1e30, f32::NAN, f32::INFINITY]);
+    let (n, c) = (numel(&shape), channels(&shape, axis));
+    let x: Vec<T> = input(g, n);
+    let mut y: Vec<T> = output(g, n);
+    let (w, b) = (param(g, c), param(g, c));
+    let case = Case {
+        desc: format!(
+            "{} shape {shape:?} {axis:?} alpha {alpha:e}, lengths x {} y {} w {:?} b {:?}",
+            T::NAME,
+            x.len(),
+            y.len(),
+            w.as_ref().map(Vec::len),
+            b.as_ref().map(Vec::len)
+        ),
+    };
+    let lens_ok = Some(x.len()) == n && Some(y.len()) == n && fits(&w, c) && fits(&b, c);
+    let shapes: [&[usize]; 1] = [&shape];
+    let call = Call::new(&case, "dyt", lens_ok, &shapes);
+    let affine = Affine {
+        weight: w.as_deref(),
+        bias: b.as_deref(),
+    };
+    let r = dyt_forward(&mut y, &x, &shape, alpha, affine, axis);
+    let ok = call.verdict(&r, &[Some(out("y", &y))], &[]);
+    t.add("fn", "dyt_forward", ok);
+
+    let dy: Vec<T> = input(g, n);
+    let mut dx: Vec<T> = output(g, n);
+    let (mut dw, mut db) = (grad(g, c), grad(g, c));
+    let lens_ok = Some(x.len()) == n
+        && Some(dy.len()) == n
+        && Some(dx.len()) == n
+        && fits(&w, c)
+        && fits(&dw, c)
+        && fits(&db, c);
+    let call = Call::new(&case, "dyt", lens_ok, &shapes);
+    let grads = Grads {
+        dx: &mut dx,
+        dweight: dw.as_deref_mut(),
+        dbias: db.as_deref_mut(),
+    };
+    let r = dyt_backward(grads, &dy, &x, &shape, alpha, w.as_deref(), axis);
+    let outs = [
+        Some(out("dx", &dx)),
+        out_opt("dweight", &dw),
+        out_opt("dbias", &db),
+    ];
+    let ok = call.verdict(&r, &outs, &[]);
+    t.add("fn", "dyt_backward", ok);
+}
+
+pub fn weight_norm(g: &mut Gen, t: &mut Tally) {
+    any_dtype!(g, weight_norm_case(g, t))
+}
+
+fn weight_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+    let shape = g.shape(0, 4);
+    let dim = if g.rng.chance(0.2) {
+        None
+    } else {
+        Some(g.rng.between(0, 10) as isize - 5)
+    };
+    let n = numel(&shape);
+    let rank = shape.len() as isize;
+    let kept = match dim {
+        None => Some(1),
+        Some(d) if (-rank..rank).contains(&d) => Some(shape[d.rem_euclid(rank.max(1)) as usize]),
+        Some(_) => None,
+    };
+    let v: Vec<T> = input(g, n);
+    let mut w: Vec<T> = output(g, n);
+    let gain = g.params_for(kept);
+    let case = Case {
+        desc: format!(
+            "{} shape {shape:?} dim {dim:?}, lengths v {} w {} g {}",
+            T::NAME,
+            v.len(),
+            w.len(),
+            gain.len()
+        ),
+    };
+    let lens_ok = Some(v.len()) == n && Some(w.len()) == n && Some(gain.len()) == kept;
+    let shapes: [&[usize]; 1] = [&shape];
+    let call = Call::new(&case, "weight_norm", lens_ok, &shapes);
+    let r = weight_norm_forward(&mut w, &v, &shape, &gain, dim);
+    let ok = call.verdict(&r, &[Some(out("w", &w))], &[]);
+    t.add("fn", "weight_norm_forward", ok);
+
+    let mut norms = r.unwrap_or_else(|_| g.params_for(kept));
+    g.damage(&mut norms);
+    let dw: Vec<T> = input(g, n);
+    let mut dv: Vec<T> = output(g, n);
+    let mut dg: Vec<f32> = {
+        let l = g.len(kept);
+        fresh(l)
+    };
+    let lens_ok = Some(v.len()) == n
+        && Some(gain.len()) == kept
+        && Some(dw.len()) == n
+        && Some(dv.len()) == n
+        && Some(dg.len()) == kept
+        && Some(norms.len()) == kept;
+    let call = Call::new(&case, "weight_norm", lens_ok, &shapes);
+    let r = weight_norm_backward(&mut dv, &mut dg, &dw, &v, &shape, &gain, dim, &norms);
+    let outs = [Some(out("dv", &dv)), Some(out("dg", &dg))];
+    let ok = call.verdict(&r, &outs, &[]);
+    t.add("fn", "weight_norm_backward", ok);
+}
+
+pub fn fold(g: &mut Gen, t: &mut Tally) {
+    let c = g.rng.between(0, 6);
+    let row = g.rng.between(0, 5);
+    let weight = g.params_for(Some(c * row));
+    let bias = param(g, Some(c));
+    let l = g.len(Some(c));
+    let (mean, mut var) = g.running(l);
+    var.resize(g.len(Some(mean.len())), 1.0);
+    let (bw, bb) = (param(g, Some(c)), param(g, Some(c)));
+    let eps = g.eps();
+    let mut weight_out: Vec<f32> = fresh(g.len(Some(weight.len())));
+    let mut bias_out: Vec<f32> = fresh(g.len(Some(mean.len())));
+    let case = Case {
+        desc: format!(
+            "c {c} row {row} eps {eps:e}, lengths weight {} mean {} var {} out {} {}",
+            weight.len(),
+            mean.len(),
+            var.len(),
+            weight_out.len(),
+            bias_out.len()
+        ),
+    };
+    let m = mean.len();
+    let lens_ok = m > 0
+        && weight.len().is_multiple_of(m)
+        && var.len() == m
+        && fits(&bias, Some(m))
+        && fits(&bw, Some(m))
+        && fits(&bb, Some(m))
+        && weight_out.len() == weight.len()
+        && bias_out.len() == m;
+    let shape = [weight.len()];
+    let shapes: [&[usize]; 1] = [&shape];
+    let call = Call::new(&case, "fold_batch_norm", lens_ok, &shapes);
+    let bn = BatchNormEval {
+        running_mean: &mean,
+        running_var: &var,
+        weight: bw.as_deref(),
+        bias: bb.as_deref(),
+        eps,
+    };
+    let r = fold_batch_norm(&mut weight_out, &mut bias_out, &weight, bias.as_deref(), bn);
+    let outs = [
+        Some(out("weight_out", &weight_out)),
+        Some(out("bias_out", &bias_out)),
+    ];
+    let ok = call.verdict(&r, &outs, &[]);
+    t.add("fn", "fold_batch_norm", ok);
+}

@@ -441,3 +441,117 @@ fn hostile_shapes_answer_at_once() {
         Ok(_) => panic!("accepted a style of another batch"),
     }
 }
+
+/// `v` holds no infinity or NaN.
+fn finite(what: &str, v: &[f32]) {
+    assert!(v.iter().all(|x| x.is_finite()), "{what}: {v:?}");
+}
+
+/// RMSNorm (against the reference), adaRMS, AdaIN's content, SwitchNorm
+/// and Batch Renormalization on rows and channels of `±f32::MAX`: every
+/// exact result is finite, and so is every value computed.
+#[test]
+fn other_ops_of_max_values_are_finite() {
+    let m = f32::MAX;
+    let (x, shape) = ([m, -m, m, 1.0, 2.0, 4.0], [2, 3]);
+    let dy = [1.0f32, -0.5, 2.0, 1.0, 1.0, -1.0];
+    let mut y = [0.0f32; 6];
+    let stats = rms_norm_forward(&mut y, &x, &shape, &[3], None, 1e-5).unwrap();
+    let reference = r::rms_norm(&wide(&x), 2, 3, None, 1e-5);
+    close("rms y", &y, &reference.y, 1e-5);
+    let mut dx = [0.0f32; 6];
+    rms_norm_backward(Grads::dx(&mut dx), &dy, &x, &shape, &[3], None, &stats).unwrap();
+    let g = r::rms_norm_backward(&wide(&dy), &wide(&x), 2, 3, None, 1e-5);
+    close("rms dx", &dx, &g.dx, 1e-5);
+
+    let (scale, shift) = ([0.5f32; 6], [0.125f32; 6]);
+    let md = Modulation {
+        scale: &scale,
+        shift: &shift,
+    };
+    let stats = ada_rms_norm_forward(&mut y, &x, &shape, &[3], None, md, 1e-5).unwrap();
+    finite("ada_rms y", &y);
+    let (mut dscale, mut dshift) = ([0.0f32; 6], [0.0f32; 6]);
+    let dm = ModulationGrads {
+        dscale: Some(&mut dscale),
+        dshift: Some(&mut dshift),
+    };
+    ada_rms_norm_backward(
+        Grads::dx(&mut dx),
+        dm,
+        &dy,
+        &x,
+        &shape,
+        &[3],
+        None,
+        md,
+        &stats,
+    )
+    .unwrap();
+    finite("ada_rms dx", &dx);
+    finite("ada_rms dscale", &dscale);
+
+    // [N, C, S] = [2, 2, 2]: channel 0 holds ±MAX in both samples.
+    let (x, shape) = ([m, -m, 1.0, 2.0, -m, m, 3.0, 4.0], [2, 2, 2]);
+    let dy = [1.0f32, -2.0, 0.5, 1.0, 1.0, -1.0, 2.0, 0.25];
+    let style = [1.0f32, 3.0, -1.0, 0.5, 2.0, 2.5, 0.0, 1.0];
+    let cfg = AdaInConfig::default();
+    let mut y = [0.0f32; 8];
+    let stats = adain_forward(&mut y, &x, &shape, &style, &shape, &cfg).unwrap();
+    finite("adain y", &y);
+    let (mut dx, mut dstyle) = ([0.0f32; 8], [0.0f32; 8]);
+    adain_backward(
+        &mut dx,
+        Some(&mut dstyle),
+        &dy,
+        &x,
+        &shape,
+        &style,
+        &shape,
+        &stats,
+        &cfg,
+    )
+    .unwrap();
+    finite("adain dx", &dx);
+    finite("adain dstyle", &dstyle);
+
+    let logits = [0.0f32; 3];
+    let weights = SwitchWeights {
+        mean_weight: &logits,
+        var_weight: &logits,
+    };
+    let cfg = SwitchNormConfig::default();
+    let stats =
+        switch_norm_forward_train(&mut y, &x, &shape, Affine::NONE, weights, None, &cfg).unwrap();
+    finite("switch y", &y);
+    let (mut dmw, mut dvw) = ([0.0f32; 3], [0.0f32; 3]);
+    let dweights = SwitchGrads {
+        dmean_weight: Some(&mut dmw),
+        dvar_weight: Some(&mut dvw),
+    };
+    let grads = Grads::dx(&mut dx[..]);
+    switch_norm_backward(
+        grads, dweights, &dy, &x, &shape, None, weights, &stats, &cfg,
+    )
+    .unwrap();
+    finite("switch dx", &dx);
+    finite("switch dweights", &[dmw, dvw].concat());
+
+    let (mut mean, mut var) = ([0.0f32; 2], [1.0f32; 2]);
+    let running = RunningStats {
+        mean: &mut mean,
+        var: &mut var,
+    };
+    let cfg = BatchRenormConfig::default();
+    let stats =
+        batch_renorm_forward_train(&mut y, &x, &shape, Affine::NONE, running, &cfg).unwrap();
+    finite("renorm y", &y);
+    batch_renorm_backward_train(Grads::dx(&mut dx), &dy, &x, &shape, None, &stats, &cfg).unwrap();
+    finite("renorm dx", &dx);
+    // Channel 0's exact running variance (about MAX²/10) is out of range:
+    // only channel 1's must be finite.
+    assert!(
+        mean[1].is_finite() && var[1].is_finite(),
+        "{mean:?} {var:?}"
+    );
+}

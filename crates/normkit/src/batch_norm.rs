@@ -67,6 +67,19 @@ fn plan(shape: &[usize], cfg: &BatchNormConfig) -> Result<Plan> {
     })
 }
 
+/// What a training step needs beyond the plan: a usable momentum and more
+/// than one value per channel (the running variance is unbiased).
+fn check_train(p: &Plan, cfg: &BatchNormConfig, shape: &[usize]) -> Result<()> {
+    cfg.momentum.validate(OP)?;
+    if p.group_size() <= 1 {
+        return Err(NormError::TooFewValues {
+            op: OP,
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// Training forward: normalizes with the batch statistics, updates
 /// `running` when given, and returns the statistics backward needs.
 pub fn batch_norm_forward_train<T: Elem>(
@@ -79,18 +92,11 @@ pub fn batch_norm_forward_train<T: Elem>(
 ) -> Result<Stats> {
     let p = plan(shape, cfg)?;
     p.check_forward(OP, y.len(), x.len(), affine, shape)?;
-    cfg.momentum.validate(OP)?;
     if let Some(r) = &running {
         check_len(OP, "running_mean", r.mean.len(), p.geo.c, shape)?;
         check_len(OP, "running_var", r.var.len(), p.geo.c, shape)?;
     }
-    let n = p.group_size();
-    if n <= 1 {
-        return Err(NormError::TooFewValues {
-            op: OP,
-            shape: shape.to_vec(),
-        });
-    }
+    check_train(&p, cfg, shape)?;
     let (stats, moments) = p.forward_train(y, x, affine, cfg.eps);
     if let Some(r) = running {
         update_running(r, &moments, cfg.momentum.factor());
@@ -189,6 +195,9 @@ impl NormOp for BatchNormOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(shape, &self.cfg)?;
+        if self.training {
+            check_train(&p, &self.cfg, shape)?;
+        }
         let channels = p.geo.c;
         Ok(Signature {
             params: affine_params(self.weight, self.bias, channels),

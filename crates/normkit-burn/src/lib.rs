@@ -55,6 +55,7 @@ mod fused;
 mod group_norm;
 mod instance_norm;
 mod layer_norm;
+pub mod nn;
 mod pytorch;
 mod route;
 mod step;

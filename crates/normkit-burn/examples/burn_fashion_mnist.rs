@@ -118,7 +118,10 @@ fn read_split(dir: &Path, prefix: &str, limit: usize) -> Result<Split, String> {
     };
     let data = read().map_err(|e| e.to_string())?;
     if (data.rows, data.cols) != (28, 28) {
-        return Err(format!("{prefix} images are {}×{}, not 28×28", data.rows, data.cols));
+        return Err(format!(
+            "{prefix} images are {}×{}, not 28×28",
+            data.rows, data.cols
+        ));
     }
     // Fashion-MNIST's pixel mean and standard deviation.
     let images = data

@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor};
 use normkit::{Momentum, RenormSchedule};
 
 use crate::batch_norm::read_count;
-use crate::error::{check_eps, check_momentum, check_positive, check_channels, Error, Result};
+use crate::error::{check_channels, check_eps, check_momentum, check_positive, Error, Result};
 use crate::functional;
 use crate::step;
 use crate::ChannelAxis;
@@ -214,7 +214,12 @@ impl BatchRenorm {
     /// or with a single value per channel in training; bounds out of their
     /// domain.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        check_channels("BatchRenorm", &x.dims(), self.channel_axis, self.num_features)?;
+        check_channels(
+            "BatchRenorm",
+            &x.dims(),
+            self.channel_axis,
+            self.num_features,
+        )?;
         let training = step::training(&x.device(), &self.training);
         let running = step::read(&self.running_mean, &self.running_var, training);
         let momentum = match self.momentum {

@@ -45,11 +45,21 @@ fn fold<const D: usize>(
         eps: bn.eps as f32,
     };
     normkit::fold_batch_norm(&mut w_out, &mut b_out, &w, b.as_deref(), eval)?;
-    let typed = |t: Tensor<D>| if dtype == DType::F32 { t } else { t.cast(dtype) };
+    let typed = |t: Tensor<D>| {
+        if dtype == DType::F32 {
+            t
+        } else {
+            t.cast(dtype)
+        }
+    };
     let w = typed(Tensor::from_data(TensorData::new(w_out, dims), &device));
     let n = b_out.len();
     let b = Tensor::<1>::from_data(TensorData::new(b_out, [n]), &device);
-    let b = if dtype == DType::F32 { b } else { b.cast(dtype) };
+    let b = if dtype == DType::F32 {
+        b
+    } else {
+        b.cast(dtype)
+    };
     Ok((w, b))
 }
 

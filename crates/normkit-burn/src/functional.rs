@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use normkit::op::{
-    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DytOp, ErasedOp, GroupNormOp,
-    InstanceNormOp, LayerNormOp, RmsNormOp, SwitchNormOp, WeightNormOp,
+    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DytOp, ErasedOp, GroupNormOp, InstanceNormOp,
+    LayerNormOp, RmsNormOp, SwitchNormOp, WeightNormOp,
 };
 use normkit::{
     AdaInConfig, BatchNormConfig, BatchRenormConfig, ChannelAxis, GroupNormConfig,
@@ -213,7 +213,10 @@ pub fn group_norm<const D: usize>(
     let params = present([&weight, &bias]);
     let (y, _) = call(op, x, params, None, |x, _| {
         let (groups, eps, axis) = (cfg.num_groups, cfg.eps as f64, cfg.channel_axis);
-        (composed::group_norm(x, weight, bias, groups, eps, axis).0, None)
+        (
+            composed::group_norm(x, weight, bias, groups, eps, axis).0,
+            None,
+        )
     })?;
     Ok(y)
 }
@@ -244,7 +247,10 @@ pub fn layer_norm<const D: usize>(
     let params = present([&weight, &bias]);
     let (y, _) = call(op, x, params, None, |x, _| {
         let d = numel(normalized_shape);
-        (composed::row_norm(x, d, weight, bias, eps as f64, true), None)
+        (
+            composed::row_norm(x, d, weight, bias, eps as f64, true),
+            None,
+        )
     })?;
     Ok(y)
 }
@@ -271,7 +277,10 @@ pub fn rms_norm<const D: usize>(
     let params = present([&weight]);
     let (y, _) = call(op, x, params, None, |x, _| {
         let d = numel(normalized_shape);
-        (composed::row_norm(x, d, weight, None, eps as f64, false), None)
+        (
+            composed::row_norm(x, d, weight, None, eps as f64, false),
+            None,
+        )
     })?;
     Ok(y)
 }
@@ -566,7 +575,12 @@ mod tests {
         let w = Tensor::<1>::ones([4], &device);
         assert!(matches!(
             check(&op, &x, &[w], None),
-            Err(Error::Norm(NormError::Length { name: "weight", expected: 3, got: 4, .. }))
+            Err(Error::Norm(NormError::Length {
+                name: "weight",
+                expected: 3,
+                got: 4,
+                ..
+            }))
         ));
         // Running statistics where the op reads them.
         let op = BatchNormOp {
@@ -582,7 +596,10 @@ mod tests {
         let r = (Tensor::zeros([2], &device), Tensor::ones([2], &device));
         assert!(matches!(
             check(&op, &x, &[], Some(&r)),
-            Err(Error::Norm(NormError::Length { name: "running_mean", .. }))
+            Err(Error::Norm(NormError::Length {
+                name: "running_mean",
+                ..
+            }))
         ));
     }
 }

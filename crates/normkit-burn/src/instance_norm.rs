@@ -126,7 +126,12 @@ impl InstanceNorm {
     /// An input whose channel count is not `num_features`, of rank below 2,
     /// or with one spatial position when using instance statistics.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        check_channels("InstanceNorm", &x.dims(), self.channel_axis, self.num_features)?;
+        check_channels(
+            "InstanceNorm",
+            &x.dims(),
+            self.channel_axis,
+            self.num_features,
+        )?;
         let training = step::training(&x.device(), &self.training);
         let running = match (&self.running_mean, &self.running_var) {
             (Some(m), Some(v)) => Some(step::read(m, v, training)),

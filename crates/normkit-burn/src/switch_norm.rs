@@ -138,7 +138,12 @@ impl SwitchNorm {
     /// An input whose channel count is not `num_features`, of rank below 2,
     /// empty, or with a single value per channel in training.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        check_channels("SwitchNorm", &x.dims(), self.channel_axis, self.num_features)?;
+        check_channels(
+            "SwitchNorm",
+            &x.dims(),
+            self.channel_axis,
+            self.num_features,
+        )?;
         let training = step::training(&x.device(), &self.training);
         let running = step::read(&self.running_mean, &self.running_var, training);
         let cfg = normkit::SwitchNormConfig {

@@ -269,7 +269,13 @@ fn try_init_refuses_what_no_forward_could_take() {
     ];
     for err in momentum_errors {
         assert!(
-            matches!(err, Some(Error::Config { name: "momentum", .. })),
+            matches!(
+                err,
+                Some(Error::Config {
+                    name: "momentum",
+                    ..
+                })
+            ),
             "{err:?}"
         );
     }
@@ -300,7 +306,9 @@ fn never_panics<const D: usize>(shape: [usize; D], route: Route) {
     };
     for axis in [ChannelAxis::First, ChannelAxis::Last] {
         let n = c(axis).max(1);
-        let bn = BatchNormConfig::new(n).with_channel_axis(axis).init(&device);
+        let bn = BatchNormConfig::new(n)
+            .with_channel_axis(axis)
+            .init(&device);
         call("BatchNorm", &|x| bn.try_forward(x));
         let inorm = InstanceNormConfig::new(n)
             .with_affine(true)
@@ -308,13 +316,19 @@ fn never_panics<const D: usize>(shape: [usize; D], route: Route) {
             .with_channel_axis(axis)
             .init(&device);
         call("InstanceNorm", &|x| inorm.try_forward(x));
-        let gn = GroupNormConfig::new(1, n).with_channel_axis(axis).init(&device);
+        let gn = GroupNormConfig::new(1, n)
+            .with_channel_axis(axis)
+            .init(&device);
         call("GroupNorm", &|x| gn.try_forward(x));
         let dyt = DytConfig::new(n).with_channel_axis(axis).init(&device);
         call("Dyt", &|x| dyt.try_forward(x));
-        let sn = SwitchNormConfig::new(n).with_channel_axis(axis).init(&device);
+        let sn = SwitchNormConfig::new(n)
+            .with_channel_axis(axis)
+            .init(&device);
         call("SwitchNorm", &|x| sn.try_forward(x));
-        let brn = BatchRenormConfig::new(n).with_channel_axis(axis).init(&device);
+        let brn = BatchRenormConfig::new(n)
+            .with_channel_axis(axis)
+            .init(&device);
         call("BatchRenorm", &|x| brn.try_forward(x));
         let adain = AdaInConfig::new().with_channel_axis(axis).init(&device);
         call("AdaIn", &|x| adain.try_forward(x.clone(), x));
@@ -324,11 +338,19 @@ fn never_panics<const D: usize>(shape: [usize; D], route: Route) {
     call("LayerNorm", &|x| ln.try_forward(x));
     let rms = RmsNormConfig::new(vec![last]).init(&device);
     call("RmsNorm", &|x| rms.try_forward(x));
-    let ada = AdaLayerNormConfig::new(last, 2).with_gate(true).init(&device);
+    let ada = AdaLayerNormConfig::new(last, 2)
+        .with_gate(true)
+        .init(&device);
     let cond = Tensor::<2>::ones([shape.first().copied().unwrap_or(1), 2], &device);
-    call("AdaLayerNorm", &|x| Ok(ada.try_forward(x, cond.clone())?.output));
+    call("AdaLayerNorm", &|x| {
+        Ok(ada.try_forward(x, cond.clone())?.output)
+    });
     call("weight_norm", &|x| {
-        functional::weight_norm(x, Tensor::ones([shape.first().copied().unwrap_or(1)], &device), Some(0))
+        functional::weight_norm(
+            x,
+            Tensor::ones([shape.first().copied().unwrap_or(1)], &device),
+            Some(0),
+        )
     });
 }
 

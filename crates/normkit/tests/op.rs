@@ -402,7 +402,13 @@ fn signatures_refuse_what_a_training_forward_refuses() {
         bias: false,
     };
     let momentum = |r: Result<op::Signature>| {
-        matches!(r, Err(NormError::Param { name: "momentum", .. }))
+        matches!(
+            r,
+            Err(NormError::Param {
+                name: "momentum",
+                ..
+            })
+        )
     };
     let too_few = |r: Result<op::Signature>| matches!(r, Err(NormError::TooFewValues { .. }));
     assert!(momentum(bn(nan, true).signature(&[4, 3])));

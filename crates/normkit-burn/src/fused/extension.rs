@@ -88,7 +88,12 @@ impl NormBackend for Flex {
         running: Maybe<Self>,
     ) -> Outcome<Self> {
         let params = params.into_option().map(|p| values_f32(&p));
-        match forward(&op, x, params.as_deref().unwrap_or(&[]), running.into_option()) {
+        match forward(
+            &op,
+            x,
+            params.as_deref().unwrap_or(&[]),
+            running.into_option(),
+        ) {
             Ok(f) => Outcome::Done {
                 y: f.y,
                 running: Maybe::from_option(f.running),
@@ -105,7 +110,12 @@ impl NormBackend for Flex {
 pub(crate) fn values_f32(t: &FlexTensor) -> Vec<f32> {
     match (t.dtype(), t.as_slice::<f32>()) {
         (DType::F32, Some(v)) => v.to_vec(),
-        _ => t.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default(),
+        _ => t
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default(),
     }
 }
 
@@ -210,9 +220,13 @@ pub(crate) fn forward(
         RunningStats { mean, var }
     });
     let mut y = empty_like(&shape, &x);
-    let saved = op
-        .0
-        .forward_erased(elems_mut(op, &mut y)?, elems(op, &x)?, &shape, params, stats)?;
+    let saved = op.0.forward_erased(
+        elems_mut(op, &mut y)?,
+        elems(op, &x)?,
+        &shape,
+        params,
+        stats,
+    )?;
     Ok(Forward {
         y,
         x,

@@ -106,8 +106,7 @@ impl BatchNorm {
             channel_axis: normkit::ChannelAxis::First,
         };
         let (gamma, beta) = (Some(self.gamma.val()), Some(self.beta.val()));
-        let (y, updated) =
-            functional::batch_norm(x, gamma, beta, Some(running), training, &cfg)?;
+        let (y, updated) = functional::batch_norm(x, gamma, beta, Some(running), training, &cfg)?;
         if let Some(new) = updated {
             step::write(&self.running_mean, &self.running_var, new);
         }

@@ -96,14 +96,24 @@ impl GroupNorm {
     /// # Errors
     /// An input whose dimension 1 is not `num_channels`, or of rank below 2.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        check_channels("GroupNorm", &x.dims(), ChannelAxis::First, self.num_channels)?;
+        check_channels(
+            "GroupNorm",
+            &x.dims(),
+            ChannelAxis::First,
+            self.num_channels,
+        )?;
         let cfg = normkit::GroupNormConfig {
             num_groups: self.num_groups,
             eps: self.epsilon as f32,
             channel_axis: normkit::ChannelAxis::First,
         };
         let (gamma, beta) = (&self.gamma, &self.beta);
-        functional::group_norm(x, gamma.as_ref().map(Param::val), beta.as_ref().map(Param::val), &cfg)
+        functional::group_norm(
+            x,
+            gamma.as_ref().map(Param::val),
+            beta.as_ref().map(Param::val),
+            &cfg,
+        )
     }
 
     /// Normalizes `x`.
@@ -184,13 +194,21 @@ impl InstanceNorm {
     /// An input whose dimension 1 is not `num_channels`, of rank below 2,
     /// or with a single position.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        check_channels("InstanceNorm", &x.dims(), ChannelAxis::First, self.num_channels)?;
+        check_channels(
+            "InstanceNorm",
+            &x.dims(),
+            ChannelAxis::First,
+            self.num_channels,
+        )?;
         let cfg = normkit::InstanceNormConfig {
             eps: self.epsilon as f32,
             ..Default::default()
         };
         let (gamma, beta) = (&self.gamma, &self.beta);
-        let (gamma, beta) = (gamma.as_ref().map(Param::val), beta.as_ref().map(Param::val));
+        let (gamma, beta) = (
+            gamma.as_ref().map(Param::val),
+            beta.as_ref().map(Param::val),
+        );
         Ok(functional::instance_norm(x, gamma, beta, None, true, &cfg)?.0)
     }
 

@@ -55,7 +55,10 @@ fn affine(
     device: &Device,
 ) -> (Option<Param<Tensor<1>>>, Option<Param<Tensor<1>>>) {
     if affine {
-        (Some(filled(len, 1.0, device)), Some(filled(len, 0.0, device)))
+        (
+            Some(filled(len, 1.0, device)),
+            Some(filled(len, 0.0, device)),
+        )
     } else {
         (None, None)
     }

@@ -330,4 +330,3 @@ fn golden_adaptive_cases_fused() {
 fn golden_adaptive_cases_composed() {
     check_golden(Route::Composed);
 }
-

@@ -33,12 +33,22 @@ pub(super) fn probe<const D: usize>(name: &'static str, t: Tensor<D>) -> Probe {
 }
 
 /// A leaf on the autodiff flex device that takes gradients.
-pub(super) fn leaf<const D: usize>(shape: [usize; D], seed: u64, scale: f32, shift: f32) -> Tensor<D> {
+pub(super) fn leaf<const D: usize>(
+    shape: [usize; D],
+    seed: u64,
+    scale: f32,
+    shift: f32,
+) -> Tensor<D> {
     let n = shape.iter().product();
     from_vec(values(n, seed, scale, shift), shape, &ad()).require_grad()
 }
 
-pub(super) fn param<const D: usize>(shape: [usize; D], seed: u64, scale: f32, shift: f32) -> Param<Tensor<D>> {
+pub(super) fn param<const D: usize>(
+    shape: [usize; D],
+    seed: u64,
+    scale: f32,
+    shift: f32,
+) -> Param<Tensor<D>> {
     let n = shape.iter().product();
     Param::from_tensor(from_vec(values(n, seed, scale, shift), shape, &ad()))
 }
@@ -175,7 +185,13 @@ fn adain_gradients_reach_content_and_style() {
 }
 
 /// `modulation(cond)` in `f64` for the finite differences: `cond · W + b`.
-pub(super) fn linear64(cond: Tensor<1>, w: Tensor<1>, b: Tensor<1>, n: usize, d_in: usize) -> Tensor<2> {
+pub(super) fn linear64(
+    cond: Tensor<1>,
+    w: Tensor<1>,
+    b: Tensor<1>,
+    n: usize,
+    d_in: usize,
+) -> Tensor<2> {
     let d_out = w.dims()[0] / d_in;
     cond.reshape([n, d_in]).matmul(w.reshape([d_in, d_out])) + b.reshape([1, d_out])
 }
@@ -509,4 +525,3 @@ fn batch_renorm_inference_gradients_are_batch_norms() {
     );
     assert_eq!(read(brn.num_batches_tracked.value()), [0.0]);
 }
-

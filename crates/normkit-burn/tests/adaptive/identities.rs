@@ -452,4 +452,3 @@ fn half_precision_inputs_take_the_fused_kernels() {
         }
     }
 }
-

@@ -148,4 +148,3 @@ fn trains_with_adain() {
     };
     assert_trains("AdaIn", train(block));
 }
-

@@ -12,7 +12,6 @@
 //! training, the BatchNorm is folded into the first convolution and the
 //! folded network is evaluated again.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,6 +27,7 @@ use normkit_burn::{
     fold_batch_norm_conv2d, fused_calls, weight_norm_conv2d, BatchNorm, BatchNormConfig, GroupNorm,
     GroupNormConfig, LayerNorm, LayerNormConfig,
 };
+use normkit_data::idx::{self, IdxError, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR};
 
 #[derive(Module, Debug)]
 struct Cnn {
@@ -108,32 +108,28 @@ impl Split {
     }
 }
 
-fn gunzip(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path)?).read_to_end(&mut out)?;
-    Ok(out)
-}
-
-/// Reads an IDX image and label file pair, keeping at most `limit` items.
-fn read_idx(dir: &Path, prefix: &str, limit: usize) -> std::io::Result<Split> {
-    let images = gunzip(&dir.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
-    let labels = gunzip(&dir.join(format!("{prefix}-labels-idx1-ubyte.gz")))?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    if images.len() < 16 || labels.len() < 8 || images[..4] != [0, 0, 8, 3] {
-        return Err(bad("not an IDX image file"));
-    }
-    let n = (u32::from_be_bytes(images[4..8].try_into().unwrap()) as usize)
-        .min(labels.len() - 8)
-        .min(limit);
-    if images.len() < 16 + n * 784 {
-        return Err(bad("truncated IDX image file"));
+/// Reads Fashion-MNIST's `prefix` (`train` or `t10k`) split from `dir`,
+/// keeping at most `limit` images.
+fn read_split(dir: &Path, prefix: &str, limit: usize) -> Result<Split, String> {
+    let read = || -> Result<idx::Images, IdxError> {
+        let images = idx::locate(dir, &format!("{prefix}-images-idx3-ubyte"))?;
+        let labels = idx::locate(dir, &format!("{prefix}-labels-idx1-ubyte"))?;
+        idx::read_images(&images, &labels, FASHION_MNIST_CLASSES.len(), Some(limit))
+    };
+    let data = read().map_err(|e| e.to_string())?;
+    if (data.rows, data.cols) != (28, 28) {
+        return Err(format!(
+            "{prefix} images are {}×{}, not 28×28",
+            data.rows, data.cols
+        ));
     }
     // Fashion-MNIST's pixel mean and standard deviation.
-    let images = images[16..16 + n * 784]
+    let images = data
+        .pixels
         .iter()
         .map(|&p| (p as f32 / 255.0 - 0.286) / 0.353)
         .collect();
-    let labels = labels[8..8 + n].iter().map(|&l| l as i64).collect();
+    let labels = data.labels.iter().map(|&l| l as i64).collect();
     Ok(Split { images, labels })
 }
 
@@ -194,10 +190,10 @@ fn main() {
 
     let dir = std::env::var_os("FASHION_MNIST_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"));
+        .unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR));
     let (train, test, source) = match (
-        read_idx(&dir, "train", train_limit),
-        read_idx(&dir, "t10k", 2_000),
+        read_split(&dir, "train", train_limit),
+        read_split(&dir, "t10k", 2_000),
     ) {
         (Ok(train), Ok(test)) => (train, test, format!("Fashion-MNIST from {}", dir.display())),
         (Err(e), _) | (_, Err(e)) => (

@@ -5,8 +5,9 @@ use burn::module::{Flag, Module, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 use normkit::Momentum;
 
-use crate::error::{check_eps, check_momentum, check_positive, Error, Result};
+use crate::error::{check_channels, check_eps, check_momentum, check_positive, Result};
 use crate::functional;
+use crate::step;
 use crate::ChannelAxis;
 
 /// Configuration of a [`BatchNorm`] layer, with PyTorch's defaults.
@@ -150,27 +151,10 @@ impl BatchNorm {
     /// An input whose channel count is not `num_features`, of rank below 2,
     /// or with a single value per channel when using batch statistics.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        let shape = x.dims();
-        let got = if D < 2 {
-            0
-        } else {
-            match self.channel_axis {
-                ChannelAxis::First => shape[1],
-                ChannelAxis::Last => shape[D - 1],
-            }
-        };
-        if D >= 2 && got != self.num_features {
-            return Err(Error::Channels {
-                op: "BatchNorm",
-                expected: self.num_features,
-                got,
-                shape: shape.to_vec(),
-            });
-        }
-        let training = x.device().is_autodiff() && self.training.is_enabled();
+        check_channels("BatchNorm", &x.dims(), self.channel_axis, self.num_features)?;
+        let training = step::training(&x.device(), &self.training);
         let running = match (&self.running_mean, &self.running_var) {
-            (Some(m), Some(v)) if training => Some((m.value_sync(), v.value_sync())),
-            (Some(m), Some(v)) => Some((m.value(), v.value())),
+            (Some(m), Some(v)) => Some(step::read(m, v, training)),
             _ => None,
         };
         let momentum = match (self.momentum, &self.num_batches_tracked) {
@@ -195,10 +179,9 @@ impl BatchNorm {
             training,
             &cfg,
         )?;
-        if let Some((mean, var)) = updated {
+        if let Some(new) = updated {
             if let (Some(m), Some(v)) = (&self.running_mean, &self.running_var) {
-                m.update(mean.detach());
-                v.update(var.detach());
+                step::write(m, v, new);
             }
             if let Some(count) = &self.num_batches_tracked {
                 count.update(count.value_sync().add_scalar(1.0).detach());

@@ -6,8 +6,9 @@ use burn::tensor::{Device, Tensor};
 use normkit::{Momentum, RenormSchedule};
 
 use crate::batch_norm::read_count;
-use crate::error::{check_eps, check_momentum, check_positive, Error, Result};
+use crate::error::{check_channels, check_eps, check_momentum, check_positive, Error, Result};
 use crate::functional;
+use crate::step;
 use crate::ChannelAxis;
 
 /// When the clip bounds of a [`BatchRenorm`] relax (see
@@ -213,30 +214,14 @@ impl BatchRenorm {
     /// or with a single value per channel in training; bounds out of their
     /// domain.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        let shape = x.dims();
-        if D >= 2 {
-            let got = match self.channel_axis {
-                ChannelAxis::First => shape[1],
-                ChannelAxis::Last => shape[D - 1],
-            };
-            if got != self.num_features {
-                return Err(Error::Channels {
-                    op: "BatchRenorm",
-                    expected: self.num_features,
-                    got,
-                    shape: shape.to_vec(),
-                });
-            }
-        }
-        let training = x.device().is_autodiff() && self.training.is_enabled();
-        let running = if training {
-            (
-                self.running_mean.value_sync(),
-                self.running_var.value_sync(),
-            )
-        } else {
-            (self.running_mean.value(), self.running_var.value())
-        };
+        check_channels(
+            "BatchRenorm",
+            &x.dims(),
+            self.channel_axis,
+            self.num_features,
+        )?;
+        let training = step::training(&x.device(), &self.training);
+        let running = step::read(&self.running_mean, &self.running_var, training);
         let momentum = match self.momentum {
             Some(m) => Momentum::Exponential(m as f32),
             None if training => Momentum::CumulativeAverage {
@@ -262,9 +247,8 @@ impl BatchRenorm {
             training,
             &cfg,
         )?;
-        if let Some((mean, var)) = updated {
-            self.running_mean.update(mean.detach());
-            self.running_var.update(var.detach());
+        if let Some(new) = updated {
+            step::write(&self.running_mean, &self.running_var, new);
             let count = self.num_batches_tracked.value_sync();
             self.num_batches_tracked
                 .update(count.add_scalar(1.0).detach());

@@ -52,27 +52,29 @@ pub enum Error {
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Checks the `eps` of a configuration: finite and non-negative.
+/// Checks the `eps` of a configuration: non-negative and finite once
+/// rounded to the `f32` the kernels take.
 pub(crate) fn check_eps(op: &'static str, eps: f64) -> Result<()> {
-    if eps.is_finite() && eps >= 0.0 {
+    if (eps as f32).is_finite() && eps >= 0.0 {
         Ok(())
     } else {
         Err(Error::Config {
             op,
             name: "eps",
-            domain: "finite and non-negative",
+            domain: "non-negative and finite in f32",
             value: eps,
         })
     }
 }
 
-/// Checks an exponential momentum: finite (PyTorch accepts any finite value).
+/// Checks an exponential momentum: the weight of a batch in a running
+/// average, within `[0, 1]` (as burn's layers require).
 pub(crate) fn check_momentum(op: &'static str, momentum: Option<f64>) -> Result<()> {
     match momentum {
-        Some(m) if !m.is_finite() => Err(Error::Config {
+        Some(m) if !(0.0..=1.0).contains(&m) => Err(Error::Config {
             op,
             name: "momentum",
-            domain: "finite",
+            domain: "within [0, 1]",
             value: m,
         }),
         _ => Ok(()),
@@ -93,6 +95,31 @@ pub(crate) fn check_positive(op: &'static str, name: &'static str, value: usize)
     }
 }
 
+/// Checks that an input of `shape` has `expected` channels on `axis`, as
+/// the layer was built for; ranks below 2 are left to the op's own check.
+pub(crate) fn check_channels(
+    op: &'static str,
+    shape: &[usize],
+    axis: crate::ChannelAxis,
+    expected: usize,
+) -> Result<()> {
+    let got = match (shape.len(), axis) {
+        (0 | 1, _) => return Ok(()),
+        (_, crate::ChannelAxis::First) => shape[1],
+        (d, crate::ChannelAxis::Last) => shape[d - 1],
+    };
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::Channels {
+            op,
+            expected,
+            got,
+            shape: shape.to_vec(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,14 +129,20 @@ mod tests {
         let e = check_eps("BatchNorm", -1.0).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "BatchNorm: eps must be finite and non-negative, got -1"
+            "BatchNorm: eps must be non-negative and finite in f32, got -1"
         );
+        // Finite in f64, infinite in the kernels' f32.
+        assert!(check_eps("LayerNorm", 1e39).is_err());
+        assert!(check_eps("LayerNorm", 0.0).is_ok());
         let e = check_positive("GroupNorm", "num_channels", 0).unwrap_err();
         assert!(e
             .to_string()
             .starts_with("GroupNorm: num_channels must be positive"));
         assert!(check_momentum("BatchNorm", None).is_ok());
         assert!(check_momentum("BatchNorm", Some(f64::NAN)).is_err());
+        assert!(check_momentum("BatchNorm", Some(5.0)).is_err());
+        assert!(check_momentum("BatchNorm", Some(-0.1)).is_err());
+        assert!(check_momentum("BatchNorm", Some(1.0)).is_ok());
         let e: Error = NormError::Eps {
             op: "layer_norm",
             eps: f32::NAN,

@@ -3,14 +3,25 @@
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor, TensorData};
+use normkit::BatchNormEval;
 
 use crate::error::{Error, Result};
 use crate::{BatchNorm, ChannelAxis};
 
-/// Per-channel `scale = weight / sqrt(running_var + eps)` and
-/// `shift = bias - running_mean · scale` of an inference-mode BatchNorm.
-fn scale_shift(bn: &BatchNorm, op: &'static str) -> Result<(Tensor<1>, Tensor<1>)> {
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+/// `weight'` and `bias'` of the layer before `bn`, whose output channel
+/// `c` is row `c` of `weight` (`[out, *]`): normkit's fold, in `f64`, of
+/// the inference-mode BatchNorm into it.
+fn fold<const D: usize>(
+    weight: Tensor<D>,
+    bias: Option<Tensor<1>>,
+    bn: &BatchNorm,
+    op: &'static str,
+) -> Result<(Tensor<D>, Tensor<1>)> {
     let (Some(mean), Some(var)) = (&bn.running_mean, &bn.running_var) else {
         return Err(Error::Config {
             op,
@@ -19,21 +30,37 @@ fn scale_shift(bn: &BatchNorm, op: &'static str) -> Result<(Tensor<1>, Tensor<1>
             value: 0.0,
         });
     };
-    let mean = mean.value_sync().detach();
-    let var = var.value_sync().detach();
-    let device = mean.device();
-    let c = bn.num_features;
-    let weight = bn
-        .weight
-        .as_ref()
-        .map_or_else(|| Tensor::ones([c], &device), |w| w.val().detach());
-    let bias = bn
-        .bias
-        .as_ref()
-        .map_or_else(|| Tensor::zeros([c], &device), |b| b.val().detach());
-    let scale = weight / var.add_scalar(bn.eps).sqrt();
-    let shift = bias - mean * scale.clone();
-    Ok((scale, shift))
+    let param = |p: &Option<Param<Tensor<1>>>| p.as_ref().map(|p| values(p.val()));
+    let (gamma, beta) = (param(&bn.weight), param(&bn.bias));
+    let (mean, var) = (values(mean.value_sync()), values(var.value_sync()));
+    let (device, dtype, dims) = (weight.device(), weight.dtype(), weight.dims());
+    let w = values(weight);
+    let b = bias.map(values);
+    let (mut w_out, mut b_out) = (vec![0.0f32; w.len()], vec![0.0f32; mean.len()]);
+    let eval = BatchNormEval {
+        running_mean: &mean,
+        running_var: &var,
+        weight: gamma.as_deref(),
+        bias: beta.as_deref(),
+        eps: bn.eps as f32,
+    };
+    normkit::fold_batch_norm(&mut w_out, &mut b_out, &w, b.as_deref(), eval)?;
+    let typed = |t: Tensor<D>| {
+        if dtype == DType::F32 {
+            t
+        } else {
+            t.cast(dtype)
+        }
+    };
+    let w = typed(Tensor::from_data(TensorData::new(w_out, dims), &device));
+    let n = b_out.len();
+    let b = Tensor::<1>::from_data(TensorData::new(b_out, [n]), &device);
+    let b = if dtype == DType::F32 {
+        b
+    } else {
+        b.cast(dtype)
+    };
+    Ok((w, b))
 }
 
 fn channel_mismatch(op: &'static str, expected: usize, got: usize) -> Error {
@@ -70,23 +97,15 @@ pub fn fold_batch_norm_conv2d(conv: Conv2d, bn: &BatchNorm) -> Result<Conv2d> {
         });
     }
     let weight = conv.weight.val().detach();
-    let [out, cin, kh, kw] = weight.dims();
+    let out = weight.dims()[0];
     if out != bn.num_features {
         return Err(channel_mismatch(OP, bn.num_features, out));
     }
-    let (scale, shift) = scale_shift(bn, OP)?;
-    let device = weight.device();
-    let (scale, shift) = (scale.to_device(&device), shift.to_device(&device));
-    let bias = conv
-        .bias
-        .as_ref()
-        .map_or_else(|| Tensor::zeros([out], &device), |b| b.val().detach());
-    let folded_weight = weight * scale.clone().reshape([out, 1, 1, 1]);
-    let folded_bias = bias * scale + shift;
-    debug_assert_eq!(folded_weight.dims(), [out, cin, kh, kw]);
+    let bias = conv.bias.as_ref().map(|b| b.val().detach());
+    let (weight, bias) = fold(weight, bias, bn, OP)?;
     Ok(Conv2d {
-        weight: Param::from_tensor(folded_weight),
-        bias: Some(Param::from_tensor(folded_bias)),
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
         ..conv
     })
 }
@@ -106,15 +125,11 @@ pub fn fold_batch_norm_linear(linear: Linear, bn: &BatchNorm) -> Result<Linear> 
     if out != bn.num_features {
         return Err(channel_mismatch(OP, bn.num_features, out));
     }
-    let (scale, shift) = scale_shift(bn, OP)?;
-    let device = weight.device();
-    let (scale, shift) = (scale.to_device(&device), shift.to_device(&device));
-    let bias = linear
-        .bias
-        .as_ref()
-        .map_or_else(|| Tensor::zeros([out], &device), |b| b.val().detach());
+    // burn stores `[d_input, d_output]`: one column per output channel.
+    let bias = linear.bias.as_ref().map(|b| b.val().detach());
+    let (weight, bias) = fold(weight.transpose(), bias, bn, OP)?;
     Ok(Linear {
-        weight: Param::from_tensor(weight * scale.clone().reshape([1, out])),
-        bias: Some(Param::from_tensor(bias * scale + shift)),
+        weight: Param::from_tensor(weight.transpose()),
+        bias: Some(Param::from_tensor(bias)),
     })
 }

@@ -1,6 +1,9 @@
-//! Every op as a function over burn tensors: checked, then routed to the
-//! fused normkit kernels (flex, `f32`/`f16`/`bf16`) or to composed tensor
-//! operations (any other backend or element type, or [`Route::Composed`]).
+//! Every op as a function over burn tensors: checked against normkit's own
+//! validation of the op (its `signature`) before any work, then routed to
+//! the fused normkit kernels (flex, `f32`/`f16`/`bf16`) or to composed
+//! tensor operations (any other backend or element type, or
+//! [`Route::Composed`]). Both routes refuse the same inputs with the same
+//! errors.
 //!
 //! The layers call these; they are public for models that keep their own
 //! parameters. Per-channel parameters and running statistics are rank-1
@@ -9,64 +12,25 @@
 //!
 //! [`Route::Composed`]: crate::Route::Composed
 
+use std::sync::Arc;
+
 use burn::tensor::Tensor;
+use normkit::op::{
+    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DytOp, ErasedOp, GroupNormOp, InstanceNormOp,
+    LayerNormOp, RmsNormOp, SwitchNormOp, WeightNormOp,
+};
 use normkit::{
     AdaInConfig, BatchNormConfig, BatchRenormConfig, ChannelAxis, GroupNormConfig,
-    InstanceNormConfig, Momentum, NormError, SwitchNormConfig,
+    InstanceNormConfig, NormError, RunningStats, SwitchNormConfig,
 };
 
 use crate::composed;
 use crate::error::{Error, Result};
-use crate::kernel::{self, AdaNorm, Kernel, Switch};
+use crate::fused;
 use crate::route;
 
 /// Running mean and running variance, each `[C]`.
 pub type Running = (Tensor<1>, Tensor<1>);
-
-fn len1(t: &Option<Tensor<1>>) -> Option<usize> {
-    t.as_ref().map(|t| t.dims()[0])
-}
-
-fn check_len(
-    op: &'static str,
-    name: &'static str,
-    got: Option<usize>,
-    expected: usize,
-    shape: &[usize],
-) -> Result<()> {
-    match got {
-        Some(got) if got != expected => Err(NormError::Length {
-            op,
-            name,
-            expected,
-            got,
-            shape: shape.to_vec(),
-        }
-        .into()),
-        _ => Ok(()),
-    }
-}
-
-fn check_eps(op: &'static str, eps: f32) -> Result<()> {
-    if eps.is_finite() && eps >= 0.0 {
-        Ok(())
-    } else {
-        Err(NormError::Eps { op, eps }.into())
-    }
-}
-
-fn check_momentum(op: &'static str, momentum: Momentum) -> Result<()> {
-    match momentum {
-        Momentum::Exponential(m) if !m.is_finite() => Err(NormError::Param {
-            op,
-            name: "momentum",
-            domain: "finite",
-            value: m as f64,
-        }
-        .into()),
-        _ => Ok(()),
-    }
-}
 
 fn check_dtype<const D: usize>(op: &'static str, x: &Tensor<D>) -> Result<()> {
     if x.dtype().is_float() {
@@ -79,34 +43,83 @@ fn check_dtype<const D: usize>(op: &'static str, x: &Tensor<D>) -> Result<()> {
     }
 }
 
-/// `(n, c, s)` of a channel op's input, rank ≥ 2.
-fn channels(op: &'static str, shape: &[usize], axis: ChannelAxis) -> Result<(usize, usize, usize)> {
-    if shape.len() < 2 {
-        return Err(NormError::Rank {
-            op,
-            shape: shape.to_vec(),
-            min_rank: 2,
-        }
-        .into());
-    }
-    let (c, spatial) = match axis {
-        ChannelAxis::First => (shape[1], &shape[2..]),
-        ChannelAxis::Last => (shape[shape.len() - 1], &shape[1..shape.len() - 1]),
-    };
-    Ok((shape[0], c, spatial.iter().product()))
+fn numel(dims: &[usize]) -> usize {
+    dims.iter().product()
 }
 
-fn check_running(
-    op: &'static str,
-    running: &Option<Running>,
-    c: usize,
-    shape: &[usize],
+/// Checks a call of `op` on `x` with the op's present parameters
+/// (`params`, flattened, in its signature's order) and running statistics:
+/// normkit's validation of the shape and hyperparameters, then each
+/// parameter's length and the running statistics against the signature.
+fn check<const D: usize>(
+    op: &dyn ErasedOp,
+    x: &Tensor<D>,
+    params: &[Tensor<1>],
+    running: Option<&Running>,
 ) -> Result<()> {
-    if let Some((m, v)) = running {
-        check_len(op, "running_mean", Some(m.dims()[0]), c, shape)?;
-        check_len(op, "running_var", Some(v.dims()[0]), c, shape)?;
+    let name = op.name_erased();
+    check_dtype(name, x)?;
+    let shape = x.dims();
+    let sig = op.signature_erased(&shape)?;
+    for (p, t) in sig.params.iter().zip(params) {
+        let got = t.dims()[0];
+        if got != p.len {
+            return Err(NormError::Length {
+                op: name,
+                name: p.name,
+                expected: p.len,
+                got,
+                shape: shape.to_vec(),
+            }
+            .into());
+        }
     }
+    debug_assert_eq!(sig.params.len(), params.len(), "{name}: parameter count");
+    // normkit's own check reads only the lengths.
+    let (mut mean, mut var) = running.map_or((vec![], vec![]), |(m, v)| {
+        (vec![0.0; m.dims()[0]], vec![0.0; v.dims()[0]])
+    });
+    let stats = running.map(|_| RunningStats {
+        mean: &mut mean,
+        var: &mut var,
+    });
+    sig.check_running(name, stats.as_ref(), &shape)?;
     Ok(())
+}
+
+/// One op call: checked, then the fused kernels or `composed` (the same
+/// op out of burn's tensor operations, given `x` and `running`).
+fn call<const D: usize, O: ErasedOp + 'static>(
+    op: O,
+    x: Tensor<D>,
+    params: Vec<Tensor<1>>,
+    running: Option<Running>,
+    composed: impl FnOnce(Tensor<D>, Option<Running>) -> (Tensor<D>, Option<Running>),
+) -> Result<(Tensor<D>, Option<Running>)> {
+    check(&op, &x, &params, running.as_ref())?;
+    if route::fused(&x.device(), x.dtype()) {
+        fused::run(Arc::new(op), x, params, running)
+    } else if numel(&x.dims()) == 0 {
+        // Accepted empty: nothing to compute, and the composed ops would
+        // divide by the extents an empty tensor lacks.
+        Ok((x, None))
+    } else {
+        Ok(composed(x, running))
+    }
+}
+
+/// The present ones of optional parameters, in order.
+fn present<const N: usize>(params: [&Option<Tensor<1>>; N]) -> Vec<Tensor<1>> {
+    params.into_iter().flatten().cloned().collect()
+}
+
+/// `t` flattened, as an op's packed parameter.
+fn flat<const D: usize>(t: &Tensor<D>) -> Tensor<1> {
+    match numel(&t.dims()) {
+        // burn's reshape reads a 0 as "keep this extent".
+        0 => Tensor::zeros([0], &t.device()),
+        n => t.clone().reshape([n]),
+    }
 }
 
 /// BatchNorm (see [`normkit::BatchNormConfig`] for the math).
@@ -129,52 +142,18 @@ pub fn batch_norm<const D: usize>(
     training: bool,
     cfg: &BatchNormConfig,
 ) -> Result<(Tensor<D>, Option<Running>)> {
-    const OP: &str = "batch_norm";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, cfg.eps)?;
-    check_momentum(OP, cfg.momentum)?;
-    let (n, c, s) = channels(OP, &shape, cfg.channel_axis)?;
-    if c == 0 {
-        return Err(NormError::Empty {
-            op: OP,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    check_len(OP, "weight", len1(&weight), c, &shape)?;
-    check_len(OP, "bias", len1(&bias), c, &shape)?;
-    check_running(OP, &running, c, &shape)?;
     let use_batch = training || running.is_none();
-    if use_batch && n * s <= 1 {
-        return Err(NormError::TooFewValues {
-            op: OP,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    // Evaluation never changes the running statistics.
-    let updated = |r: Option<Running>| if training { r } else { None };
-    if route::fused(&x.device(), x.dtype()) {
-        let kernel = Kernel::BatchNorm {
-            cfg: *cfg,
-            training: use_batch,
-        };
-        let (y, r) = kernel::norm(kernel, x, weight, bias, running);
-        Ok((y, updated(r)))
-    } else {
-        let (y, r) = composed::batch_norm(
-            x,
-            weight,
-            bias,
-            running,
-            use_batch,
-            cfg.momentum.factor(),
-            cfg.eps as f64,
-            cfg.channel_axis,
-        );
-        Ok((y, updated(r)))
-    }
+    let op = BatchNormOp {
+        cfg: *cfg,
+        training: use_batch,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    let params = present([&weight, &bias]);
+    call(op, x, params, running, |x, running| {
+        let (m, eps, axis) = (cfg.momentum.factor(), cfg.eps as f64, cfg.channel_axis);
+        composed::batch_norm(x, weight, bias, running, use_batch, m, eps, axis)
+    })
 }
 
 /// InstanceNorm (see [`normkit::InstanceNormConfig`] for the math).
@@ -198,51 +177,18 @@ pub fn instance_norm<const D: usize>(
     training: bool,
     cfg: &InstanceNormConfig,
 ) -> Result<(Tensor<D>, Option<Running>)> {
-    const OP: &str = "instance_norm";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, cfg.eps)?;
-    check_momentum(OP, cfg.momentum)?;
-    let (_, c, s) = channels(OP, &shape, cfg.channel_axis)?;
-    check_len(OP, "weight", len1(&weight), c, &shape)?;
-    check_len(OP, "bias", len1(&bias), c, &shape)?;
-    check_running(OP, &running, c, &shape)?;
     let use_instance = training || running.is_none();
-    if c == 0 || s == 0 {
-        return Err(NormError::Empty {
-            op: OP,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    if use_instance && s <= 1 {
-        return Err(NormError::TooFewValues {
-            op: OP,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    let updated = |r: Option<Running>| if training { r } else { None };
-    if route::fused(&x.device(), x.dtype()) {
-        let kernel = Kernel::InstanceNorm {
-            cfg: *cfg,
-            training: use_instance,
-        };
-        let (y, r) = kernel::norm(kernel, x, weight, bias, running);
-        Ok((y, updated(r)))
-    } else {
-        let (y, r) = composed::instance_norm(
-            x,
-            weight,
-            bias,
-            running,
-            use_instance,
-            cfg.momentum.factor(),
-            cfg.eps as f64,
-            cfg.channel_axis,
-        );
-        Ok((y, updated(r)))
-    }
+    let op = InstanceNormOp {
+        cfg: *cfg,
+        training: use_instance,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    let params = present([&weight, &bias]);
+    call(op, x, params, running, |x, running| {
+        let (m, eps, axis) = (cfg.momentum.factor(), cfg.eps as f64, cfg.channel_axis);
+        composed::instance_norm(x, weight, bias, running, use_instance, m, eps, axis)
+    })
 }
 
 /// GroupNorm (see [`normkit::group_norm_forward`] for the math).
@@ -259,58 +205,20 @@ pub fn group_norm<const D: usize>(
     bias: Option<Tensor<1>>,
     cfg: &GroupNormConfig,
 ) -> Result<Tensor<D>> {
-    const OP: &str = "group_norm";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, cfg.eps)?;
-    let (_, c, s) = channels(OP, &shape, cfg.channel_axis)?;
-    let g = cfg.num_groups;
-    if g == 0 || !c.is_multiple_of(g) {
-        return Err(NormError::Groups {
-            op: OP,
-            num_groups: g,
-            channels: c,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    if c / g * s == 0 {
-        return Err(NormError::Empty {
-            op: OP,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    check_len(OP, "weight", len1(&weight), c, &shape)?;
-    check_len(OP, "bias", len1(&bias), c, &shape)?;
-    if route::fused(&x.device(), x.dtype()) {
-        Ok(kernel::norm(Kernel::GroupNorm(*cfg), x, weight, bias, None).0)
-    } else {
-        let axis = cfg.channel_axis;
-        Ok(composed::group_norm(x, weight, bias, g, cfg.eps as f64, axis).0)
-    }
-}
-
-/// Element count of `normalized_shape`, after checking that `shape` ends
-/// with it and that it is not empty.
-fn row_len(op: &'static str, shape: &[usize], normalized_shape: &[usize]) -> Result<usize> {
-    if normalized_shape.len() > shape.len() || !shape.ends_with(normalized_shape) {
-        return Err(NormError::NormalizedShape {
-            op,
-            shape: shape.to_vec(),
-            normalized_shape: normalized_shape.to_vec(),
-        }
-        .into());
-    }
-    let d: usize = normalized_shape.iter().product();
-    if d == 0 {
-        return Err(NormError::Empty {
-            op,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    Ok(d)
+    let op = GroupNormOp {
+        cfg: *cfg,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    let params = present([&weight, &bias]);
+    let (y, _) = call(op, x, params, None, |x, _| {
+        let (groups, eps, axis) = (cfg.num_groups, cfg.eps as f64, cfg.channel_axis);
+        (
+            composed::group_norm(x, weight, bias, groups, eps, axis).0,
+            None,
+        )
+    })?;
+    Ok(y)
 }
 
 /// LayerNorm over the trailing `normalized_shape` dimensions (see
@@ -320,8 +228,9 @@ fn row_len(op: &'static str, shape: &[usize], normalized_shape: &[usize]) -> Res
 /// - `x`: `[*, *normalized_shape]`; `weight`, `bias`: `[prod(normalized_shape)]`.
 ///
 /// # Errors
-/// `x` not ending with `normalized_shape`, an empty `normalized_shape`
-/// product, parameter lengths other than it, or a bad eps.
+/// `x` not ending with a non-empty `normalized_shape`, an empty
+/// `normalized_shape` product, parameter lengths other than it, or a bad
+/// eps.
 pub fn layer_norm<const D: usize>(
     x: Tensor<D>,
     normalized_shape: &[usize],
@@ -329,22 +238,21 @@ pub fn layer_norm<const D: usize>(
     bias: Option<Tensor<1>>,
     eps: f32,
 ) -> Result<Tensor<D>> {
-    const OP: &str = "layer_norm";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, eps)?;
-    let d = row_len(OP, &shape, normalized_shape)?;
-    check_len(OP, "weight", len1(&weight), d, &shape)?;
-    check_len(OP, "bias", len1(&bias), d, &shape)?;
-    if route::fused(&x.device(), x.dtype()) {
-        let kernel = Kernel::LayerNorm {
-            normalized_shape: normalized_shape.to_vec(),
-            eps,
-        };
-        Ok(kernel::norm(kernel, x, weight, bias, None).0)
-    } else {
-        Ok(composed::row_norm(x, d, weight, bias, eps as f64, true))
-    }
+    let op = LayerNormOp {
+        normalized_shape: normalized_shape.to_vec(),
+        eps,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    let params = present([&weight, &bias]);
+    let (y, _) = call(op, x, params, None, |x, _| {
+        let d = numel(normalized_shape);
+        (
+            composed::row_norm(x, d, weight, bias, eps as f64, true),
+            None,
+        )
+    })?;
+    Ok(y)
 }
 
 /// RMSNorm over the trailing `normalized_shape` dimensions (see
@@ -361,21 +269,20 @@ pub fn rms_norm<const D: usize>(
     weight: Option<Tensor<1>>,
     eps: f32,
 ) -> Result<Tensor<D>> {
-    const OP: &str = "rms_norm";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, eps)?;
-    let d = row_len(OP, &shape, normalized_shape)?;
-    check_len(OP, "weight", len1(&weight), d, &shape)?;
-    if route::fused(&x.device(), x.dtype()) {
-        let kernel = Kernel::RmsNorm {
-            normalized_shape: normalized_shape.to_vec(),
-            eps,
-        };
-        Ok(kernel::norm(kernel, x, weight, None, None).0)
-    } else {
-        Ok(composed::row_norm(x, d, weight, None, eps as f64, false))
-    }
+    let op = RmsNormOp {
+        normalized_shape: normalized_shape.to_vec(),
+        eps,
+        weight: weight.is_some(),
+    };
+    let params = present([&weight]);
+    let (y, _) = call(op, x, params, None, |x, _| {
+        let d = numel(normalized_shape);
+        (
+            composed::row_norm(x, d, weight, None, eps as f64, false),
+            None,
+        )
+    })?;
+    Ok(y)
 }
 
 /// Dynamic Tanh `weight · tanh(alpha · x) + bias` (see
@@ -395,29 +302,16 @@ pub fn dyt<const D: usize>(
     bias: Option<Tensor<1>>,
     axis: ChannelAxis,
 ) -> Result<Tensor<D>> {
-    const OP: &str = "dyt";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    let c = match (axis, D) {
-        (ChannelAxis::Last, 1) => shape[0],
-        (ChannelAxis::Last, 0) | (ChannelAxis::First, 0 | 1) => {
-            return Err(NormError::Rank {
-                op: OP,
-                shape: shape.to_vec(),
-                min_rank: if axis == ChannelAxis::Last { 1 } else { 2 },
-            }
-            .into())
-        }
-        _ => channels(OP, &shape, axis)?.1,
+    let op = DytOp {
+        channel_axis: axis,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
     };
-    check_len(OP, "alpha", Some(alpha.dims()[0]), 1, &shape)?;
-    check_len(OP, "weight", len1(&weight), c, &shape)?;
-    check_len(OP, "bias", len1(&bias), c, &shape)?;
-    if route::fused(&x.device(), x.dtype()) {
-        Ok(kernel::dyt(axis, x, alpha, weight, bias))
-    } else {
-        Ok(composed::dyt(x, alpha, weight, bias, axis))
-    }
+    let params = present([&Some(alpha.clone()), &weight, &bias]);
+    let (y, _) = call(op, x, params, None, |x, _| {
+        (composed::dyt(x, alpha, weight, bias, axis), None)
+    })?;
+    Ok(y)
 }
 
 /// Weight normalization `g · v / ‖v‖` (see [`normkit::weight_norm_forward`]):
@@ -435,55 +329,13 @@ pub fn weight_norm<const D: usize>(
     g: Tensor<1>,
     dim: Option<isize>,
 ) -> Result<Tensor<D>> {
-    const OP: &str = "weight_norm";
-    let shape = v.dims();
-    check_dtype(OP, &v)?;
-    if shape.iter().product::<usize>() == 0 {
-        return Err(NormError::Empty {
-            op: OP,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    let kept = match dim {
-        None => None,
-        Some(d) => {
-            let k = if d < 0 { d + D as isize } else { d };
-            if k < 0 || k >= D as isize {
-                return Err(NormError::Dim {
-                    op: OP,
-                    dim: d,
-                    shape: shape.to_vec(),
-                }
-                .into());
-            }
-            Some(k as usize)
-        }
-    };
-    let k = kept.map_or(1, |k| shape[k]);
-    check_len(OP, "g", Some(g.dims()[0]), k, &shape)?;
-    if route::fused(&v.device(), v.dtype()) {
-        Ok(kernel::weight_norm(kept.map(|k| k as isize), v, g))
-    } else {
-        Ok(composed::weight_norm(v, g, kept))
-    }
-}
-
-/// `(n, c, s)` of a channel op's input, refusing an empty one.
-fn nonempty_channels(
-    op: &'static str,
-    shape: &[usize],
-    axis: ChannelAxis,
-) -> Result<(usize, usize, usize)> {
-    let (n, c, s) = channels(op, shape, axis)?;
-    if n == 0 || c == 0 || s == 0 {
-        return Err(NormError::Empty {
-            op,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    Ok((n, c, s))
+    let op = WeightNormOp { dim };
+    // In range once checked: the kept axis counted from the front.
+    let kept = dim.map(|d| d.rem_euclid(D.max(1) as isize) as usize);
+    let (w, _) = call(op, v, vec![g.clone()], None, |v, _| {
+        (composed::weight_norm(v, g, kept), None)
+    })?;
+    Ok(w)
 }
 
 /// AdaIN: `content` normalized per (sample, channel), then given the
@@ -502,91 +354,16 @@ pub fn adain<const D: usize, const E: usize>(
     style: Tensor<E>,
     cfg: &AdaInConfig,
 ) -> Result<Tensor<D>> {
-    const OP: &str = "adain";
-    let shape = content.dims();
-    let style_shape = style.dims();
-    check_dtype(OP, &content)?;
-    check_dtype(OP, &style)?;
-    check_eps(OP, cfg.eps)?;
-    let (n, c, s) = nonempty_channels(OP, &shape, cfg.channel_axis)?;
-    let (sn, sc, ss) = nonempty_channels(OP, &style_shape, cfg.channel_axis)?;
-    if (sn, sc) != (n, c) {
-        return Err(NormError::Length {
-            op: OP,
-            name: "style (samples × channels)",
-            expected: n * c,
-            got: sn * sc,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    if cfg.unbiased {
-        for (m, sh) in [(s, &shape[..]), (ss, &style_shape[..])] {
-            if m < 2 {
-                return Err(NormError::TooFewValues {
-                    op: OP,
-                    shape: sh.to_vec(),
-                }
-                .into());
-            }
-        }
-    }
-    if route::fused(&content.device(), content.dtype()) {
-        Ok(kernel::adain(*cfg, content, style))
-    } else {
-        let eps = cfg.eps as f64;
-        Ok(composed::adain(
-            content,
-            style,
-            eps,
-            cfg.unbiased,
-            cfg.channel_axis,
-        ))
-    }
-}
-
-/// Checks a modulated norm's input and modulation; returns `D`, the
-/// element count of `normalized_shape`.
-fn check_modulated(
-    op: &'static str,
-    shape: &[usize],
-    normalized_shape: &[usize],
-    scale: &Tensor<2>,
-    shift: &Tensor<2>,
-) -> Result<usize> {
-    // The modulation is per sample: a dimension must precede the
-    // normalized ones.
-    if normalized_shape.is_empty() || normalized_shape.len() >= shape.len() {
-        return Err(NormError::NormalizedShape {
-            op,
-            shape: shape.to_vec(),
-            normalized_shape: normalized_shape.to_vec(),
-        }
-        .into());
-    }
-    let d = row_len(op, shape, normalized_shape)?;
-    if shape.iter().product::<usize>() == 0 {
-        return Err(NormError::Empty {
-            op,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    let n = shape[0];
-    for (name, t) in [("scale", scale), ("shift", shift)] {
-        let [rows, cols] = t.dims();
-        if rows != n || cols != d {
-            return Err(NormError::Length {
-                op,
-                name,
-                expected: n * d,
-                got: rows * cols,
-                shape: shape.to_vec(),
-            }
-            .into());
-        }
-    }
-    Ok(d)
+    let op = AdaInOp {
+        cfg: *cfg,
+        style_shape: style.dims().to_vec(),
+    };
+    check_dtype(op.name_erased(), &style)?;
+    let (y, _) = call(op, content, vec![flat(&style)], None, |x, _| {
+        let (eps, axis) = (cfg.eps as f64, cfg.channel_axis);
+        (composed::adain(x, style, eps, cfg.unbiased, axis), None)
+    })?;
+    Ok(y)
 }
 
 /// Modulated LayerNorm (adaLN, FiLM): `layer_norm(x) · (1 + scale[n]) +
@@ -602,8 +379,8 @@ fn check_modulated(
 ///
 /// # Errors
 /// `x` not ending with a non-empty `normalized_shape` preceded by a batch
-/// dimension, an empty input, `scale` or `shift` not `[N, D]`, parameter
-/// lengths other than `D`, or a bad eps.
+/// dimension, `scale` or `shift` not `[N, D]`, parameter lengths other
+/// than `D`, or a bad eps.
 #[allow(clippy::too_many_arguments)]
 pub fn ada_layer_norm<const D: usize>(
     x: Tensor<D>,
@@ -614,16 +391,7 @@ pub fn ada_layer_norm<const D: usize>(
     bias: Option<Tensor<1>>,
     eps: f32,
 ) -> Result<Tensor<D>> {
-    modulated(
-        "ada_layer_norm",
-        x,
-        normalized_shape,
-        scale,
-        shift,
-        weight,
-        bias,
-        eps,
-    )
+    modulated(x, normalized_shape, scale, shift, weight, bias, eps, false)
 }
 
 /// Modulated RMSNorm: `rms_norm(x) · (1 + scale[n]) + shift[n]` (see
@@ -643,23 +411,12 @@ pub fn ada_rms_norm<const D: usize>(
     weight: Option<Tensor<1>>,
     eps: f32,
 ) -> Result<Tensor<D>> {
-    modulated(
-        "ada_rms_norm",
-        x,
-        normalized_shape,
-        scale,
-        shift,
-        weight,
-        None,
-        eps,
-    )
+    modulated(x, normalized_shape, scale, shift, weight, None, eps, true)
 }
 
-/// The body of [`ada_layer_norm`] and [`ada_rms_norm`]: `op` names the
-/// variant (RMSNorm is the uncentered one and has no bias).
+/// The body of [`ada_layer_norm`] and [`ada_rms_norm`].
 #[allow(clippy::too_many_arguments)]
 fn modulated<const D: usize>(
-    op: &'static str,
     x: Tensor<D>,
     normalized_shape: &[usize],
     scale: Tensor<2>,
@@ -667,27 +424,38 @@ fn modulated<const D: usize>(
     weight: Option<Tensor<1>>,
     bias: Option<Tensor<1>>,
     eps: f32,
+    rms: bool,
 ) -> Result<Tensor<D>> {
-    let rms = op == "ada_rms_norm";
-    let shape = x.dims();
-    check_dtype(op, &x)?;
-    check_eps(op, eps)?;
-    let d = check_modulated(op, &shape, normalized_shape, &scale, &shift)?;
-    check_len(op, "weight", len1(&weight), d, &shape)?;
-    check_len(op, "bias", len1(&bias), d, &shape)?;
-    if route::fused(&x.device(), x.dtype()) {
-        let norm = AdaNorm {
-            normalized_shape: normalized_shape.to_vec(),
-            eps,
-            rms,
-        };
-        Ok(kernel::ada_norm(norm, x, scale, shift, weight, bias))
-    } else {
-        let eps = eps as f64;
-        Ok(composed::ada_norm(
-            x, d, scale, shift, weight, bias, eps, !rms,
-        ))
+    let op = AdaNormOp {
+        normalized_shape: normalized_shape.to_vec(),
+        eps,
+        rms,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    // normkit takes the modulation flat; its rows must be the samples.
+    let n = x.dims()[0];
+    for (name, t) in [("scale", &scale), ("shift", &shift)] {
+        let [rows, cols] = t.dims();
+        if rows != n {
+            return Err(NormError::Length {
+                op: op.name_erased(),
+                name,
+                expected: n * cols,
+                got: rows * cols,
+                shape: x.dims().to_vec(),
+            }
+            .into());
+        }
     }
+    let mut params = present([&weight, &bias]);
+    params.extend([flat(&scale), flat(&shift)]);
+    let (y, _) = call(op, x, params, None, |x, _| {
+        let d = numel(normalized_shape);
+        let y = composed::ada_norm(x, d, scale, shift, weight, bias, eps as f64, !rms);
+        (y, None)
+    })?;
+    Ok(y)
 }
 
 /// Switchable Normalization (see [`normkit::SwitchNormConfig`] for the
@@ -719,72 +487,20 @@ pub fn switch_norm<const D: usize>(
     training: bool,
     cfg: &SwitchNormConfig,
 ) -> Result<(Tensor<D>, Option<Running>)> {
-    const OP: &str = "switch_norm";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, cfg.eps)?;
-    check_momentum(OP, cfg.momentum)?;
-    let (n, c, s) = nonempty_channels(OP, &shape, cfg.channel_axis)?;
-    check_len(OP, "weight", len1(&weight), c, &shape)?;
-    check_len(OP, "bias", len1(&bias), c, &shape)?;
-    check_len(OP, "mean_weight", Some(mean_weight.dims()[0]), 3, &shape)?;
-    check_len(OP, "var_weight", Some(var_weight.dims()[0]), 3, &shape)?;
-    check_running(OP, &running, c, &shape)?;
     let use_batch = training || running.is_none();
-    if use_batch && n * s <= 1 {
-        return Err(NormError::TooFewValues {
-            op: OP,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    let updated = |r: Option<Running>| if training { r } else { None };
-    if route::fused(&x.device(), x.dtype()) {
-        let op = Switch {
-            cfg: *cfg,
-            training: use_batch,
-        };
-        let (y, r) = kernel::switch_norm(op, x, mean_weight, var_weight, weight, bias, running);
-        Ok((y, updated(r)))
-    } else {
-        let (y, r) = composed::switch_norm(
-            x,
-            weight,
-            bias,
-            mean_weight,
-            var_weight,
-            running,
-            use_batch,
-            cfg.momentum.factor(),
-            cfg.eps as f64,
-            cfg.channel_axis,
-        );
-        Ok((y, updated(r)))
-    }
-}
-
-/// Checks Batch Renormalization's clip bounds: `r_max ≥ 1`, `d_max ≥ 0`,
-/// both finite.
-fn check_limits(op: &'static str, r_max: f32, d_max: f32) -> Result<()> {
-    if !(r_max.is_finite() && r_max >= 1.0) {
-        return Err(NormError::Param {
-            op,
-            name: "r_max",
-            domain: "finite and at least 1",
-            value: r_max as f64,
-        }
-        .into());
-    }
-    if !(d_max.is_finite() && d_max >= 0.0) {
-        return Err(NormError::Param {
-            op,
-            name: "d_max",
-            domain: "finite and non-negative",
-            value: d_max as f64,
-        }
-        .into());
-    }
-    Ok(())
+    let op = SwitchNormOp {
+        cfg: *cfg,
+        training: use_batch,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    let mut params = present([&weight, &bias]);
+    params.extend([mean_weight.clone(), var_weight.clone()]);
+    call(op, x, params, running, |x, running| {
+        let (m, eps, axis) = (cfg.momentum.factor(), cfg.eps as f64, cfg.channel_axis);
+        let (mw, vw) = (mean_weight, var_weight);
+        composed::switch_norm(x, weight, bias, mw, vw, running, use_batch, m, eps, axis)
+    })
 }
 
 /// Batch Renormalization (see [`normkit::BatchRenormConfig`] for the
@@ -808,113 +524,82 @@ pub fn batch_renorm<const D: usize>(
     training: bool,
     cfg: &BatchRenormConfig,
 ) -> Result<(Tensor<D>, Option<Running>)> {
-    const OP: &str = "batch_renorm";
-    let shape = x.dims();
-    check_dtype(OP, &x)?;
-    check_eps(OP, cfg.eps)?;
-    check_momentum(OP, cfg.momentum)?;
-    check_limits(OP, cfg.r_max, cfg.d_max)?;
-    let (n, c, s) = channels(OP, &shape, cfg.channel_axis)?;
-    if c == 0 {
-        return Err(NormError::Empty {
-            op: OP,
-            shape: shape.to_vec(),
+    let op = BatchRenormOp {
+        cfg: *cfg,
+        training,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    let params = present([&weight, &bias]);
+    let given = running.clone();
+    call(op, x, params, Some(running), |x, _| {
+        let running = given;
+        let (m, eps, axis) = (cfg.momentum.factor(), cfg.eps as f64, cfg.channel_axis);
+        if training {
+            let (r_max, d_max) = (cfg.r_max as f64, cfg.d_max as f64);
+            let (y, r) =
+                composed::batch_renorm(x, weight, bias, running, m, eps, r_max, d_max, axis);
+            (y, Some(r))
+        } else {
+            composed::batch_norm(x, weight, bias, Some(running), false, m, eps, axis)
         }
-        .into());
-    }
-    check_len(OP, "weight", len1(&weight), c, &shape)?;
-    check_len(OP, "bias", len1(&bias), c, &shape)?;
-    check_len(OP, "running_mean", Some(running.0.dims()[0]), c, &shape)?;
-    check_len(OP, "running_var", Some(running.1.dims()[0]), c, &shape)?;
-    if !training {
-        let bn = cfg.batch_norm();
-        return batch_norm(x, weight, bias, Some(running), false, &bn).map_err(|e| rename(e, OP));
-    }
-    if n * s <= 1 {
-        return Err(NormError::TooFewValues {
-            op: OP,
-            shape: shape.to_vec(),
-        }
-        .into());
-    }
-    if route::fused(&x.device(), x.dtype()) {
-        let (y, r) = kernel::norm(Kernel::BatchRenorm(*cfg), x, weight, bias, Some(running));
-        Ok((y, r))
-    } else {
-        let (y, r) = composed::batch_renorm(
-            x,
-            weight,
-            bias,
-            running,
-            cfg.momentum.factor(),
-            cfg.eps as f64,
-            cfg.r_max as f64,
-            cfg.d_max as f64,
-            cfg.channel_axis,
-        );
-        Ok((y, Some(r)))
-    }
-}
-
-/// An error of an op another one delegates to, named after the caller.
-fn rename(e: Error, op: &'static str) -> Error {
-    match e {
-        Error::Norm(e) => Error::Norm(e.with_op(op)),
-        Error::DType { dtype, .. } => Error::DType { op, dtype },
-        other => other,
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Device;
 
     #[test]
-    fn channel_extents_follow_the_axis() {
-        let shape = [2, 3, 4, 5];
-        assert_eq!(
-            channels("t", &shape, ChannelAxis::First).unwrap(),
-            (2, 3, 20)
-        );
-        assert_eq!(
-            channels("t", &shape, ChannelAxis::Last).unwrap(),
-            (2, 5, 12)
-        );
-        assert_eq!(
-            channels("t", &[7, 1], ChannelAxis::Last).unwrap(),
-            (7, 1, 1)
-        );
+    fn checks_are_normkits_and_come_before_any_work() {
+        let device = Device::flex();
+        let x = Tensor::<2>::zeros([4, 3], &device);
+        // The op's own validation: no eps check of this crate's.
+        let op = LayerNormOp {
+            normalized_shape: vec![3],
+            eps: f32::NAN,
+            weight: false,
+            bias: false,
+        };
         assert!(matches!(
-            channels("t", &[4], ChannelAxis::First),
-            Err(Error::Norm(NormError::Rank { min_rank: 2, .. }))
+            check(&op, &x, &[], None),
+            Err(Error::Norm(NormError::Eps { .. }))
         ));
-    }
-
-    #[test]
-    fn row_length_needs_a_matching_nonempty_suffix() {
-        assert_eq!(row_len("t", &[2, 3, 4], &[3, 4]).unwrap(), 12);
-        assert_eq!(row_len("t", &[2, 3, 4], &[]).unwrap(), 1);
-        assert!(row_len("t", &[2, 3, 4], &[4, 3]).is_err());
-        assert!(row_len("t", &[4], &[1, 4]).is_err());
+        // Parameter lengths against the signature, named by it.
+        let op = LayerNormOp {
+            eps: 1e-5,
+            weight: true,
+            ..op
+        };
+        let w = Tensor::<1>::ones([4], &device);
         assert!(matches!(
-            row_len("t", &[2, 0], &[0]),
-            Err(Error::Norm(NormError::Empty { .. }))
+            check(&op, &x, &[w], None),
+            Err(Error::Norm(NormError::Length {
+                name: "weight",
+                expected: 3,
+                got: 4,
+                ..
+            }))
         ));
-    }
-
-    #[test]
-    fn eps_and_momentum_domains() {
-        assert!(check_eps("t", 0.0).is_ok());
-        assert!(check_eps("t", -1e-9).is_err());
-        assert!(check_eps("t", f32::NAN).is_err());
-        assert!(check_momentum("t", Momentum::Exponential(1.5)).is_ok());
-        assert!(check_momentum("t", Momentum::Exponential(f32::INFINITY)).is_err());
-        assert!(check_momentum(
-            "t",
-            Momentum::CumulativeAverage {
-                num_batches_tracked: 3
-            }
-        )
-        .is_ok());
+        // Running statistics where the op reads them.
+        let op = BatchNormOp {
+            cfg: BatchNormConfig::default(),
+            training: false,
+            weight: false,
+            bias: false,
+        };
+        assert!(matches!(
+            check(&op, &x, &[], None),
+            Err(Error::Norm(NormError::Missing { .. }))
+        ));
+        let r = (Tensor::zeros([2], &device), Tensor::ones([2], &device));
+        assert!(matches!(
+            check(&op, &x, &[], Some(&r)),
+            Err(Error::Norm(NormError::Length {
+                name: "running_mean",
+                ..
+            }))
+        ));
     }
 }

@@ -5,7 +5,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 use normkit::NormError;
 
-use crate::error::{check_eps, check_positive, Error, Result};
+use crate::error::{check_channels, check_eps, check_positive, Result};
 use crate::functional;
 use crate::ChannelAxis;
 
@@ -110,21 +110,7 @@ impl GroupNorm {
     /// An input whose channel count is not `num_channels`, or of rank
     /// below 2.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        let shape = x.dims();
-        if D >= 2 {
-            let got = match self.channel_axis {
-                ChannelAxis::First => shape[1],
-                ChannelAxis::Last => shape[D - 1],
-            };
-            if got != self.num_channels {
-                return Err(Error::Channels {
-                    op: "GroupNorm",
-                    expected: self.num_channels,
-                    got,
-                    shape: shape.to_vec(),
-                });
-            }
-        }
+        check_channels("GroupNorm", &x.dims(), self.channel_axis, self.num_channels)?;
         let cfg = normkit::GroupNormConfig {
             num_groups: self.num_groups,
             eps: self.eps as f32,

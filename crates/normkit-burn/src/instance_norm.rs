@@ -5,8 +5,9 @@ use burn::module::{Flag, Module, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 use normkit::Momentum;
 
-use crate::error::{check_eps, check_momentum, check_positive, Error, Result};
+use crate::error::{check_channels, check_eps, check_momentum, check_positive, Result};
 use crate::functional;
+use crate::step;
 use crate::ChannelAxis;
 
 /// Configuration of an [`InstanceNorm`] layer, with PyTorch's defaults.
@@ -125,25 +126,15 @@ impl InstanceNorm {
     /// An input whose channel count is not `num_features`, of rank below 2,
     /// or with one spatial position when using instance statistics.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        let shape = x.dims();
-        if D >= 2 {
-            let got = match self.channel_axis {
-                ChannelAxis::First => shape[1],
-                ChannelAxis::Last => shape[D - 1],
-            };
-            if got != self.num_features {
-                return Err(Error::Channels {
-                    op: "InstanceNorm",
-                    expected: self.num_features,
-                    got,
-                    shape: shape.to_vec(),
-                });
-            }
-        }
-        let training = x.device().is_autodiff() && self.training.is_enabled();
+        check_channels(
+            "InstanceNorm",
+            &x.dims(),
+            self.channel_axis,
+            self.num_features,
+        )?;
+        let training = step::training(&x.device(), &self.training);
         let running = match (&self.running_mean, &self.running_var) {
-            (Some(m), Some(v)) if training => Some((m.value_sync(), v.value_sync())),
-            (Some(m), Some(v)) => Some((m.value(), v.value())),
+            (Some(m), Some(v)) => Some(step::read(m, v, training)),
             _ => None,
         };
         let cfg = normkit::InstanceNormConfig {
@@ -159,11 +150,8 @@ impl InstanceNorm {
             training,
             &cfg,
         )?;
-        if let (Some((mean, var)), Some(m), Some(v)) =
-            (updated, &self.running_mean, &self.running_var)
-        {
-            m.update(mean.detach());
-            v.update(var.detach());
+        if let (Some(new), Some(m), Some(v)) = (updated, &self.running_mean, &self.running_var) {
+            step::write(m, v, new);
         }
         Ok(y)
     }

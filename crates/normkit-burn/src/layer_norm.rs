@@ -3,7 +3,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Device, Tensor};
-use normkit::NormError;
+use normkit::op::{LayerNormOp, NormOp, Precision, RmsNormOp};
 
 use crate::error::{check_eps, Result};
 use crate::functional;
@@ -51,26 +51,22 @@ pub struct LayerNorm {
     pub eps: f64,
 }
 
-fn check_shape(op: &'static str, normalized_shape: &[usize]) -> Result<usize> {
-    let d: usize = normalized_shape.iter().product();
-    if d == 0 {
-        return Err(NormError::Empty {
-            op,
-            shape: normalized_shape.to_vec(),
-        }
-        .into());
-    }
-    Ok(d)
-}
-
 impl LayerNormConfig {
     /// Builds the layer: weight ones, bias zeros.
     ///
     /// # Errors
-    /// An empty `normalized_shape` product, a negative or non-finite eps.
+    /// An empty `normalized_shape` or product, a negative or non-finite eps.
     pub fn try_init(&self, device: &Device) -> Result<LayerNorm> {
-        let d = check_shape("layer_norm", &self.normalized_shape)?;
         check_eps("LayerNorm", self.eps)?;
+        let op = LayerNormOp {
+            normalized_shape: self.normalized_shape.clone(),
+            eps: self.eps as f32,
+            weight: self.elementwise_affine,
+            bias: self.elementwise_affine && self.bias,
+        };
+        // normkit's validation, on one row.
+        op.signature(&self.normalized_shape)?;
+        let d: usize = self.normalized_shape.iter().product();
         let param = |v: f32| Param::from_tensor(Tensor::full([d], v, device));
         Ok(LayerNorm {
             weight: self.elementwise_affine.then(|| param(1.0)),
@@ -154,12 +150,19 @@ impl RmsNormConfig {
     /// Builds the layer: weight ones.
     ///
     /// # Errors
-    /// An empty `normalized_shape` product, a negative or non-finite eps.
+    /// An empty `normalized_shape` or product, a negative or non-finite eps.
     pub fn try_init(&self, device: &Device) -> Result<RmsNorm> {
-        let d = check_shape("rms_norm", &self.normalized_shape)?;
         if let Some(eps) = self.eps {
             check_eps("RmsNorm", eps)?;
         }
+        let op = RmsNormOp {
+            normalized_shape: self.normalized_shape.clone(),
+            eps: self.eps.unwrap_or(0.0) as f32,
+            weight: self.elementwise_affine,
+        };
+        // normkit's validation, on one row.
+        op.signature(&self.normalized_shape)?;
+        let d: usize = self.normalized_shape.iter().product();
         Ok(RmsNorm {
             weight: self
                 .elementwise_affine
@@ -178,13 +181,13 @@ impl RmsNormConfig {
     }
 }
 
-/// Machine epsilon of a float type (PyTorch's `torch.finfo(dtype).eps`).
-fn machine_eps(dtype: DType) -> f64 {
+/// The normkit precision of a burn float type (`f32` for any other).
+fn precision(dtype: DType) -> Precision {
     match dtype {
-        DType::F64 => f64::EPSILON,
-        DType::F16 => 9.765625e-4,
-        DType::BF16 => 7.8125e-3,
-        _ => f32::EPSILON as f64,
+        DType::F64 => Precision::F64,
+        DType::F16 => Precision::F16,
+        DType::BF16 => Precision::Bf16,
+        _ => Precision::F32,
     }
 }
 
@@ -194,7 +197,9 @@ impl RmsNorm {
     /// # Errors
     /// An input that does not end with `normalized_shape`.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        let eps = self.eps.unwrap_or_else(|| machine_eps(x.dtype()));
+        let eps = self
+            .eps
+            .unwrap_or_else(|| precision(x.dtype()).machine_eps());
         functional::rms_norm(
             x,
             &self.normalized_shape,
@@ -217,10 +222,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn machine_epsilon_is_pytorchs_finfo_eps() {
-        assert_eq!(machine_eps(DType::F32), 1.1920928955078125e-7);
-        assert_eq!(machine_eps(DType::F64), 2.220446049250313e-16);
-        assert_eq!(machine_eps(DType::F16), 2f64.powi(-10));
-        assert_eq!(machine_eps(DType::BF16), 2f64.powi(-7));
+    fn machine_epsilon_follows_the_input_type() {
+        assert_eq!(precision(DType::F32).machine_eps(), 1.1920928955078125e-7);
+        assert_eq!(precision(DType::F64).machine_eps(), f64::EPSILON);
+        assert_eq!(precision(DType::F16).machine_eps(), 2f64.powi(-10));
+        assert_eq!(precision(DType::BF16).machine_eps(), 2f64.powi(-7));
     }
 }

@@ -51,12 +51,14 @@ mod dyt;
 mod error;
 mod fold;
 pub mod functional;
+mod fused;
 mod group_norm;
 mod instance_norm;
-mod kernel;
 mod layer_norm;
+pub mod nn;
 mod pytorch;
 mod route;
+mod step;
 mod switch_norm;
 mod weight_norm;
 

@@ -5,8 +5,9 @@ use burn::module::{Flag, Module, Param, RunningState};
 use burn::tensor::{Device, Tensor};
 use normkit::Momentum;
 
-use crate::error::{check_eps, check_momentum, check_positive, Error, Result};
+use crate::error::{check_channels, check_eps, check_momentum, check_positive, Result};
 use crate::functional;
+use crate::step;
 use crate::ChannelAxis;
 
 /// Configuration of a [`SwitchNorm`] layer, with the paper's defaults.
@@ -137,30 +138,14 @@ impl SwitchNorm {
     /// An input whose channel count is not `num_features`, of rank below 2,
     /// empty, or with a single value per channel in training.
     pub fn try_forward<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>> {
-        let shape = x.dims();
-        if D >= 2 {
-            let got = match self.channel_axis {
-                ChannelAxis::First => shape[1],
-                ChannelAxis::Last => shape[D - 1],
-            };
-            if got != self.num_features {
-                return Err(Error::Channels {
-                    op: "SwitchNorm",
-                    expected: self.num_features,
-                    got,
-                    shape: shape.to_vec(),
-                });
-            }
-        }
-        let training = x.device().is_autodiff() && self.training.is_enabled();
-        let running = if training {
-            (
-                self.running_mean.value_sync(),
-                self.running_var.value_sync(),
-            )
-        } else {
-            (self.running_mean.value(), self.running_var.value())
-        };
+        check_channels(
+            "SwitchNorm",
+            &x.dims(),
+            self.channel_axis,
+            self.num_features,
+        )?;
+        let training = step::training(&x.device(), &self.training);
+        let running = step::read(&self.running_mean, &self.running_var, training);
         let cfg = normkit::SwitchNormConfig {
             eps: self.eps as f32,
             momentum: Momentum::Exponential(self.momentum as f32),
@@ -176,9 +161,8 @@ impl SwitchNorm {
             training,
             &cfg,
         )?;
-        if let Some((mean, var)) = updated {
-            self.running_mean.update(mean.detach());
-            self.running_var.update(var.detach());
+        if let Some(new) = updated {
+            step::write(&self.running_mean, &self.running_var, new);
         }
         Ok(y)
     }

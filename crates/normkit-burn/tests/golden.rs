@@ -14,44 +14,31 @@ use normkit_burn::*;
 
 use crate::common::*;
 
+/// A golden case as `normkit_data` reads it, with its file as a PyTorch
+/// checkpoint for `LoadPytorch`.
 pub struct Case {
     pub name: String,
-    pub meta: HashMap<String, String>,
+    data: normkit_data::golden::Case,
     pub checkpoint: PytorchCheckpoint,
 }
 
 impl Case {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.meta.get(key).map(String::as_str)
+        self.data.meta.get(key).map(String::as_str)
     }
 
     pub fn has(&self, key: &str) -> bool {
-        self.checkpoint.contains(key)
+        self.data.tensors.contains_key(key)
     }
 
+    /// A tensor's shape and values (expected values are f64).
     pub fn tensor(&self, key: &str) -> (Vec<usize>, Vec<f64>) {
-        let (shape, _) = self.checkpoint.tensor(key).expect(key);
-        (shape, self.f64(key))
-    }
-
-    /// A tensor's values read at full precision (expected values are f64).
-    fn f64(&self, key: &str) -> Vec<f64> {
-        let bytes = std::fs::read(golden_dir().join(&self.name)).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let t = st.tensor(key).unwrap();
-        match t.dtype() {
-            safetensors::Dtype::F64 => t
-                .data()
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-            safetensors::Dtype::F32 => t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                .collect(),
-            other => panic!("{key}: unexpected dtype {other:?}"),
-        }
+        let t = self
+            .data
+            .tensors
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: no tensor {key}", self.name));
+        (t.shape.clone(), t.data.clone())
     }
 
     pub fn tol(&self, name: &str) -> f64 {
@@ -83,24 +70,16 @@ pub fn golden_dir() -> PathBuf {
 
 pub fn cases() -> Vec<Case> {
     let dir = golden_dir();
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("golden cases at {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".safetensors"))
-        .collect();
-    names.sort();
-    assert!(!names.is_empty(), "no golden cases in {}", dir.display());
-    names
-        .into_iter()
-        .map(|name| {
-            let bytes = std::fs::read(dir.join(&name)).unwrap();
-            let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-            let meta = header.metadata().clone().unwrap_or_default();
-            let checkpoint = PytorchCheckpoint::from_bytes(bytes).unwrap();
+    let paths = normkit_data::golden::case_paths(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!paths.is_empty(), "no golden cases in {}", dir.display());
+    paths
+        .iter()
+        .map(|path| {
+            let data = normkit_data::golden::read_case(path).unwrap_or_else(|e| panic!("{e}"));
             Case {
-                name,
-                meta,
-                checkpoint,
+                name: data.name.clone(),
+                checkpoint: PytorchCheckpoint::from_file(path).unwrap(),
+                data,
             }
         })
         .collect()

@@ -11,5 +11,6 @@ mod gradients;
 mod pytorch;
 mod running_stats;
 mod shapes;
+mod swap;
 mod training;
 mod weight_norm;

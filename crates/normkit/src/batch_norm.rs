@@ -104,6 +104,19 @@ pub(crate) fn check_backward<T>(
     Ok(p)
 }
 
+/// What a training step needs beyond the plan: a usable momentum and more
+/// than one value per channel (the running variance is unbiased).
+fn check_train(p: &Plan, cfg: &BatchNormConfig, shape: &[usize]) -> Result<()> {
+    cfg.momentum.validate(OP)?;
+    if p.group_size() <= 1 {
+        return Err(NormError::TooFewValues {
+            op: OP,
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// Training forward: normalizes with the batch statistics, updates
 /// `running` when given, and returns the statistics backward needs.
 pub fn batch_norm_forward_train<T: Elem>(
@@ -115,13 +128,7 @@ pub fn batch_norm_forward_train<T: Elem>(
     cfg: &BatchNormConfig,
 ) -> Result<Stats> {
     let p = check_forward_train(y.len(), x.len(), shape, affine, running.as_ref(), cfg)?;
-    let n = p.group_size();
-    if n <= 1 {
-        return Err(NormError::TooFewValues {
-            op: OP,
-            shape: shape.to_vec(),
-        });
-    }
+    check_train(&p, cfg, shape)?;
     let (stats, moments) = p.forward_train(y, x, affine, cfg.eps);
     if let Some(r) = running {
         update_running(r, &moments, cfg.momentum.factor());
@@ -218,6 +225,9 @@ impl NormOp for BatchNormOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(shape, &self.cfg)?;
+        if self.training {
+            check_train(&p, &self.cfg, shape)?;
+        }
         let channels = p.geo.c;
         checked_signature(
             self.name(),

@@ -338,6 +338,7 @@ impl NormOp for BatchRenormOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let channels = if self.training {
+            self.cfg.momentum.validate(OP)?;
             plan(shape, &self.cfg)?.geo.c
         } else {
             check_eps(OP, self.cfg.eps)?;

@@ -164,6 +164,22 @@ impl InstanceNormConfig {
     }
 }
 
+const IN_OP: &str = "instance_norm";
+
+/// What normalizing with instance statistics needs beyond the plan: a
+/// usable momentum and more than one spatial position (the running
+/// variance is unbiased).
+fn check_instance_train(p: &Plan, cfg: &InstanceNormConfig, shape: &[usize]) -> Result<()> {
+    cfg.momentum.validate(IN_OP)?;
+    if p.geo.s <= 1 {
+        return Err(NormError::TooFewValues {
+            op: IN_OP,
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
 /// InstanceNorm with instance statistics (training, or no running stats).
 /// Updates `running` when given. Returns the per-(sample, channel) stats.
 pub fn instance_norm_forward_train<T: Elem>(
@@ -174,21 +190,14 @@ pub fn instance_norm_forward_train<T: Elem>(
     running: Option<RunningStats<'_>>,
     cfg: &InstanceNormConfig,
 ) -> Result<Stats> {
-    const OP: &str = "instance_norm";
-    let p = plan(OP, shape, &cfg.groups(shape))?;
-    p.check_forward(OP, y.len(), x.len(), affine, shape)?;
-    cfg.momentum.validate(OP)?;
-    let (c, s) = (p.geo.c, p.geo.s);
+    let p = plan(IN_OP, shape, &cfg.groups(shape))?;
+    p.check_forward(IN_OP, y.len(), x.len(), affine, shape)?;
+    let c = p.geo.c;
     if let Some(r) = &running {
-        check_len(OP, "running_mean", r.mean.len(), c, shape)?;
-        check_len(OP, "running_var", r.var.len(), c, shape)?;
+        check_len(IN_OP, "running_mean", r.mean.len(), c, shape)?;
+        check_len(IN_OP, "running_var", r.var.len(), c, shape)?;
     }
-    if s <= 1 {
-        return Err(NormError::TooFewValues {
-            op: OP,
-            shape: shape.to_vec(),
-        });
-    }
+    check_instance_train(&p, cfg, shape)?;
     let (stats, moments) = p.forward_train(y, x, affine, cfg.eps);
     if let Some(r) = running {
         update_running(r, &moments, cfg.momentum.factor());
@@ -336,6 +345,9 @@ impl NormOp for InstanceNormOp {
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
         let p = plan(self.name(), shape, &self.cfg.groups(shape))?;
+        if self.training {
+            check_instance_train(&p, &self.cfg, shape)?;
+        }
         let channels = p.geo.c;
         checked_signature(
             self.name(),

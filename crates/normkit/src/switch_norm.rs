@@ -130,6 +130,19 @@ fn geometry(shape: &[usize], cfg: &SwitchNormConfig) -> Result<Geometry> {
     Ok(geo)
 }
 
+/// What a training step needs beyond the geometry: a usable momentum and
+/// more than one value per channel for the batch statistics.
+fn check_train(geo: &Geometry, cfg: &SwitchNormConfig, shape: &[usize]) -> Result<()> {
+    cfg.momentum.validate(OP)?;
+    if geo.n * geo.s <= 1 {
+        return Err(NormError::TooFewValues {
+            op: OP,
+            shape: shape.to_vec(),
+        });
+    }
+    Ok(())
+}
+
 fn check_common<T>(
     geo: &Geometry,
     (out_name, y): (&'static str, &[T]),
@@ -210,17 +223,11 @@ pub fn switch_norm_forward_train<T: Elem>(
 ) -> Result<SwitchStats> {
     let geo = geometry(shape, cfg)?;
     check_common(&geo, ("y", y), x, affine, weights, shape)?;
-    cfg.momentum.validate(OP)?;
     if let Some(r) = &running {
         check_len(OP, "running_mean", r.mean.len(), geo.c, shape)?;
         check_len(OP, "running_var", r.var.len(), geo.c, shape)?;
     }
-    if geo.n * geo.s <= 1 {
-        return Err(NormError::TooFewValues {
-            op: OP,
-            shape: shape.to_vec(),
-        });
-    }
+    check_train(&geo, cfg, shape)?;
     let c = geo.c;
     let inst = instance_moments(&geo, x);
     let merge = |it: &mut dyn Iterator<Item = Moments>| it.fold(Moments::EMPTY, Moments::merge);
@@ -459,7 +466,11 @@ impl NormOp for SwitchNormOp {
     }
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
-        let channels = geometry(shape, &self.cfg)?.c;
+        let geo = geometry(shape, &self.cfg)?;
+        if self.training {
+            check_train(&geo, &self.cfg, shape)?;
+        }
+        let channels = geo.c;
         let mut params = affine_params(self.weight, self.bias, channels);
         for name in ["mean_weight", "var_weight"] {
             params.push(Param { name, len: 3 });

@@ -437,6 +437,75 @@ fn every_op_matches_its_entry_points() {
 }
 
 #[test]
+fn signatures_refuse_what_a_training_forward_refuses() {
+    // An adapter validates with the signature alone, before dispatching.
+    let nan = Momentum::Exponential(f32::NAN);
+    let bn = |momentum, training| BatchNormOp {
+        cfg: BatchNormConfig {
+            momentum,
+            ..Default::default()
+        },
+        training,
+        weight: false,
+        bias: false,
+    };
+    let momentum = |r: Result<op::Signature>| {
+        matches!(
+            r,
+            Err(NormError::Param {
+                name: "momentum",
+                ..
+            })
+        )
+    };
+    let too_few = |r: Result<op::Signature>| matches!(r, Err(NormError::TooFewValues { .. }));
+    assert!(momentum(bn(nan, true).signature(&[4, 3])));
+    assert!(too_few(bn(Momentum::default(), true).signature(&[1, 3])));
+    // Evaluation reads the running statistics: one value per channel is fine.
+    assert!(bn(nan, false).signature(&[1, 3]).is_ok());
+    let inorm = InstanceNormOp {
+        cfg: InstanceNormConfig {
+            momentum: nan,
+            ..Default::default()
+        },
+        training: true,
+        weight: false,
+        bias: false,
+    };
+    assert!(momentum(inorm.signature(&[2, 3, 4])));
+    let inorm = InstanceNormOp {
+        cfg: InstanceNormConfig::default(),
+        ..inorm
+    };
+    assert!(too_few(inorm.signature(&[2, 3, 1])));
+    let sn = SwitchNormOp {
+        cfg: SwitchNormConfig {
+            momentum: nan,
+            ..Default::default()
+        },
+        training: true,
+        weight: false,
+        bias: false,
+    };
+    assert!(momentum(sn.signature(&[4, 3])));
+    let sn = SwitchNormOp {
+        cfg: SwitchNormConfig::default(),
+        ..sn
+    };
+    assert!(too_few(sn.signature(&[1, 3, 1])));
+    let brn = BatchRenormOp {
+        cfg: BatchRenormConfig {
+            momentum: nan,
+            ..Default::default()
+        },
+        training: true,
+        weight: false,
+        bias: false,
+    };
+    assert!(momentum(brn.signature(&[4, 3])));
+}
+
+#[test]
 fn the_interface_refuses_bad_packing_and_running_statistics() {
     let shape = [2, 3];
     let ln = LayerNormOp {

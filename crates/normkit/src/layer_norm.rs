@@ -9,7 +9,7 @@ use crate::op::{affine_grads, affine_of, affine_params, NormOp, OpGrads, Running
 
 /// Rows × row length, after checking that `shape` ends with a non-empty
 /// `normalized_shape`.
-fn plan(
+pub(crate) fn plan(
     op: &'static str,
     shape: &[usize],
     normalized_shape: &[usize],

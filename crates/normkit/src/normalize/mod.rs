@@ -36,7 +36,8 @@ mod row_forward;
 mod running;
 
 pub(crate) use partials::Partials;
-pub(crate) use plan::{Plan, Scope};
+pub(crate) use plan::{Plan, Scope, BATCH_BYTES};
+pub(crate) use row_backward::dx_coef;
 pub(crate) use running::{stats_from_running, update_running};
 
 use crate::elem::Elem;

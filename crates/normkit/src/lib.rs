@@ -55,6 +55,7 @@
 
 mod ada_norm;
 mod adain;
+mod add_norm;
 mod batch_norm;
 mod batch_renorm;
 mod derf;
@@ -85,6 +86,9 @@ pub use ada_norm::{
     Modulation, ModulationGrads,
 };
 pub use adain::{adain_backward, adain_forward, AdaInConfig, AdaInStats};
+pub use add_norm::{
+    add_layer_norm_backward, add_layer_norm_forward, add_rms_norm_backward, add_rms_norm_forward,
+};
 pub use batch_norm::{
     batch_norm_backward_eval, batch_norm_backward_train, batch_norm_forward_eval,
     batch_norm_forward_train, BatchNormConfig,

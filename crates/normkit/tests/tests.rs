@@ -11,3 +11,4 @@ mod numerics;
 mod op;
 mod parallel;
 mod property;
+mod residual;

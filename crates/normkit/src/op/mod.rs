@@ -31,12 +31,25 @@
 //!
 //! [`ErasedOp`] is the same interface with the element type and the saved
 //! state chosen at run time, for adapters that learn the dtype from a tensor.
+//!
+//! The residual family has two inputs and two outputs (`x`, `residual` in;
+//! `y`, `sum = x + residual` out) and its own trait of the same shape,
+//! [`ResidualNormOp`], with [`ErasedResidualOp`]:
+//!
+//! | op | packed parameters | running statistics |
+//! |---|---|---|
+//! | [`AddNormOp`] (LayerNorm) | `weight`?, `bias`? | — |
+//! | [`AddNormOp`] (RMSNorm) | `weight`? | — |
 
 mod erased;
 mod precision;
+mod residual;
 
 pub use erased::{ElemSlice, ElemSliceMut, ErasedOp, ErasedSaved};
 pub use precision::Precision;
+pub use residual::{ErasedResidualOp, ResidualNormOp};
+
+pub use crate::add_norm::{AddNorm, AddNormOp};
 
 pub use crate::ada_norm::AdaNormOp;
 pub use crate::adain::AdaInOp;

@@ -20,8 +20,10 @@
 use crate::ChannelAxis;
 
 mod adaptive;
+mod add_norm;
 mod derf;
 pub use adaptive::*;
+pub use add_norm::*;
 pub use derf::*;
 
 /// A per-channel input seen as `n` samples × `c` channels × `s` spatial

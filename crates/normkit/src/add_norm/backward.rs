@@ -11,8 +11,9 @@
 //! plus `dsum` in `f32`, rounded to `T` once.
 
 use crate::elem::Elem;
-use crate::lanes::{self, load, load_part, store, store_part, write_lanewise, Ahead, DxCoef};
-use crate::lanes::{Lanewise, ROWS_PER_FLUSH};
+use crate::lanes::{
+    self, load_m, store_m, write_lanewise, Ahead, DxCoef, Lanewise, ROWS_PER_FLUSH,
+};
 use crate::layout::{Grads, Stats};
 use crate::normalize::{dx_coef, Partials, BATCH_BYTES};
 use crate::parallel::{chunk_items, items_per_chunk, map_chunks, stream_output, SharedMut};
@@ -97,33 +98,16 @@ struct DxSweep<'a, S: Isa, T> {
 impl<S: Isa, T: Elem> DxSweep<'_, S, T> {
     #[inline(always)]
     fn dx(&mut self, s: S, i: usize, m: usize) -> S::V {
-        let get = |v: &[T]| {
-            if m == LANES {
-                load(s, v, i)
-            } else {
-                load_part(s, v, i, m)
-            }
-        };
-        let (d, v) = (get(self.dy), get(self.sum));
-        let (w, dw, db) = if m == LANES {
-            (load(s, self.w, i), load(s, self.dw, i), load(s, self.db, i))
-        } else {
-            let (w, dw) = (load_part(s, self.w, i, m), load_part(s, self.dw, i, m));
-            (w, dw, load_part(s, self.db, i, m))
-        };
+        let (d, v) = (load_m(s, self.dy, i, m), load_m(s, self.sum, i, m));
+        let w = load_m(s, self.w, i, m);
+        let (dw, db) = (load_m(s, self.dw, i, m), load_m(s, self.db, i, m));
         let [mh, ml, r, mg, mgx] = self.c;
         let xh = s.mul(s.sub(s.sub(v, mh), ml), r);
         let o = s.sub(s.mul(s.mul(d, w), r), s.fma(xh, mgx, mg));
-        let (dw, db) = (s.fma(d, xh, dw), s.add(db, d));
-        if m == LANES {
-            store(s, self.dw, i, dw);
-            store(s, self.db, i, db);
-        } else {
-            store_part(s, self.dw, i, m, dw);
-            store_part(s, self.db, i, m, db);
-        }
+        store_m(s, self.dw, i, m, s.fma(d, xh, dw));
+        store_m(s, self.db, i, m, s.add(db, d));
         match self.dsum {
-            Some(g) => s.add(o, get(g)),
+            Some(g) => s.add(o, load_m(s, g, i, m)),
             None => o,
         }
     }

@@ -16,7 +16,7 @@
 //! [`crate::layer_norm_forward`] makes of `sum`.
 
 use crate::elem::{Elem, Storage};
-use crate::lanes::{load, load_part, reduce, store, write_lanewise, Ahead, Lanewise, Sums};
+use crate::lanes::{load, load_m, load_part, reduce, store, write_lanewise, Ahead, Lanewise, Sums};
 use crate::layout::Stats;
 use crate::moments::{finish_moments, rstd, split};
 use crate::normalize::BATCH_BYTES;
@@ -117,12 +117,7 @@ fn rounded<S: Isa, T: Elem>(s: S, v: S::V) -> S::V {
 /// after the first `m` lanes.
 #[inline(always)]
 fn sum_at<S: Isa, T: Elem>(s: S, x: &[T], r: &[T], i: usize, m: usize) -> S::V {
-    let v = if m == LANES {
-        s.add(load(s, x, i), load(s, r, i))
-    } else {
-        s.add(load_part(s, x, i, m), load_part(s, r, i, m))
-    };
-    rounded::<S, T>(s, v)
+    rounded::<S, T>(s, s.add(load_m(s, x, i, m), load_m(s, r, i, m)))
 }
 
 /// Sweep 1: `sum = x + residual`, rounded once by the store.
@@ -181,11 +176,7 @@ impl<S: Isa, T: Elem> OutSweep<'_, S, T> {
     #[inline(always)]
     fn out(&self, s: S, i: usize, m: usize) -> S::V {
         let [mh, ml, r] = self.c;
-        let (w, b) = if m == LANES {
-            (load(s, self.w, i), load(s, self.b, i))
-        } else {
-            (load_part(s, self.w, i, m), load_part(s, self.b, i, m))
-        };
+        let (w, b) = (load_m(s, self.w, i, m), load_m(s, self.b, i, m));
         let v = sum_at(s, self.x, self.r, i, m);
         s.fma(s.mul(s.sub(s.sub(v, mh), ml), r), w, b)
     }

@@ -859,22 +859,7 @@ pub fn batch_renorm<const D: usize>(
 /// An error of an op another one delegates to, named after the caller.
 fn rename(e: Error, op: &'static str) -> Error {
     match e {
-        Error::Norm(mut e) => {
-            match &mut e {
-                NormError::Length { op: o, .. }
-                | NormError::Rank { op: o, .. }
-                | NormError::Eps { op: o, .. }
-                | NormError::Param { op: o, .. }
-                | NormError::TooFewValues { op: o, .. }
-                | NormError::Empty { op: o, .. }
-                | NormError::TooLarge { op: o, .. }
-                | NormError::NormalizedShape { op: o, .. }
-                | NormError::Groups { op: o, .. }
-                | NormError::Dim { op: o, .. }
-                | NormError::NoSuchParameter { op: o, .. } => *o = op,
-            }
-            Error::Norm(e)
-        }
+        Error::Norm(e) => Error::Norm(e.with_op(op)),
         Error::DType { dtype, .. } => Error::DType { op, dtype },
         other => other,
     }

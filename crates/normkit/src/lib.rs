@@ -2,7 +2,8 @@
 //!
 //! Normalization layers for deep learning as plain functions over
 //! contiguous slices: forward and backward of BatchNorm, LayerNorm,
-//! RMSNorm, GroupNorm, InstanceNorm, WeightNorm and Dynamic Tanh, and of
+//! RMSNorm, GroupNorm, InstanceNorm, WeightNorm, Dynamic Tanh and Dynamic
+//! erf, of the residual add fused with LayerNorm or RMSNorm, and of
 //! the adaptive family (AdaIN, modulated LayerNorm/RMSNorm for adaLN and
 //! FiLM, Switchable Normalization, Batch Renormalization), with PyTorch's
 //! semantics, exact statistics and typed errors.

@@ -70,6 +70,7 @@ mod group_norm;
 mod instances;
 mod lanes;
 mod layer_norm;
+mod layer_norm_scaling;
 mod layout;
 mod moments;
 mod normalize;

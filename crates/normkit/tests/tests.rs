@@ -12,3 +12,4 @@ mod op;
 mod parallel;
 mod property;
 mod residual;
+mod scaling;

@@ -6,7 +6,8 @@
 
 use crate::common::{abs, assert_close, cast, max_abs, param_max, rounding, wide, Rng};
 use crate::common::{Rounding, Scale};
-use crate::parallel::SERIAL;
+use crate::parallel::same_bits_everywhere;
+use crate::property::shape;
 use normkit::op::{
     AddNorm, AddNormOp, ElemSlice, ElemSliceMut, ErasedResidualOp, OpGrads, ResidualNormOp,
 };
@@ -14,7 +15,7 @@ use normkit::reference;
 use normkit::{
     add_layer_norm_backward, add_layer_norm_forward, add_rms_norm_backward, add_rms_norm_forward,
     bf16, f16, layer_norm_backward, layer_norm_forward, rms_norm_backward, rms_norm_forward,
-    set_simd_level, simd_level, Affine, Elem, Grads, NormError, SimdLevel, Stats,
+    Affine, Elem, Grads, NormError, Stats,
 };
 
 /// The f32 arithmetic of the kernels relative to the operands' size, as in
@@ -41,18 +42,9 @@ fn shapes(rng: &mut Rng, cases: usize) -> Vec<(Vec<usize>, Vec<usize>)> {
     ];
     while out.len() < cases {
         let rank = rng.between(1, 4);
-        let s: Vec<usize> = (0..rank)
-            .map(|_| match rng.between(0, 9) {
-                0..=1 => 1,
-                2..=7 => rng.between(2, 7),
-                8 => rng.between(8, 33),
-                _ => rng.between(34, 131),
-            })
-            .collect();
-        if s.iter().product::<usize>() <= 20_000 {
-            let k = rng.between(1, rank);
-            out.push((s.clone(), s[rank - k..].to_vec()));
-        }
+        let s = shape(rng, rank);
+        let k = rng.between(1, rank);
+        out.push((s.clone(), s[rank - k..].to_vec()));
     }
     out
 }
@@ -445,33 +437,9 @@ fn run_all() -> Vec<Vec<u32>> {
     out
 }
 
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
-}
-
 #[test]
 fn same_bits_whatever_the_threads_and_instruction_set() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let one = in_pool(1, run_all);
-    for threads in [2, 3] {
-        assert!(
-            in_pool(threads, run_all) == one,
-            "1 and {threads} threads differ"
-        );
-    }
-    let best = simd_level();
-    for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
-        if set_simd_level(level) == level {
-            let other = run_all();
-            set_simd_level(best);
-            assert!(other == one, "{level:?} differs from {best:?}");
-        }
-    }
-    set_simd_level(best);
+    same_bits_everywhere(run_all);
 }
 
 // ------------------------------------------------------------- bad input

@@ -348,9 +348,12 @@ fn unfused<T: Elem>(
     }
 }
 
-fn same_bits_as_the_engine<T: Elem>(seed: u64) {
+/// `streamed_rows` rows of 1024 make outputs large enough to stream (the
+/// sweeps then recompute the sum rather than read it back).
+fn same_bits_as_the_engine<T: Elem>(seed: u64, streamed_rows: usize) {
     let mut rng = Rng::new(seed);
-    // In-cache batches, skewed long rows, rows past a chunk, many short rows.
+    // In-cache batches, skewed long rows, rows past a chunk, many short
+    // rows, streamed outputs.
     let cases = [
         (vec![4, 33], vec![33]),
         (vec![300, 1027], vec![1027]),
@@ -358,6 +361,7 @@ fn same_bits_as_the_engine<T: Elem>(seed: u64) {
         (vec![2, 140_001], vec![140_001]),
         (vec![70_001, 3], vec![3]),
         (vec![3, 5, 17], vec![5, 17]),
+        (vec![streamed_rows, 1024], vec![1024]),
     ];
     for (shape, ns) in cases {
         let d: usize = ns.iter().product();
@@ -402,12 +406,12 @@ fn same_bits_as_the_engine<T: Elem>(seed: u64) {
 
 #[test]
 fn same_bits_as_the_engine_on_sum_f32() {
-    same_bits_as_the_engine::<f32>(920);
+    same_bits_as_the_engine::<f32>(920, 2100);
 }
 
 #[test]
 fn same_bits_as_the_engine_on_sum_bf16() {
-    same_bits_as_the_engine::<bf16>(921);
+    same_bits_as_the_engine::<bf16>(921, 10_300);
 }
 
 /// Every output on inputs split into many chunks, f32 and bf16.

@@ -2,23 +2,28 @@
 //! pass over memory.
 //!
 //! Rows go in batches that fit in the first cache level. For each row of a
-//! batch, one sweep reads `x` and `residual` from memory and writes `sum`
-//! (streamed past the cache when the output is large); a second sweep
-//! takes the statistics of the rounded sums from cache; once the batch's
-//! statistics are finished, a third sweep writes `y`, again from cache,
-//! while the next batch's inputs are prefetched. The sums are recomputed
-//! from the cached inputs rather than read back, so that `sum` can stream.
+//! batch, one sweep reads `x` and `residual` from memory and writes `sum`;
+//! a second sweep takes the statistics of `sum` from cache; once the
+//! batch's statistics are finished, a third sweep writes `y`, again from
+//! cache, while the next batch's inputs are prefetched.
 //!
-//! The statistics are those the engine takes of a row ([`crate::moments`]:
-//! the one sweep around the mean of the first 16 values, the same lanes
-//! and blocks, the two-pass fallback), of the same rounded values, and the
-//! output is the engine's formula: `y` is bit for bit what
-//! [`crate::layer_norm_forward`] makes of `sum`.
+//! When the outputs are large enough to stream past the cache, `sum` is not
+//! in cache for the later sweeps: they recompute it from the cached `x` and
+//! `residual` instead, rounded as the store rounds it. Otherwise they read
+//! it back and are the engine's own sweeps ([`crate::lanes::shifted_sums`],
+//! [`crate::lanes::apply_vec`]).
+//!
+//! Either way the statistics are those the engine takes of a row
+//! ([`crate::moments`]: the one sweep around the mean of the first 16
+//! values, the same lanes and blocks, the two-pass fallback), of the same
+//! rounded values, and the output is the engine's formula: `y` is bit for
+//! bit what [`crate::layer_norm_forward`] makes of `sum`.
 
 use crate::elem::{Elem, Storage};
-use crate::lanes::{load, load_m, load_part, reduce, store, write_lanewise, Ahead, Lanewise, Sums};
+use crate::lanes::{self, load, load_m, load_part, reduce, store, write_lanewise, Ahead};
+use crate::lanes::{Lanewise, Sums};
 use crate::layout::Stats;
-use crate::moments::{finish_moments, rstd, split};
+use crate::moments::{self, finish_moments, rstd, split};
 use crate::normalize::BATCH_BYTES;
 use crate::parallel::{chunk_items, items_per_chunk, map_chunks, stream_output, SharedMut};
 use crate::simd::{multiversion, Isa, LANES};
@@ -194,7 +199,8 @@ impl<S: Isa, T: Elem> Lanewise<S> for OutSweep<'_, S, T> {
     }
 }
 
-/// The one-sweep shift of a row of sums, as [`crate::moments`] takes it:
+/// The one-sweep shift of a row of sums recomputed from `x` and `r`, as
+/// [`moments::shift_of`] takes it from the stored row:
 /// the mean of the first 16 (rounded) values, summed across lanes in
 /// `f64` for a full vector and one by one for a shorter row.
 #[inline(always)]
@@ -235,9 +241,15 @@ multiversion! {
             for j in batch.clone() {
                 let (xr, rr) = (&x[row(j)], &residual[row(j)]);
                 write_lanewise(s, &mut sum[row(j)], &mut AddSweep { x: xr, r: rr }, k.stream);
-                let shift = if k.centered { shift_of(s, xr, rr) } else { 0.0 };
-                let mut sweep = StatSweep { x: xr, r: rr, shift: s.splat(shift) };
-                pending.push((shift, reduce(s, d, &mut sweep)));
+                pending.push(if k.stream {
+                    let shift = if k.centered { shift_of(s, xr, rr) } else { 0.0 };
+                    let mut sweep = StatSweep { x: xr, r: rr, shift: s.splat(shift) };
+                    (shift, reduce(s, d, &mut sweep))
+                } else {
+                    let sr = std::iter::once(&sum[row(j)]);
+                    let shift = if k.centered { moments::shift_of(s, sr) } else { 0.0 };
+                    (shift, lanes::shifted_sums(s, &sum[row(j)], shift))
+                });
             }
             let first = out.len();
             for (j, &(shift, sums)) in batch.clone().zip(&pending) {
@@ -256,15 +268,22 @@ multiversion! {
                 } else {
                     Ahead::NONE
                 };
-                let mut sweep = OutSweep {
-                    x: &x[row(j)],
-                    r: &residual[row(j)],
-                    w: k.weight,
-                    b: k.bias,
-                    ahead,
-                    c: [s.splat(g.mean_hi), s.splat(g.mean_lo), s.splat(g.rstd)],
-                };
-                write_lanewise(s, &mut y[row(j)], &mut sweep, k.stream);
+                let yr = &mut y[row(j)];
+                if k.stream {
+                    let mut sweep = OutSweep {
+                        x: &x[row(j)],
+                        r: &residual[row(j)],
+                        w: k.weight,
+                        b: k.bias,
+                        ahead,
+                        c: [s.splat(g.mean_hi), s.splat(g.mean_lo), s.splat(g.rstd)],
+                    };
+                    write_lanewise(s, yr, &mut sweep, true);
+                } else {
+                    let (w, b) = (k.weight, k.bias);
+                    let sr = &sum[row(j)];
+                    lanes::apply_vec(s, yr, sr, g.mean_hi, g.mean_lo, g.rstd, w, b, ahead, false);
+                }
             }
             j0 = batch.end;
         }

@@ -3,7 +3,8 @@
 //! Normalization layers for deep learning as plain functions over
 //! contiguous slices: forward and backward of BatchNorm, LayerNorm,
 //! RMSNorm, GroupNorm, InstanceNorm, WeightNorm, Dynamic Tanh and Dynamic
-//! erf, of the residual add fused with LayerNorm or RMSNorm, and of
+//! erf, of the residual add fused with LayerNorm or RMSNorm, of QK-norm
+//! and Gemma's `(1 + weight)` RMSNorm ([`op::UnitOffsetRmsNorm`]), and of
 //! the adaptive family (AdaIN, modulated LayerNorm/RMSNorm for adaLN and
 //! FiLM, Switchable Normalization, Batch Renormalization), with PyTorch's
 //! semantics, exact statistics and typed errors.
@@ -77,6 +78,7 @@ mod normalize;
 pub mod op;
 mod parallel;
 mod pointwise;
+mod qk_norm;
 pub mod reference;
 mod simd;
 mod switch_norm;

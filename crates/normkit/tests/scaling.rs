@@ -2,26 +2,13 @@
 //! gradients scaled by `1/√ℓ` against the `f64` twins, layer 1 the plain
 //! norm bit for bit, layer 0 refused.
 
-use crate::common::{assert_close, max_abs, wide, Rng, Rounding, Scale};
-use normkit::op::{LayerNormOp, LayerNormScaling, NormOp, OpGrads, RmsNormOp};
+use crate::common::{assert_close, max_abs, through, wide, Rng, Rounding, Scale};
+use normkit::op::{LayerNormOp, LayerNormScaling, NormOp, RmsNormOp};
 use normkit::reference::{self, depth_scale};
 use normkit::NormError;
 
 /// As the property tests: a few f32 roundings of the operands' size.
 const TOL: f64 = 2e-6;
-
-/// Forward and backward of `op` on `x` with packed `p`: `(y, dx, dparams)`.
-fn through<O: NormOp>(op: &O, x: &[f32], dy: &[f32], shape: &[usize], p: &[f32]) -> [Vec<f32>; 3] {
-    let mut y = vec![f32::NAN; x.len()];
-    let saved = op.forward(&mut y, x, shape, p, None).unwrap();
-    let (mut dx, mut dp) = (vec![f32::NAN; x.len()], vec![f32::NAN; p.len()]);
-    let grads = OpGrads {
-        dx: &mut dx,
-        dparams: Some(&mut dp),
-    };
-    op.backward(grads, dy, x, shape, p, &saved).unwrap();
-    [y, dx, dp]
-}
 
 #[test]
 fn layer_norm_scaling_matches_the_twins() {

@@ -11,5 +11,6 @@ mod numerics;
 mod op;
 mod parallel;
 mod property;
+mod qk_norm;
 mod residual;
 mod scaling;

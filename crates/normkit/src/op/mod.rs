@@ -19,6 +19,7 @@
 //! | [`LayerNormOp`] | `weight`?, `bias`? | — |
 //! | [`RmsNormOp`] | `weight`? | — |
 //! | [`LayerNormScaling`] of either | as the norm it scales | — |
+//! | [`UnitOffsetRmsNorm`] (Gemma) | `weight`? (applied as `1 + weight`) | — |
 //! | [`BatchNormOp`] | `weight`?, `bias`? | updated (training, optional) or read (eval) |
 //! | [`GroupNormOp`] | `weight`?, `bias`? | — |
 //! | [`InstanceNormOp`] | `weight`?, `bias`? | as BatchNorm |
@@ -61,6 +62,7 @@ pub use crate::dyt::DytOp;
 pub use crate::group_norm::{GroupNormOp, InstanceNormOp};
 pub use crate::layer_norm::{LayerNormOp, RmsNormOp};
 pub use crate::layer_norm_scaling::{DepthScalable, LayerNormScaling};
+pub use crate::qk_norm::{QkScope, UnitOffsetRmsNorm};
 pub use crate::switch_norm::SwitchNormOp;
 pub use crate::weight_norm::WeightNormOp;
 

@@ -11,7 +11,7 @@ use crate::op::{
 
 /// Rows × row length, after checking that `shape` ends with a non-empty
 /// `normalized_shape`.
-fn plan(
+pub(crate) fn plan(
     op: &'static str,
     shape: &[usize],
     normalized_shape: &[usize],

@@ -2,7 +2,9 @@
 //!
 //! Normalization layers for deep learning as plain functions over
 //! contiguous slices: forward and backward of BatchNorm, LayerNorm,
-//! RMSNorm, GroupNorm, InstanceNorm, WeightNorm and Dynamic Tanh, and of
+//! RMSNorm, GroupNorm, InstanceNorm, WeightNorm, Dynamic Tanh and Dynamic
+//! erf, of the residual add fused with LayerNorm or RMSNorm, of QK-norm
+//! and Gemma's `(1 + weight)` RMSNorm ([`op::UnitOffsetRmsNorm`]), and of
 //! the adaptive family (AdaIN, modulated LayerNorm/RMSNorm for adaLN and
 //! FiLM, Switchable Normalization, Batch Renormalization), with PyTorch's
 //! semantics, exact statistics and typed errors.
@@ -55,6 +57,7 @@
 
 mod ada_norm;
 mod adain;
+mod add_norm;
 mod batch_norm;
 mod batch_renorm;
 pub mod comm;
@@ -69,12 +72,14 @@ mod group_norm;
 mod instances;
 mod lanes;
 mod layer_norm;
+mod layer_norm_scaling;
 mod layout;
 mod moments;
 mod normalize;
 pub mod op;
 mod parallel;
 mod pointwise;
+mod qk_norm;
 pub mod reference;
 mod simd;
 mod switch_norm;
@@ -87,6 +92,9 @@ pub use ada_norm::{
     Modulation, ModulationGrads,
 };
 pub use adain::{adain_backward, adain_forward, AdaInConfig, AdaInStats};
+pub use add_norm::{
+    add_layer_norm_backward, add_layer_norm_forward, add_rms_norm_backward, add_rms_norm_forward,
+};
 pub use batch_norm::{
     batch_norm_backward_eval, batch_norm_backward_train, batch_norm_forward_eval,
     batch_norm_forward_train, BatchNormConfig,

@@ -1,5 +1,6 @@
 //! Deterministic random inputs and error measures shared by the test areas.
 
+use normkit::op::{NormOp, OpGrads};
 use normkit::Elem;
 
 /// SplitMix64 (Steele, Lea & Flood, 2014): a tiny seeded generator, so
@@ -181,4 +182,23 @@ pub fn assert_close(
             (g - e).abs()
         );
     }
+}
+
+/// Forward and backward of `op` on `x` with packed `p`: `(y, dx, dparams)`.
+pub fn through<O: NormOp>(
+    op: &O,
+    x: &[f32],
+    dy: &[f32],
+    shape: &[usize],
+    p: &[f32],
+) -> [Vec<f32>; 3] {
+    let mut y = vec![f32::NAN; x.len()];
+    let saved = op.forward(&mut y, x, shape, p, None).unwrap();
+    let (mut dx, mut dp) = (vec![f32::NAN; x.len()], vec![f32::NAN; p.len()]);
+    let grads = OpGrads {
+        dx: &mut dx,
+        dparams: Some(&mut dp),
+    };
+    op.backward(grads, dy, x, shape, p, &saved).unwrap();
+    [y, dx, dp]
 }

@@ -3,11 +3,12 @@
 //! bad input refused with nothing written.
 
 use crate::common::{abs, assert_close, cast, max_abs, param_max, rounding, wide, Rng, Scale};
-use crate::parallel::SERIAL;
+use crate::parallel::same_bits_everywhere;
+use crate::property::shape;
 use normkit::reference::{self, Dims};
 use normkit::{
-    bf16, derf_backward, derf_forward, f16, set_simd_level, simd_level, Affine, ChannelAxis,
-    DerfScalarGrads, Elem, Grads, NormError, SimdLevel,
+    bf16, derf_backward, derf_forward, f16, Affine, ChannelAxis, DerfScalarGrads, Elem, Grads,
+    NormError,
 };
 
 /// The f32 arithmetic of a kernel, relative to the operands' size (as in
@@ -16,17 +17,6 @@ const TOL: f64 = 2e-6;
 
 /// Written into every output first: an output left unwritten fails.
 const UNSET: f32 = f32::NAN;
-
-/// A dimension: often 1, usually small, now and then long enough to leave
-/// tails after whole vectors.
-fn dim(rng: &mut Rng) -> usize {
-    match rng.between(0, 9) {
-        0..=1 => 1,
-        2..=7 => rng.between(2, 7),
-        8 => rng.between(8, 33),
-        _ => rng.between(34, 131),
-    }
-}
 
 /// `(shape, axis)` pairs: edge cases (one element, one row, C = 1, tails,
 /// several chunks), then random ones of up to 20 000 values.
@@ -47,10 +37,7 @@ fn shapes(rng: &mut Rng, cases: usize) -> Vec<(Vec<usize>, ChannelAxis)> {
     while out.len() < cases {
         let axis = rng.pick(&[First, Last]);
         let rank = rng.between(if axis == Last { 1 } else { 2 }, 4);
-        let s: Vec<usize> = (0..rank).map(|_| dim(rng)).collect();
-        if s.iter().product::<usize>() <= 20_000 {
-            out.push((s, axis));
-        }
+        out.push((shape(rng, rank), axis));
     }
     out
 }
@@ -271,33 +258,9 @@ fn run_one<T: Elem>(
     ]
 }
 
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
-}
-
 #[test]
 fn same_bits_whatever_the_threads_and_instruction_set() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let one = in_pool(1, run_all);
-    for threads in [2, 3] {
-        assert!(
-            in_pool(threads, run_all) == one,
-            "1 and {threads} threads differ"
-        );
-    }
-    let best = simd_level();
-    for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
-        if set_simd_level(level) == level {
-            let other = run_all();
-            set_simd_level(best);
-            assert!(other == one, "{level:?} differs from {best:?}");
-        }
-    }
-    set_simd_level(best);
+    same_bits_everywhere(run_all);
 }
 
 /// Bad arguments: the error names derf and the shape, nothing is written.

@@ -315,7 +315,7 @@ fn long_rows_merge_every_chunk_into_the_parameter_sums() {
     assert_sums_close("dyt dbias", &dyt_db, &exp.dbias, &sum_db);
 }
 
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
@@ -368,4 +368,27 @@ fn every_simd_level_computes_the_same_bits() {
             );
         }
     }
+}
+
+/// `run_all` gives the same result on 1, 2 and 3 threads and at every
+/// instruction set this CPU has: for the ops' own test areas, which take
+/// their turn with the tests above.
+pub fn same_bits_everywhere<R: PartialEq + Send>(run_all: fn() -> R) {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let one = in_pool(1, run_all);
+    for threads in [2, 3] {
+        assert!(
+            in_pool(threads, run_all) == one,
+            "1 and {threads} threads differ"
+        );
+    }
+    let best = simd_level();
+    for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512] {
+        if set_simd_level(level) == level {
+            let other = run_all();
+            set_simd_level(best);
+            assert!(other == one, "{level:?} differs from {best:?}");
+        }
+    }
+    set_simd_level(best);
 }

@@ -48,7 +48,7 @@ const AXES: [ChannelAxis; 2] = [ChannelAxis::First, ChannelAxis::Last];
 
 /// A dimension: often 1, usually small, now and then long enough to leave
 /// tails after blocks of four.
-fn dim(rng: &mut Rng) -> usize {
+pub fn dim(rng: &mut Rng) -> usize {
     match rng.between(0, 9) {
         0..=1 => 1,
         2..=7 => rng.between(2, 7),
@@ -58,7 +58,7 @@ fn dim(rng: &mut Rng) -> usize {
 }
 
 /// A random shape of the given rank with at most 20 000 elements.
-fn shape(rng: &mut Rng, rank: usize) -> Vec<usize> {
+pub fn shape(rng: &mut Rng, rank: usize) -> Vec<usize> {
     loop {
         let s: Vec<usize> = (0..rank).map(|_| dim(rng)).collect();
         if s.iter().product::<usize>() <= 20_000 {

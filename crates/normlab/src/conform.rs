@@ -16,11 +16,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 mod adaptive;
+mod derf;
+mod residual;
 
 /// Names of tensors a case may expect, in the order reports list them.
-const OUTPUTS: [&str; 14] = [
+const OUTPUTS: [&str; 16] = [
     "y",
+    "sum",
     "dx",
+    "dresidual",
     "dstyle",
     "dscale",
     "dshift",
@@ -224,6 +228,8 @@ fn is_input(name: &str) -> bool {
             | "shift"
             | "mean_weight"
             | "var_weight"
+            | "residual"
+            | "dsum"
     )
 }
 
@@ -368,6 +374,9 @@ fn execute(case: &Case) -> Result<Outputs, Failure> {
         "ada_rms_norm" => adaptive::ada_norm(&args, false),
         "switch_norm" => adaptive::switch_norm(&args),
         "batch_renorm" => adaptive::batch_renorm(&args),
+        "add_layer_norm" => residual::add_norm(&args, true),
+        "add_rms_norm" => residual::add_norm(&args, false),
+        "derf" => derf::derf(&args),
         other => Err(Failure::Malformed(format!("unknown op `{other}`"))),
     }
 }
@@ -509,17 +518,40 @@ fn batch_norm(args: &Args) -> Result<Outputs, Failure> {
     Ok(out)
 }
 
-fn layer_norm(args: &Args, centered: bool) -> Result<Outputs, Failure> {
-    let x = args.input("x")?;
+/// What every row norm reads: `normalized_shape`, `eps` (`default_eps`
+/// when absent) and the parameters, shaped like `normalized_shape`; `op`
+/// refuses a bias unless it centers.
+fn row_norm_args(
+    args: &Args,
+    op: &str,
+    centered: bool,
+    default_eps: f32,
+) -> Result<(Vec<usize>, f32, Params), Failure> {
     let ns = args.int_list("normalized_shape")?;
-    // PyTorch's RMSNorm defaults eps to the dtype's machine epsilon.
-    let eps = args.eps(if centered { 1e-5 } else { f32::EPSILON })?;
+    let eps = args.eps(default_eps)?;
     let p = Params::read(args);
     check_param_shape(args, "weight", &ns)?;
     check_param_shape(args, "bias", &ns)?;
     if !centered && p.bias.is_some() {
-        return Err(Failure::Refused("rms_norm has no bias".into()));
+        return Err(Failure::Refused(format!("{op} has no bias")));
     }
+    Ok((ns, eps, p))
+}
+
+/// PyTorch's default eps: `1e-5` for LayerNorm; RMSNorm's is the dtype's
+/// machine epsilon.
+fn default_eps(centered: bool) -> f32 {
+    if centered {
+        1e-5
+    } else {
+        f32::EPSILON
+    }
+}
+
+fn layer_norm(args: &Args, centered: bool) -> Result<Outputs, Failure> {
+    let x = args.input("x")?;
+    let op = if centered { "layer_norm" } else { "rms_norm" };
+    let (ns, eps, p) = row_norm_args(args, op, centered, default_eps(centered))?;
     let xs = x.to_f32();
     let mut y = vec![0.0f32; xs.len()];
     let stats: Stats = if centered {
@@ -653,16 +685,21 @@ fn weight_norm(args: &Args) -> Result<Outputs, Failure> {
     Ok(out)
 }
 
-fn dyt(args: &Args) -> Result<Outputs, Failure> {
-    let x = args.input("x")?;
-    let alpha = args.input("alpha")?;
-    if alpha.numel() != 1 {
+/// A scalar parameter: a tensor of one value.
+fn scalar(args: &Args, op: &str, name: &str) -> Result<f32, Failure> {
+    let t = args.input(name)?;
+    if t.numel() != 1 {
         return Err(Failure::Refused(format!(
-            "dyt: alpha must hold one value, got shape {:?}",
-            alpha.shape
+            "{op}: {name} must hold one value, got shape {:?}",
+            t.shape
         )));
     }
-    let alpha = alpha.data[0] as f32;
+    Ok(t.data[0] as f32)
+}
+
+fn dyt(args: &Args) -> Result<Outputs, Failure> {
+    let x = args.input("x")?;
+    let alpha = scalar(args, "dyt", "alpha")?;
     let axis = args.channel_axis(x.shape.len(), ChannelAxis::Last)?;
     let p = Params::read(args);
     let xs = x.to_f32();

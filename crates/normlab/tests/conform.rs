@@ -211,6 +211,77 @@ fn invalid_variants_are_refused() {
             "016_rms_small.safetensors",
             Box::new(|c| set(c, "eps", "-0.5")),
         ),
+        (
+            "101_add_ln_small.safetensors",
+            Box::new(|c| truncate(c, "residual")),
+        ),
+        (
+            "101_add_ln_small.safetensors",
+            Box::new(|c| truncate(c, "weight")),
+        ),
+        (
+            "101_add_ln_small.safetensors",
+            Box::new(|c| truncate(c, "bias")),
+        ),
+        (
+            "101_add_ln_small.safetensors",
+            Box::new(|c| truncate(c, "dy")),
+        ),
+        (
+            "101_add_ln_small.safetensors",
+            Box::new(|c| truncate(c, "dsum")),
+        ),
+        (
+            "101_add_ln_small.safetensors",
+            Box::new(|c| set(c, "normalized_shape", "[31]")),
+        ),
+        (
+            "101_add_ln_small.safetensors",
+            Box::new(|c| set(c, "eps", "nan")),
+        ),
+        (
+            "102_add_ln_3d.safetensors",
+            Box::new(|c| reshape(c, "residual", vec![5, 2, 48])),
+        ),
+        (
+            "104_add_rms_small.safetensors",
+            Box::new(|c| {
+                let bias = Tensor::new(vec![40], vec![0.5; 40]);
+                c.tensors.insert("bias".into(), bias);
+            }),
+        ),
+        (
+            "104_add_rms_small.safetensors",
+            Box::new(|c| truncate(c, "weight")),
+        ),
+        (
+            "105_add_rms_noaffine.safetensors",
+            Box::new(|c| set(c, "eps", "-1e-6")),
+        ),
+        (
+            "106_derf_tokens.safetensors",
+            Box::new(|c| truncate(c, "weight")),
+        ),
+        (
+            "106_derf_tokens.safetensors",
+            Box::new(|c| reshape(c, "alpha", vec![2])),
+        ),
+        (
+            "106_derf_tokens.safetensors",
+            Box::new(|c| reshape(c, "shift", vec![2])),
+        ),
+        (
+            "106_derf_tokens.safetensors",
+            Box::new(|c| truncate(c, "dy")),
+        ),
+        (
+            "107_derf_nchw.safetensors",
+            Box::new(|c| truncate(c, "bias")),
+        ),
+        (
+            "107_derf_nchw.safetensors",
+            Box::new(|c| set(c, "channel_axis", "2")),
+        ),
     ];
     for (file, edit) in variants {
         let mut case = read_case(&golden_dir().join(file)).unwrap();
@@ -225,6 +296,61 @@ fn invalid_variants_are_refused() {
         let message = report.failure.unwrap().to_string();
         assert!(!message.is_empty());
     }
+}
+
+/// The same values laid out in another shape are the same case: the
+/// residual norms over two trailing dimensions, on 3-D and 4-D inputs,
+/// and Derf's tokens as rows.
+#[test]
+fn regrouped_residual_and_derf_cases_pass() {
+    let regroup = |c: &mut Case, names: &[&str], shape: &[usize]| {
+        for name in names {
+            if let Some(t) = c.tensors.get_mut(*name) {
+                assert_eq!(t.numel(), shape.iter().product::<usize>());
+                t.shape = shape.to_vec();
+            }
+        }
+    };
+    let rows = ["x", "residual", "dy", "dsum", "y", "sum", "dx", "dresidual"];
+    let params = ["weight", "bias", "dweight", "dbias"];
+    let add_ln = altered("101_add_ln_small.safetensors", |c| {
+        regroup(c, &rows, &[2, 3, 4, 8]);
+        regroup(c, &params, &[4, 8]);
+        set(c, "normalized_shape", "[4, 8]");
+    });
+    let add_rms = altered("104_add_rms_small.safetensors", |c| {
+        regroup(c, &rows, &[7, 5, 8]);
+        regroup(c, &params, &[5, 8]);
+        set(c, "normalized_shape", "[5, 8]");
+    });
+    let derf = altered("106_derf_tokens.safetensors", |c| {
+        regroup(c, &["x", "dy", "y", "dx"], &[40, 32]);
+        c.meta.remove("channel_axis");
+    });
+    for case in [add_ln, add_rms, derf] {
+        let report = run_case(&case);
+        assert!(report.passed(), "{report}");
+        assert!(report.checks.len() >= 4, "{report}");
+    }
+}
+
+/// Without `dy` only `dsum` flows back: it passes through the sum to both
+/// inputs, and the parameters get nothing.
+#[test]
+fn residual_gradient_alone_passes_through_the_sum() {
+    let case = altered("101_add_ln_small.safetensors", |c| {
+        c.tensors.remove("dy");
+        let dsum = c.tensors["dsum"].clone();
+        c.tensors.insert("dx".into(), dsum.clone());
+        c.tensors.insert("dresidual".into(), dsum);
+        for name in ["dweight", "dbias"] {
+            c.tensors
+                .insert(name.into(), Tensor::new(vec![32], vec![0.0; 32]));
+        }
+    });
+    let report = run_case(&case);
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.checks.len(), 6, "{report}");
 }
 
 fn set(c: &mut Case, key: &str, value: &str) {

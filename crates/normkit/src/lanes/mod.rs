@@ -34,7 +34,7 @@ pub(crate) use column::{
     DxChannels, Periodic, ROWS_PER_FLUSH,
 };
 pub(crate) use drivers::{reduce, write_lanewise, Lanewise, Sums};
-pub(crate) use io::{load, load_part, store, store_part, Ahead};
+pub(crate) use io::{load, load_m, load_part, store, store_m, store_part, Ahead};
 pub(crate) use row_backward::{
     bwd_dx_scalar, bwd_dx_vec, bwd_skewed_scalar, bwd_skewed_vec, bwd_sums_scalar, bwd_sums_vec,
     DxCoef, Skewed,

@@ -38,7 +38,8 @@ mod running;
 mod split_backward;
 
 pub(crate) use partials::Partials;
-pub(crate) use plan::{Plan, Scope};
+pub(crate) use plan::{Plan, Scope, BATCH_BYTES};
+pub(crate) use row_backward::dx_coef;
 pub(crate) use running::{stats_from_running, update_running};
 
 use crate::elem::Elem;

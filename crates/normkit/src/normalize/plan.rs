@@ -282,7 +282,7 @@ pub(super) const IN_CACHE_BYTES: usize = 1 << 20;
 
 /// Bytes of input a batch of small groups spans: it stays in L1 between
 /// the two sweeps.
-pub(super) const BATCH_BYTES: usize = 16 << 10;
+pub(crate) const BATCH_BYTES: usize = 16 << 10;
 
 /// From a group's pass-1 sums `[Σg, Σg·x̂', Σx̂']` over `n` values, where
 /// `x̂'` used the `f32`-rounded mean: `(δ, mean(g), mean(g·x̂))` with

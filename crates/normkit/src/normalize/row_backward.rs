@@ -207,20 +207,35 @@ impl Held {
     /// The coefficients of pass 2 from the group's statistics `g` and its
     /// pass-1 sums `[Σg, Σg·x̂, Σx̂]`.
     fn set_coef(&mut self, train: bool, centered: bool, n: f64, g: GroupStats, sums: [f64; 3]) {
-        let (delta, mean_g, mean_gx) = correction(train, centered, n, sums);
-        self.delta = delta;
-        self.coef = DxCoef {
-            mean_hi: if centered { g.mean_hi } else { 0.0 },
-            mean_lo: if g.rstd != 0.0 {
-                (delta / g.rstd as f64) as f32
-            } else {
-                0.0
-            },
-            rstd: g.rstd,
-            mean_g: mean_g as f32,
-            mean_gx: mean_gx as f32,
-        };
+        (self.coef, self.delta) = dx_coef(train, centered, n, g.mean_hi, g.rstd, sums);
     }
+}
+
+/// The coefficients of pass 2 for a group of `n` values with saved `mean`
+/// and `rstd`, from its pass-1 sums `[Σg, Σg·x̂, Σx̂]`, and the residual
+/// `δ` of the rounded mean (see [`correction`]). Shared with the fused
+/// residual ops, whose backward is this one plus a term.
+pub(crate) fn dx_coef(
+    train: bool,
+    centered: bool,
+    n: f64,
+    mean: f32,
+    rstd: f32,
+    sums: [f64; 3],
+) -> (DxCoef, f64) {
+    let (delta, mean_g, mean_gx) = correction(train, centered, n, sums);
+    let coef = DxCoef {
+        mean_hi: if centered { mean } else { 0.0 },
+        mean_lo: if rstd != 0.0 {
+            (delta / rstd as f64) as f32
+        } else {
+            0.0
+        },
+        rstd,
+        mean_g: mean_g as f32,
+        mean_gx: mean_gx as f32,
+    };
+    (coef, delta)
 }
 
 /// Pass 1 of group `k` of the row backward alone: its runs, their sums,

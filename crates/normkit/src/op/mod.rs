@@ -18,6 +18,8 @@
 //! |---|---|---|
 //! | [`LayerNormOp`] | `weight`?, `bias`? | — |
 //! | [`RmsNormOp`] | `weight`? | — |
+//! | [`LayerNormScaling`] of either | as the norm it scales | — |
+//! | [`UnitOffsetRmsNorm`] (Gemma) | `weight`? (applied as `1 + weight`) | — |
 //! | [`BatchNormOp`] | `weight`?, `bias`? | updated (training, optional) or read (eval) |
 //! | [`GroupNormOp`] | `weight`?, `bias`? | — |
 //! | [`InstanceNormOp`] | `weight`?, `bias`? | as BatchNorm |
@@ -32,12 +34,25 @@
 //!
 //! [`ErasedOp`] is the same interface with the element type and the saved
 //! state chosen at run time, for adapters that learn the dtype from a tensor.
+//!
+//! The residual family has two inputs and two outputs (`x`, `residual` in;
+//! `y`, `sum = x + residual` out) and its own trait of the same shape,
+//! [`ResidualNormOp`], with [`ErasedResidualOp`]:
+//!
+//! | op | packed parameters | running statistics |
+//! |---|---|---|
+//! | [`AddNormOp`] (LayerNorm) | `weight`?, `bias`? | — |
+//! | [`AddNormOp`] (RMSNorm) | `weight`? | — |
 
 mod erased;
 mod precision;
+mod residual;
 
 pub use erased::{ElemSlice, ElemSliceMut, ErasedOp, ErasedSaved};
 pub use precision::Precision;
+pub use residual::{ErasedResidualOp, ResidualNormOp};
+
+pub use crate::add_norm::{AddNorm, AddNormOp};
 
 pub use crate::ada_norm::AdaNormOp;
 pub use crate::adain::AdaInOp;
@@ -47,6 +62,8 @@ pub use crate::derf::DerfOp;
 pub use crate::dyt::DytOp;
 pub use crate::group_norm::{GroupNormOp, InstanceNormOp};
 pub use crate::layer_norm::{LayerNormOp, RmsNormOp};
+pub use crate::layer_norm_scaling::{DepthScalable, LayerNormScaling};
+pub use crate::qk_norm::{QkScope, UnitOffsetRmsNorm};
 pub use crate::switch_norm::SwitchNormOp;
 pub use crate::sync_batch_norm::SyncBatchNormOp;
 pub use crate::weight_norm::WeightNormOp;

@@ -20,9 +20,15 @@
 use crate::ChannelAxis;
 
 mod adaptive;
+mod add_norm;
 mod derf;
+mod layer_norm_scaling;
+mod qk_norm;
 pub use adaptive::*;
+pub use add_norm::*;
 pub use derf::*;
+pub use layer_norm_scaling::*;
+pub use qk_norm::*;
 
 /// A per-channel input seen as `n` samples × `c` channels × `s` spatial
 /// positions, stored `[n, c, s]` (channels first) or `[n, s, c]` (channels

@@ -2,7 +2,7 @@
 //! Normalization, Batch Renormalization (tests/golden/FORMAT.md, "Adaptive
 //! ops").
 
-use super::{backward, check_param_shape, Args, Failure, Outputs, Params};
+use super::{backward, row_norm_args, Args, Failure, Outputs, Params};
 use crate::golden::Tensor;
 use normkit::{
     AdaInConfig, Affine, BatchRenormConfig, ChannelAxis, Grads, Modulation, ModulationGrads,
@@ -63,14 +63,12 @@ pub(super) fn adain(args: &Args) -> Result<Outputs, Failure> {
 
 pub(super) fn ada_norm(args: &Args, centered: bool) -> Result<Outputs, Failure> {
     let x = args.input("x")?;
-    let ns = args.int_list("normalized_shape")?;
-    let eps = args.eps(1e-5)?;
-    let p = Params::read(args);
-    check_param_shape(args, "weight", &ns)?;
-    check_param_shape(args, "bias", &ns)?;
-    if !centered && p.bias.is_some() {
-        return Err(Failure::Refused("ada_rms_norm has no bias".into()));
-    }
+    let op = if centered {
+        "ada_layer_norm"
+    } else {
+        "ada_rms_norm"
+    };
+    let (ns, eps, p) = row_norm_args(args, op, centered, 1e-5)?;
     let (scale_t, shift_t) = (args.input("scale")?, args.input("shift")?);
     let (scale, shift) = (scale_t.to_f32(), shift_t.to_f32());
     let m = Modulation {

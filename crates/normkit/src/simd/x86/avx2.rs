@@ -46,22 +46,32 @@ fn both(a: Pair, b: Pair, f: impl Fn(__m256, __m256) -> __m256) -> Pair {
     [f(a[0], b[0]), f(a[1], b[1])]
 }
 
-/// Rounds 16 lanes to `bf16` bits as [`bf16_bits`](crate::simd::bf16_bits) does.
+/// Rounds 8 lanes to `bf16` bits as [`bf16_bits`](crate::simd::bf16_bits)
+/// does, in the low halves of 32-bit lanes. A function rather than a
+/// closure: a closure the inliner leaves out of line is compiled without
+/// the instruction set, and every intrinsic in it becomes a call.
 #[inline(always)]
-fn bf16_round_256(_: Avx2, v: Pair) -> __m256i {
+fn bf16_round_8(_: Avx2, v: __m256) -> __m256i {
     // SAFETY: the token argument proves AVX2, FMA and F16C.
     unsafe {
-        let half = |v: __m256| {
-            let b = _mm256_castps_si256(v);
-            let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
-            let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)), lsb);
-            let quiet = _mm256_or_si256(b, _mm256_set1_epi32(0x40 << 16));
-            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
-            _mm256_srli_epi32::<16>(_mm256_blendv_epi8(r, quiet, nan))
-        };
+        let b = _mm256_castps_si256(v);
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+        let r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7fff)), lsb);
+        let quiet = _mm256_or_si256(b, _mm256_set1_epi32(0x40 << 16));
+        let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        _mm256_srli_epi32::<16>(_mm256_blendv_epi8(r, quiet, nan))
+    }
+}
+
+/// Rounds 16 lanes to `bf16` bits as [`bf16_bits`](crate::simd::bf16_bits) does.
+#[inline(always)]
+fn bf16_round_256(s: Avx2, v: Pair) -> __m256i {
+    let (lo, hi) = (bf16_round_8(s, v[0]), bf16_round_8(s, v[1]));
+    // SAFETY: the token argument proves AVX2, FMA and F16C.
+    unsafe {
         // packus interleaves the 128-bit halves; the permute restores
         // lane order.
-        let packed = _mm256_packus_epi32(half(v[0]), half(v[1]));
+        let packed = _mm256_packus_epi32(lo, hi);
         _mm256_permute4x64_epi64::<0b11_01_10_00>(packed)
     }
 }

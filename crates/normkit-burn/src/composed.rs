@@ -232,6 +232,26 @@ pub(crate) fn dyt<const D: usize>(
     affine(y, weight, bias, view.param).reshape(dims)
 }
 
+/// Dynamic erf `weight · erf(alpha · x + shift) + bias`.
+pub(crate) fn derf<const D: usize>(
+    x: Tensor<D>,
+    alpha: Tensor<1>,
+    shift: Tensor<1>,
+    weight: Option<Tensor<1>>,
+    bias: Option<Tensor<1>>,
+    axis: ChannelAxis,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let view = if D == 1 {
+        ChannelView::new(&[1, dims[0]], ChannelAxis::Last)
+    } else {
+        ChannelView::new(&dims, axis)
+    };
+    let x3 = x.reshape(view.view);
+    let y = (x3 * alpha.reshape([1, 1, 1]) + shift.reshape([1, 1, 1])).erf();
+    affine(y, weight, bias, view.param).reshape(dims)
+}
+
 /// Weight normalization `g · v / ‖v‖`, the norm over every axis but `dim`
 /// (a normalized, non-negative axis index) or over everything.
 pub(crate) fn weight_norm<const D: usize>(

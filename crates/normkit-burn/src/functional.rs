@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use burn::tensor::Tensor;
 use normkit::op::{
-    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DytOp, ErasedOp, GroupNormOp, InstanceNormOp,
-    LayerNormOp, RmsNormOp, SwitchNormOp, WeightNormOp,
+    AdaInOp, AdaNormOp, BatchNormOp, BatchRenormOp, DerfOp, DytOp, ErasedOp, GroupNormOp,
+    InstanceNormOp, LayerNormOp, RmsNormOp, SwitchNormOp, WeightNormOp,
 };
 use normkit::{
     AdaInConfig, BatchNormConfig, BatchRenormConfig, ChannelAxis, GroupNormConfig,
@@ -310,6 +310,36 @@ pub fn dyt<const D: usize>(
     let params = present([&Some(alpha.clone()), &weight, &bias]);
     let (y, _) = call(op, x, params, None, |x, _| {
         (composed::dyt(x, alpha, weight, bias, axis), None)
+    })?;
+    Ok(y)
+}
+
+/// Dynamic erf `weight · erf(alpha · x + shift) + bias` (see
+/// [`normkit::derf_forward`]).
+///
+/// # Shapes
+/// - `x`: `[*, C]` (channels last, rank ≥ 1) or `[N, C, *]` (channels
+///   first, rank ≥ 2); `alpha`, `shift`: `[1]`; `weight`, `bias`: `[C]`.
+///
+/// # Errors
+/// A rank too low for `axis`, `alpha` or `shift` not of one element, or
+/// parameter lengths other than `C`.
+pub fn derf<const D: usize>(
+    x: Tensor<D>,
+    alpha: Tensor<1>,
+    shift: Tensor<1>,
+    weight: Option<Tensor<1>>,
+    bias: Option<Tensor<1>>,
+    axis: ChannelAxis,
+) -> Result<Tensor<D>> {
+    let op = DerfOp {
+        channel_axis: axis,
+        weight: weight.is_some(),
+        bias: bias.is_some(),
+    };
+    let params = present([&Some(alpha.clone()), &Some(shift.clone()), &weight, &bias]);
+    let (y, _) = call(op, x, params, None, |x, _| {
+        (composed::derf(x, alpha, shift, weight, bias, axis), None)
     })?;
     Ok(y)
 }

@@ -11,7 +11,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::weight_norm::{attach_with, WeightNorm, WeightNormDim};
-use crate::{BatchNorm, Dyt, GroupNorm, InstanceNorm, LayerNorm, RmsNorm};
+use crate::{BatchNorm, Derf, Dyt, GroupNorm, InstanceNorm, LayerNorm, RmsNorm};
 
 /// A safetensors file as PyTorch's `state_dict` writes it: tensors named
 /// `<prefix>.weight`, `<prefix>.running_mean`, and so on.
@@ -244,6 +244,18 @@ impl LoadPytorch for Dyt {
     fn load_pytorch(mut self, ck: &PytorchCheckpoint, prefix: &str) -> Result<Self> {
         self.alpha = load_param(Some(self.alpha), ck, prefix, "alpha", true)?
             .expect("alpha is always present");
+        self.weight = load_param(self.weight, ck, prefix, "weight", false)?;
+        self.bias = load_param(self.bias, ck, prefix, "bias", false)?;
+        Ok(self)
+    }
+}
+
+impl LoadPytorch for Derf {
+    fn load_pytorch(mut self, ck: &PytorchCheckpoint, prefix: &str) -> Result<Self> {
+        self.alpha = load_param(Some(self.alpha), ck, prefix, "alpha", true)?
+            .expect("alpha is always present");
+        self.shift = load_param(Some(self.shift), ck, prefix, "shift", true)?
+            .expect("shift is always present");
         self.weight = load_param(self.weight, ck, prefix, "weight", false)?;
         self.bias = load_param(self.bias, ck, prefix, "bias", false)?;
         Ok(self)

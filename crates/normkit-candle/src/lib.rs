@@ -47,6 +47,7 @@ mod ada_norm;
 mod adain;
 mod batch_norm;
 mod batch_renorm;
+mod derf;
 mod dyt;
 mod error;
 mod fold;
@@ -65,6 +66,7 @@ pub use ada_norm::{
 pub use adain::{adain, AdaIn, AdaInConfig};
 pub use batch_norm::{batch_norm, BatchNorm, BatchNormConfig, IntoBatchNormConfig};
 pub use batch_renorm::{batch_renorm, BatchRenorm, BatchRenormConfig, BatchRenormSchedule};
+pub use derf::{derf, derf_op, Derf, DerfConfig};
 pub use dyt::{dyt, dyt_op, Dyt, DytConfig};
 pub use error::LayerError;
 pub use fold::{fold_batch_norm_conv2d, fold_batch_norm_linear};

@@ -218,6 +218,16 @@ fn layer(case: &Case, vb: VarBuilder) -> Result<Built> {
             },
             vb,
         )?),
+        "derf" => Built::of(derf(
+            case.channels(),
+            DerfConfig {
+                alpha_init: 0.5,
+                shift_init: 0.0,
+                elementwise_affine: case.has("weight"),
+                channel_axis: case.channel_axis(),
+            },
+            vb,
+        )?),
         "weight_norm" => weight_norm_layer(case, vb)?,
         op => panic!("{}: unknown op {op}", case.name),
     })
@@ -243,6 +253,7 @@ fn state_dict(case: &Case) -> Vec<(String, Tensor, &'static str)> {
         ("weight", "dweight"),
         ("bias", "dbias"),
         ("alpha", "dalpha"),
+        ("shift", "dshift"),
         ("running_mean", ""),
         ("running_var", ""),
     ] {
@@ -453,4 +464,9 @@ fn weight_norm_cases() {
 #[test]
 fn dyt_cases() {
     run_all("dyt", 3);
+}
+
+#[test]
+fn derf_cases() {
+    run_all("derf", 2);
 }

@@ -216,16 +216,16 @@ pub struct BatchNormOp {
     pub bias: bool,
 }
 
-impl NormOp for BatchNormOp {
-    type Saved = Stats;
-
-    fn name(&self) -> &'static str {
-        OP
-    }
-
-    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+impl BatchNormOp {
+    /// The signature, refusing a training step's bad momentum, and (when
+    /// `count`) a batch with one value per channel: SyncBatchNorm counts
+    /// the batch over every rank instead, in its forward.
+    pub(crate) fn signature_counting(&self, shape: &[usize], count: bool) -> Result<Signature> {
         let p = plan(shape, &self.cfg)?;
         if self.training {
+            self.cfg.momentum.validate(OP)?;
+        }
+        if self.training && count {
             check_train(&p, &self.cfg, shape)?;
         }
         let channels = p.geo.c;
@@ -235,6 +235,18 @@ impl NormOp for BatchNormOp {
             affine_params(self.weight, self.bias, channels),
             Running::updates_or_reads(self.training, channels),
         )
+    }
+}
+
+impl NormOp for BatchNormOp {
+    type Saved = Stats;
+
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn signature(&self, shape: &[usize]) -> Result<Signature> {
+        self.signature_counting(shape, self.training)
     }
 
     fn run_forward<T: Elem>(

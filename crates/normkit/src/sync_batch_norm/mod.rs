@@ -273,7 +273,9 @@ impl NormOp for SyncBatchNormOp {
     }
 
     fn signature(&self, shape: &[usize]) -> Result<Signature> {
-        self.local().signature(shape).map_err(|e| e.with_op(OP))
+        self.local()
+            .signature_counting(shape, false)
+            .map_err(|e| e.with_op(OP))
     }
 
     fn run_forward<T: Elem>(

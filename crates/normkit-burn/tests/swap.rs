@@ -3,7 +3,8 @@
 //! computes the same outputs and gradients, and saves a record the other
 //! loads back.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 use normkit_burn::fused_calls;
 
@@ -43,6 +44,18 @@ fn step(
     out
 }
 
+/// Gives a linear layer fixed weights and bias in `±1/√fan_in` (burn's
+/// default init draws from a process-wide generator that other tests share,
+/// so the model would differ from run to run).
+fn fix(linear: &mut Linear, seed: u64, device: &Device) {
+    let [fan_in, fan_out] = linear.weight.dims();
+    let k = 1.0 / (fan_in as f32).sqrt();
+    let w = values(fan_in * fan_out, seed, k, 0.0);
+    linear.weight = Param::from_tensor(from_vec(w, [fan_in, fan_out], device));
+    let b = values(fan_out, seed + 1, k, 0.0);
+    linear.bias = Some(Param::from_tensor(from_vec(b, [fan_out], device)));
+}
+
 /// Every norm parameter of a model, by record name. One macro for both
 /// models: they are different types with the same fields.
 macro_rules! norm_params {
@@ -66,7 +79,9 @@ macro_rules! norm_params {
 #[test]
 fn a_burn_nn_model_switches_by_its_use_line() {
     let device = ad();
-    let theirs = burn_nn::Model::new(&device);
+    let mut theirs = burn_nn::Model::new(&device);
+    fix(&mut theirs.fc1, 21, &device);
+    fix(&mut theirs.fc2, 23, &device);
     // The same parameters, by the same record names.
     let ours = normkit_nn::Model::new(&device).load_record(theirs.clone().into_record());
 
@@ -87,8 +102,14 @@ fn a_burn_nn_model_switches_by_its_use_line() {
     let grads_ours = step(y_ours, &x, norm_params!(ours), ours.fc1.weight.val());
     let grads_theirs = step(y_theirs, &x, norm_params!(theirs), theirs.fc1.weight.val());
     assert_eq!(grads_ours.len(), 11);
+    // Two f32 evaluations in different orders through six normalizations
+    // of 2 to 8 values each: an element of a gradient that is a small
+    // difference of large terms keeps little relative accuracy, so the
+    // bound is relative to the gradient's largest element (1e-4 of it,
+    // about 800 f32 ulps), far below what a wrong term would change.
     for ((name, a), (_, b)) in grads_ours.iter().zip(&grads_theirs) {
-        assert_close(&format!("d{name}"), a, b, 1e-5, 1e-4);
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert_close(&format!("d{name}"), a, b, 1e-4 * scale, 1e-4);
     }
     assert!(
         fused_calls().backward > after.backward,

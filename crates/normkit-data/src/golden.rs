@@ -51,7 +51,7 @@ pub enum ReadError {
     },
     #[error("{path}: not a safetensors file: {message}")]
     Format { path: String, message: String },
-    #[error("{path}: tensor `{name}` has unsupported dtype {dtype:?}")]
+    #[error("{path}: tensor `{name}` has dtype {dtype:?}; a case's tensors are floats (F32, F16, BF16 or F64)")]
     Dtype {
         path: String,
         name: String,
@@ -73,9 +73,6 @@ fn widen(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f64>> {
             .collect(),
         Dtype::BF16 => chunks(2)
             .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
-            .collect(),
-        Dtype::I64 => chunks(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
             .collect(),
         _ => return None,
     })

@@ -190,7 +190,10 @@ fn run_study(args: StudyArgs) -> ExitCode {
         Progress::Section { .. } if lines => eprintln!("{p}"),
         Progress::Section { .. } => bar.println(p.to_string()),
     };
-    let result = study::study(options, &refs, &mut progress);
+    let ctx = study::StudyContext::new(options);
+    let result = study::check_requested_data(&ctx)
+        .and_then(|()| study::run_study(&ctx, &refs, &mut progress))
+        .and_then(|report| Ok(report.write(&ctx.options().out)?));
     bar.finish_and_clear();
     match result {
         Ok(_) => {

@@ -118,6 +118,9 @@ fn smoke_run_emits_complete_json_lines() {
                     .any(|r| r.op == op && r.pass == *pass && r.implementation == imp)
             };
             assert!(has(Impl::Normkit), "normkit {op} {pass}");
+            // The residual-add norms also run unfused (normkit's add, then
+            // its norm), and only they do.
+            assert_eq!(has(Impl::Unfused), op.is_residual(), "unfused {op} {pass}");
             if *pass == Pass::ForwardBackward {
                 assert!(has(Impl::Burn), "burn {op} {pass}: {:?}", report.skips);
                 assert!(has(Impl::Candle), "candle {op} {pass}: {:?}", report.skips);

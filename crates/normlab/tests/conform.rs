@@ -422,3 +422,64 @@ fn reads_a_case_written_with_safetensors() {
     // tanh is within 3 ulp and |weight| ≤ 2: a few 1e-7 at most.
     assert!(report.checks[0].max_err.unwrap() < 8e-7);
 }
+
+/// What the runner refuses to guess: each of these is a malformed case,
+/// and its line says why.
+#[test]
+fn unreadable_intent_is_a_malformed_case_that_says_why() {
+    let malformed = |case: &Case, needle: &str| {
+        let report = run_case(case);
+        assert!(!report.passed(), "{report}");
+        match &report.failure {
+            Some(Failure::Malformed(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("expected a malformed case, got {other:?}"),
+        }
+        assert!(report.to_string().contains(needle), "{report}");
+    };
+    // An input float32 cannot hold would be rounded before the op sees it.
+    let case = altered("009_ln_small.safetensors", |c| {
+        c.tensors.get_mut("x").unwrap().data[2] = 0.1;
+    });
+    malformed(&case, "float32 cannot hold exactly");
+    // A float64 input whose values float32 holds exactly is the same case.
+    let case = altered("009_ln_small.safetensors", |c| {
+        c.tensors.get_mut("x").unwrap().data[2] = 0.125;
+        c.tensors.get_mut("y").unwrap().data[2] = f64::NAN;
+    });
+    let report = run_case(&case);
+    assert!(report.failure.is_none(), "{report}");
+    // A tolerance that is not a number is not the default tolerance.
+    let case = altered("009_ln_small.safetensors", |c| set(c, "tol_y", "loose"));
+    malformed(&case, "tol_y = \"loose\"");
+    let case = altered("009_ln_small.safetensors", |c| set(c, "tol_dx", "-1e-6"));
+    malformed(&case, "tol_dx");
+    // A case that expects nothing cannot pass by producing anything.
+    let case = altered("009_ln_small.safetensors", |c| {
+        for name in ["y", "dx", "dweight", "dbias"] {
+            c.tensors.remove(name);
+        }
+    });
+    malformed(&case, "no expected tensor");
+    let case = altered("034_err_bn_one_value.safetensors", |c| {
+        set(c, "expect_error", "maybe")
+    });
+    malformed(&case, "expect_error = \"maybe\"");
+}
+
+#[test]
+fn integer_tensors_are_read_errors_naming_the_tensor() {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    let x: Vec<u8> = [1i64, 2, 3, 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let views = vec![("x", TensorView::new(Dtype::I64, vec![2, 2], &x).unwrap())];
+    let meta = [("op".to_string(), "layer_norm".to_string())].into_iter().collect();
+    let bytes = safetensors::serialize(views, Some(meta)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("int.safetensors");
+    std::fs::write(&path, bytes).unwrap();
+    let err = read_case(&path).unwrap_err().to_string();
+    assert!(err.contains("`x`") && err.contains("I64"), "{err}");
+    let report = normlab::conform::run_file(&path);
+    assert!(!report.passed());
+    assert!(report.to_string().contains("I64"), "{report}");
+}

@@ -387,6 +387,40 @@ fn names(err: &DataError, path: &Path) {
     );
 }
 
+/// `normlab study` with a data source it cannot read stops at once with
+/// exit status 2 and a message naming the flag and the file, whatever the
+/// mode (the quick study does not train on Fashion-MNIST, yet `--data`
+/// was asked for).
+#[test]
+fn the_command_refuses_an_unreadable_requested_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent");
+    let bad_text = dir.path().join("latin1.txt");
+    std::fs::write(&bad_text, b"caf\xe9 au lait\n".repeat(50)).unwrap();
+    let cases = [
+        ("--data", missing.clone(), missing.join("train-images-idx3-ubyte")),
+        ("--text", missing.join("corpus.txt"), missing.join("corpus.txt")),
+        ("--text", bad_text.clone(), bad_text.clone()),
+    ];
+    for (flag, arg, named) in cases {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_normlab"))
+            .args(["study", "--quick", "--out"])
+            .arg(dir.path().join("report"))
+            .arg(flag)
+            .arg(&arg)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {}: {stderr}", arg.display());
+        assert!(stderr.contains(flag), "{stderr}");
+        assert!(stderr.contains(&named.display().to_string()), "{stderr}");
+        assert!(!dir.path().join("report/index.html").exists());
+        // Before any training: a quick study takes minutes.
+        assert!(started.elapsed().as_secs() < 30, "{flag}: {:?}", started.elapsed());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Text
 // ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 
 mod bench;
 mod conform;
+mod conform_hostile;
 mod study;
 mod study_chromium;
 mod study_e2e;

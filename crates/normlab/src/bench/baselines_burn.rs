@@ -13,7 +13,8 @@
 //!   backward on its own: the tape is consumed by each backward.
 //!
 //! What burn lacks is composed from its tensor ops and says so in the
-//! note: DyT; BatchNorm on channels-last input (reshaped to `[N·H·W, C]`);
+//! note: DyT, Derf; the residual-add norms (`x + residual`, then the
+//! module, both outputs kept); BatchNorm on channels-last input (reshaped to `[N·H·W, C]`);
 //! GroupNorm and InstanceNorm on channels-last input (permuted to channels
 //! first and back).
 //!
@@ -72,6 +73,9 @@ fn note(case: &Case, pass: Pass) -> String {
         Op::GroupNorm => "nn::GroupNorm".into(),
         Op::InstanceNorm => "nn::InstanceNorm".into(),
         Op::Dyt => "composed (burn has no DyT): tanh(alpha·x)·weight + bias".into(),
+        Op::Derf => "composed (burn has no Derf): erf(alpha·x + shift)·weight + bias".into(),
+        Op::AddLayerNorm => "composed: sum = x + residual, then nn::LayerNorm".into(),
+        Op::AddRmsNorm => "composed: sum = x + residual, then nn::RmsNorm".into(),
     }];
     match (case.op, case.layout) {
         (Op::BatchNorm, Layout::Nhwc) => {
@@ -88,6 +92,9 @@ fn note(case: &Case, pass: Pass) -> String {
         }
         (Pass::ForwardTrain, _) => "plain device, no tape (same result in training)".into(),
         (Pass::ForwardEval, _) => "plain device: running statistics".into(),
+        _ if case.op.is_residual() => "autodiff device; includes the loss sum(y·dy) + \
+            sum(sum·dsum) seeding both gradients and the parameter gradients"
+            .into(),
         _ => "autodiff device; includes the loss sum(y·dy) seeding dy and the parameter gradients"
             .into(),
     });
@@ -101,12 +108,15 @@ enum Layer {
     Rms(nn::RmsNorm),
     Gn(nn::GroupNorm),
     In(nn::InstanceNorm),
-    Dyt(Box<Dyt>),
+    /// DyT and Derf (Derf's shift is `Some`).
+    Pointwise(Box<Pointwise>),
 }
 
-/// DyT's learnable parameters (boxed: burn tensors are large handles).
-struct Dyt {
+/// DyT's and Derf's learnable parameters (boxed: burn tensors are large
+/// handles).
+struct Pointwise {
     alpha: Tensor<1>,
+    shift: Option<Tensor<1>>,
     weight: Tensor<1>,
     bias: Tensor<1>,
 }
@@ -116,8 +126,12 @@ impl Layer {
         let c = case.extents().c;
         match case.op {
             Op::BatchNorm => Layer::Bn(nn::BatchNormConfig::new(c).with_epsilon(EPS).init(device)),
-            Op::LayerNorm => Layer::Ln(nn::LayerNormConfig::new(c).with_epsilon(EPS).init(device)),
-            Op::RmsNorm => Layer::Rms(nn::RmsNormConfig::new(c).with_epsilon(EPS).init(device)),
+            Op::LayerNorm | Op::AddLayerNorm => {
+                Layer::Ln(nn::LayerNormConfig::new(c).with_epsilon(EPS).init(device))
+            }
+            Op::RmsNorm | Op::AddRmsNorm => {
+                Layer::Rms(nn::RmsNormConfig::new(c).with_epsilon(EPS).init(device))
+            }
             Op::GroupNorm => Layer::Gn(
                 nn::GroupNormConfig::new(case.groups().unwrap_or(1), c)
                     .with_epsilon(EPS)
@@ -128,7 +142,7 @@ impl Layer {
                     .with_epsilon(EPS)
                     .init(device),
             ),
-            Op::Dyt => {
+            Op::Dyt | Op::Derf => {
                 let param = |v: Vec<f32>| {
                     let len = v.len();
                     let t = Tensor::<1>::from_data(TensorData::new(v, [len]), device);
@@ -138,8 +152,9 @@ impl Layer {
                         t
                     }
                 };
-                Layer::Dyt(Box::new(Dyt {
+                Layer::Pointwise(Box::new(Pointwise {
                     alpha: param(vec![inputs.alpha]),
+                    shift: (case.op == Op::Derf).then(|| param(vec![inputs.shift])),
                     weight: param(inputs.weight.clone()),
                     bias: param(inputs.bias.clone()),
                 }))
@@ -162,9 +177,10 @@ impl Layer {
             (Layer::Gn(m), _) => m.forward(x),
             (Layer::In(m), Layout::Nhwc) => to_nhwc(m.forward(to_nchw(x))),
             (Layer::In(m), _) => m.forward(x),
-            (Layer::Dyt(p), _) => {
-                let Dyt {
+            (Layer::Pointwise(p), _) => {
+                let Pointwise {
                     alpha,
+                    shift,
                     weight,
                     bias,
                 } = p.as_ref();
@@ -175,7 +191,13 @@ impl Layer {
                 let a: Tensor<D> = alpha.clone().reshape([1; D]);
                 let w: Tensor<D> = weight.clone().reshape(per_channel);
                 let b: Tensor<D> = bias.clone().reshape(per_channel);
-                x.mul(a).tanh().mul(w).add(b)
+                match shift {
+                    Some(shift) => {
+                        let s: Tensor<D> = shift.clone().reshape([1; D]);
+                        x.mul(a).add(s).erf().mul(w).add(b)
+                    }
+                    None => x.mul(a).tanh().mul(w).add(b),
+                }
             }
         }
     }
@@ -206,16 +228,45 @@ fn time_pass<const D: usize>(
         pass == Pass::ForwardBackward || (pass == Pass::ForwardTrain && case.op == Op::BatchNorm);
     let device = if on_tape { &autodiff } else { &plain };
     let layer = Layer::new(case, inputs, device, on_tape);
-    let x: Tensor<D> = tensor(&inputs.x, &case.shape, device);
-    let x = if on_tape { x.require_grad() } else { x };
+    let input = |values: &[f32]| -> Tensor<D> {
+        let t = tensor(values, &case.shape, device);
+        if on_tape {
+            t.require_grad()
+        } else {
+            t
+        }
+    };
+    let x = input(&inputs.x);
+    // The residual-add norms: `sum = x + residual` goes on as an output.
+    let residual = case.op.is_residual().then(|| input(&inputs.residual));
+    let forward = || -> (Tensor<D>, Option<Tensor<D>>) {
+        match &residual {
+            Some(r) => {
+                let sum = x.clone().add(r.clone());
+                (layer.forward(sum.clone(), case.layout), Some(sum))
+            }
+            None => (layer.forward(x.clone(), case.layout), None),
+        }
+    };
     match pass {
         Pass::ForwardBackward => {
             let dy: Tensor<D> = tensor(&inputs.dy, &case.shape, device);
+            let dsum: Option<Tensor<D>> =
+                residual.is_some().then(|| tensor(&inputs.dsum, &case.shape, device));
             measure(budget, || {
                 let (t, grads) = timed(|| {
-                    let y = layer.forward(x.clone(), case.layout);
-                    let grads = y.mul(dy.clone()).sum().backward();
+                    let (y, sum) = forward();
+                    let loss = match (sum, &dsum) {
+                        (Some(sum), Some(dsum)) => {
+                            y.mul(dy.clone()).sum().add(sum.mul(dsum.clone()).sum())
+                        }
+                        _ => y.mul(dy.clone()).sum(),
+                    };
+                    let grads = loss.backward();
                     black_box(x.grad(&grads));
+                    if let Some(r) = &residual {
+                        black_box(r.grad(&grads));
+                    }
                     let _ = device.sync();
                     grads
                 });
@@ -225,7 +276,7 @@ fn time_pass<const D: usize>(
         }
         _ => measure(budget, || {
             let (t, y) = timed(|| {
-                let y = layer.forward(x.clone(), case.layout);
+                let y = forward();
                 let _ = device.sync();
                 y
             });

@@ -15,7 +15,8 @@
 //!   there), so a candle user who trains has to use the composed ops.
 //!
 //! What candle lacks is composed from its tensor ops and says so in the
-//! note: DyT; InstanceNorm (GroupNorm with one channel per group, no
+//! note: DyT, Derf; the residual-add norms (`x + residual`, then the op
+//! above, both outputs kept); InstanceNorm (GroupNorm with one channel per group, no
 //! running statistics); channels-last input (BatchNorm reshaped to
 //! `[N·H·W, C]`, GroupNorm permuted to channels first and back).
 
@@ -66,6 +67,11 @@ fn note(case: &Case, pass: Pass) -> String {
             "composed (candle has no InstanceNorm): GroupNorm with num_groups = C".into()
         }
         (Op::Dyt, _) => "composed (candle has no DyT): tanh(alpha·x)·weight + bias".into(),
+        (Op::Derf, _) => "composed (candle has no Derf): erf(alpha·x + shift)·weight + bias".into(),
+        (Op::AddLayerNorm, false) => "sum = x + residual, then fused ops::layer_norm".into(),
+        (Op::AddLayerNorm, true) => "sum = x + residual, then composed ops::layer_norm_slow".into(),
+        (Op::AddRmsNorm, false) => "sum = x + residual, then fused ops::rms_norm".into(),
+        (Op::AddRmsNorm, true) => "sum = x + residual, then composed ops::rms_norm_slow".into(),
     }];
     match (case.op, case.layout) {
         (Op::BatchNorm, Layout::Nhwc) => {
@@ -76,7 +82,13 @@ fn note(case: &Case, pass: Pass) -> String {
         ),
         _ => {}
     }
-    if fb {
+    if fb && case.op.is_residual() {
+        parts.push(
+            "Vars and autograd; includes the loss sum(y·dy) + sum(sum·dsum) seeding both \
+             gradients and the parameter gradients"
+                .into(),
+        );
+    } else if fb {
         parts.push(
             "Vars and autograd; includes the loss sum(y·dy) seeding dy and the parameter gradients"
                 .into(),
@@ -101,6 +113,8 @@ struct Params {
     weight: Tensor,
     bias: Tensor,
     alpha: Tensor,
+    /// Derf's.
+    shift: Tensor,
     vars: Vec<Var>,
 }
 
@@ -110,11 +124,13 @@ impl Params {
         let weight = Tensor::from_slice(&inputs.weight, c, dev)?;
         let bias = Tensor::from_slice(&inputs.bias, c, dev)?;
         let alpha = Tensor::from_slice(&[inputs.alpha], 1, dev)?;
+        let shift = Tensor::from_slice(&[inputs.shift], 1, dev)?;
         if !tracked {
             return Ok(Params {
                 weight,
                 bias,
                 alpha,
+                shift,
                 vars: vec![],
             });
         }
@@ -122,11 +138,13 @@ impl Params {
             Var::from_tensor(&weight)?,
             Var::from_tensor(&bias)?,
             Var::from_tensor(&alpha)?,
+            Var::from_tensor(&shift)?,
         ];
         Ok(Params {
             weight: vars[0].as_tensor().clone(),
             bias: vars[1].as_tensor().clone(),
             alpha: vars[2].as_tensor().clone(),
+            shift: vars[3].as_tensor().clone(),
             vars,
         })
     }
@@ -175,12 +193,22 @@ fn forward(
 ) -> candle_core::Result<Tensor> {
     let fused = pass != Pass::ForwardBackward;
     match (case.op, layer) {
-        (Op::LayerNorm, _) if fused => {
+        (Op::LayerNorm | Op::AddLayerNorm, _) if fused => {
             candle_nn::ops::layer_norm(x, &p.weight, &p.bias, EPS as f32)
         }
-        (Op::LayerNorm, _) => candle_nn::ops::layer_norm_slow(x, &p.weight, &p.bias, EPS as f32),
-        (Op::RmsNorm, _) if fused => candle_nn::ops::rms_norm(x, &p.weight, EPS as f32),
-        (Op::RmsNorm, _) => candle_nn::ops::rms_norm_slow(x, &p.weight, EPS as f32),
+        (Op::LayerNorm | Op::AddLayerNorm, _) => {
+            candle_nn::ops::layer_norm_slow(x, &p.weight, &p.bias, EPS as f32)
+        }
+        (Op::RmsNorm | Op::AddRmsNorm, _) if fused => {
+            candle_nn::ops::rms_norm(x, &p.weight, EPS as f32)
+        }
+        (Op::RmsNorm | Op::AddRmsNorm, _) => candle_nn::ops::rms_norm_slow(x, &p.weight, EPS as f32),
+        (Op::Derf, _) => x
+            .broadcast_mul(&p.alpha)?
+            .broadcast_add(&p.shift)?
+            .erf()?
+            .broadcast_mul(&p.weight)?
+            .broadcast_add(&p.bias),
         (Op::Dyt, _) => x
             .broadcast_mul(&p.alpha)?
             .tanh()?
@@ -218,22 +246,49 @@ fn time_pass(
     let tracked = pass == Pass::ForwardBackward;
     let p = Params::new(inputs, &dev, tracked)?;
     let layer = Layer::new(case, inputs, &p, &dev)?;
-    let x = Tensor::from_slice(&inputs.x, case.shape.as_slice(), &dev)?;
+    let shape = case.shape.as_slice();
+    let x = Tensor::from_slice(&inputs.x, shape, &dev)?;
+    // The residual-add norms: `sum = x + residual` goes on as an output.
+    let residual = match case.op.is_residual() {
+        true => Some(Tensor::from_slice(&inputs.residual, shape, &dev)?),
+        false => None,
+    };
+    let with_residual = |x: &Tensor, r: Option<&Tensor>| -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        match r {
+            Some(r) => {
+                let sum = (x + r)?;
+                Ok((forward(case, &layer, &p, &sum, pass)?, Some(sum)))
+            }
+            None => Ok((forward(case, &layer, &p, x, pass)?, None)),
+        }
+    };
     // The first call reports any error; the timed ones repeat it exactly.
     if !tracked {
-        forward(case, &layer, &p, &x, pass)?;
+        with_residual(&x, residual.as_ref())?;
         return Ok(measure(budget, || {
-            let (t, y) = timed(|| forward(case, &layer, &p, &x, pass));
+            let (t, y) = timed(|| with_residual(&x, residual.as_ref()));
             drop(y);
             t
         }));
     }
     let x = Var::from_tensor(&x)?;
-    let dy = Tensor::from_slice(&inputs.dy, case.shape.as_slice(), &dev)?;
+    let residual = residual.map(|r| Var::from_tensor(&r)).transpose()?;
+    let dy = Tensor::from_slice(&inputs.dy, shape, &dev)?;
+    let dsum = match &residual {
+        Some(_) => Some(Tensor::from_slice(&inputs.dsum, shape, &dev)?),
+        None => None,
+    };
     let step = || -> candle_core::Result<candle_core::backprop::GradStore> {
-        let y = forward(case, &layer, &p, x.as_tensor(), pass)?;
-        let grads = (y * &dy)?.sum_all()?.backward()?;
+        let (y, sum) = with_residual(x.as_tensor(), residual.as_ref().map(Var::as_tensor))?;
+        let mut loss = (y * &dy)?.sum_all()?;
+        if let (Some(sum), Some(dsum)) = (sum, &dsum) {
+            loss = (loss + (sum * dsum)?.sum_all()?)?;
+        }
+        let grads = loss.backward()?;
         black_box(grads.get(x.as_tensor()));
+        if let Some(r) = &residual {
+            black_box(grads.get(r.as_tensor()));
+        }
         for v in &p.vars {
             black_box(grads.get(v.as_tensor()));
         }

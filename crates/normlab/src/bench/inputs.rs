@@ -45,8 +45,16 @@ pub struct Inputs {
     pub running_mean: Vec<f32>,
     /// Positive.
     pub running_var: Vec<f32>,
-    /// DyT's scale; the paper's initial value.
+    /// DyT's and Derf's scale; DyT's paper's initial value.
     pub alpha: f32,
+    /// Derf's shift (its paper starts it at 0; a non-zero one exercises
+    /// the term).
+    pub shift: f32,
+    /// The residual-add norms' second input, like `x`; empty for other
+    /// ops.
+    pub residual: Vec<f32>,
+    /// The gradient of their `sum` output, like `dy`; empty for other ops.
+    pub dsum: Vec<f32>,
 }
 
 impl Inputs {
@@ -56,10 +64,9 @@ impl Inputs {
         // other cases run.
         let seed = e.numel as u64 ^ ((case.op as u64) << 56) ^ ((case.layout as u64) << 60);
         let mut rng = SplitMix64::new(seed);
-        let x = (0..e.numel)
-            .map(|_| 0.5 + (rng.unit() + rng.unit() - 1.0) * 1.5)
-            .collect();
-        Inputs {
+        let activation = |rng: &mut SplitMix64| 0.5 + (rng.unit() + rng.unit() - 1.0) * 1.5;
+        let x = (0..e.numel).map(|_| activation(&mut rng)).collect();
+        let mut inputs = Inputs {
             x,
             dy: rng.fill(e.numel, |u| u - 0.5),
             weight: rng.fill(e.c, |u| 0.75 + 0.5 * u),
@@ -67,7 +74,16 @@ impl Inputs {
             running_mean: rng.fill(e.c, |u| 0.2 * (u - 0.5)),
             running_var: rng.fill(e.c, |u| 0.5 + u),
             alpha: 0.5,
+            shift: 0.1,
+            residual: Vec::new(),
+            dsum: Vec::new(),
+        };
+        // Drawn last, so the other ops' inputs stay as they were.
+        if case.op.is_residual() {
+            inputs.residual = (0..e.numel).map(|_| activation(&mut rng)).collect();
+            inputs.dsum = rng.fill(e.numel, |u| u - 0.5);
         }
+        inputs
     }
 }
 

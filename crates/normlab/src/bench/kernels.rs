@@ -5,6 +5,11 @@
 //! is allocated and filled before timing; `backward` is timed from
 //! statistics saved by an untimed forward; `forward_backward` times a fresh
 //! forward and the backward on its statistics.
+//!
+//! For the residual-add norms, [`run_unfused`] times what a user of
+//! normkit would write without them: an add, then the norm; the norm's
+//! backward, then an add of `dsum`. The adds are plain loops over rayon
+//! chunks in the same pool, so threads serve both alike.
 
 use super::copy::{CopyKind, Interleave};
 use super::inputs::Inputs;
@@ -29,10 +34,37 @@ pub fn run_normkit(
     budget: &Budget,
     copies: &mut Interleave,
 ) -> Result<Vec<(Pass, Sample)>, NormError> {
+    run_dtype(case, inputs, dtype, passes, budget, copies, false)
+}
+
+/// Times the residual-add norms unfused: normkit's norm with an add on
+/// each side (see the module documentation). Only for
+/// [`Op::is_residual`] cases.
+pub fn run_unfused(
+    case: &Case,
+    inputs: &Inputs,
+    dtype: Dtype,
+    passes: &[Pass],
+    budget: &Budget,
+    copies: &mut Interleave,
+) -> Result<Vec<(Pass, Sample)>, NormError> {
+    debug_assert!(case.op.is_residual());
+    run_dtype(case, inputs, dtype, passes, budget, copies, true)
+}
+
+fn run_dtype(
+    case: &Case,
+    inputs: &Inputs,
+    dtype: Dtype,
+    passes: &[Pass],
+    budget: &Budget,
+    copies: &mut Interleave,
+    unfused: bool,
+) -> Result<Vec<(Pass, Sample)>, NormError> {
     match dtype {
-        Dtype::F32 => run_typed::<f32>(case, inputs, passes, budget, copies),
-        Dtype::Bf16 => run_typed::<bf16>(case, inputs, passes, budget, copies),
-        Dtype::F16 => run_typed::<f16>(case, inputs, passes, budget, copies),
+        Dtype::F32 => run_typed::<f32>(case, inputs, passes, budget, copies, unfused),
+        Dtype::Bf16 => run_typed::<bf16>(case, inputs, passes, budget, copies, unfused),
+        Dtype::F16 => run_typed::<f16>(case, inputs, passes, budget, copies, unfused),
     }
 }
 
@@ -42,8 +74,10 @@ fn run_typed<T: Elem>(
     passes: &[Pass],
     budget: &Budget,
     copies: &mut Interleave,
+    unfused: bool,
 ) -> Result<Vec<(Pass, Sample)>, NormError> {
     let mut st = State::<T>::new(inputs);
+    st.unfused = unfused;
     let mut out = Vec::new();
     for &pass in passes {
         // A failing call fails on its first run (the arguments never
@@ -108,6 +142,15 @@ struct State<T> {
     running_mean: Vec<f32>,
     running_var: Vec<f32>,
     alpha: f32,
+    shift: f32,
+    /// The residual-add norms' extra tensors (empty for other ops).
+    residual: Vec<T>,
+    dsum: Vec<T>,
+    sum: Vec<T>,
+    /// The unfused path's gradient of the norm's input, before `dsum`.
+    dnorm: Vec<T>,
+    /// Run the residual-add norms as add + norm (see [`run_unfused`]).
+    unfused: bool,
 }
 
 impl<T: Elem> State<T> {
@@ -129,6 +172,12 @@ impl<T: Elem> State<T> {
             running_mean: inputs.running_mean.clone(),
             running_var: inputs.running_var.clone(),
             alpha: inputs.alpha,
+            shift: inputs.shift,
+            residual: conv(&inputs.residual),
+            dsum: conv(&inputs.dsum),
+            sum: vec![T::from_f32(1.0); inputs.residual.len()],
+            dnorm: vec![T::from_f32(1.0); inputs.residual.len()],
+            unfused: false,
         }
     }
 
@@ -178,6 +227,45 @@ impl<T: Elem> State<T> {
             ),
             Op::Dyt => normkit::dyt_forward(&mut self.y, &self.x, shape, self.alpha, affine, axis)
                 .map(|()| Stats::default()),
+            Op::Derf => normkit::derf_forward(
+                &mut self.y,
+                &self.x,
+                shape,
+                self.alpha,
+                self.shift,
+                affine,
+                axis,
+            )
+            .map(|()| Stats::default()),
+            Op::AddLayerNorm | Op::AddRmsNorm if self.unfused => {
+                add(&mut self.sum, &self.x, &self.residual);
+                if case.op == Op::AddLayerNorm {
+                    normkit::layer_norm_forward(&mut self.y, &self.sum, shape, &[c], affine, EPS)
+                } else {
+                    let w = Some(self.weight.as_slice());
+                    normkit::rms_norm_forward(&mut self.y, &self.sum, shape, &[c], w, EPS)
+                }
+            }
+            Op::AddLayerNorm => normkit::add_layer_norm_forward(
+                &mut self.y,
+                &mut self.sum,
+                &self.x,
+                &self.residual,
+                shape,
+                &[c],
+                affine,
+                EPS,
+            ),
+            Op::AddRmsNorm => normkit::add_rms_norm_forward(
+                &mut self.y,
+                &mut self.sum,
+                &self.x,
+                &self.residual,
+                shape,
+                &[c],
+                Some(&self.weight),
+                EPS,
+            ),
         }
     }
 
@@ -214,13 +302,25 @@ impl<T: Elem> State<T> {
         let axis = case.layout.channel_axis();
         let c = case.extents().c;
         let weight = Some(self.weight.as_slice());
+        let unfused = self.unfused && case.op.is_residual();
         let grads = Grads {
-            dx: &mut self.dx,
+            // Unfused, the norm's gradient goes to a buffer of its own and
+            // the add of dsum writes dx.
+            dx: if unfused { &mut self.dnorm } else { &mut self.dx },
             dweight: Some(&mut self.dweight),
             // RMSNorm has no bias.
-            dbias: (case.op != Op::RmsNorm).then_some(&mut self.dbias),
+            dbias: (!matches!(case.op, Op::RmsNorm | Op::AddRmsNorm)).then_some(&mut self.dbias),
         };
         let (dy, x) = (&self.dy, &self.x);
+        if unfused {
+            if case.op == Op::AddLayerNorm {
+                normkit::layer_norm_backward(grads, dy, &self.sum, shape, &[c], weight, stats)?;
+            } else {
+                normkit::rms_norm_backward(grads, dy, &self.sum, shape, &[c], weight, stats)?;
+            }
+            add(&mut self.dx, &self.dnorm, &self.dsum);
+            return Ok(());
+        }
         match case.op {
             Op::BatchNorm => normkit::batch_norm_backward_train(
                 grads,
@@ -256,8 +356,36 @@ impl<T: Elem> State<T> {
                     std::hint::black_box(dalpha);
                 })
             }
+            Op::Derf => {
+                let (alpha, shift) = (self.alpha, self.shift);
+                normkit::derf_backward(grads, dy, x, shape, alpha, shift, weight, axis).map(|g| {
+                    std::hint::black_box(g);
+                })
+            }
+            Op::AddLayerNorm => {
+                let (dsum, sum) = (Some(self.dsum.as_slice()), &self.sum);
+                normkit::add_layer_norm_backward(grads, dy, dsum, sum, shape, &[c], weight, stats)
+            }
+            Op::AddRmsNorm => {
+                let (dsum, sum) = (Some(self.dsum.as_slice()), &self.sum);
+                normkit::add_rms_norm_backward(grads, dy, dsum, sum, shape, &[c], weight, stats)
+            }
         }
     }
+}
+
+/// `out = a + b` elementwise, in `f32`, rounded once: the add a user
+/// writes around a norm, over rayon chunks of the pool the bench runs in.
+fn add<T: Elem>(out: &mut [T], a: &[T], b: &[T]) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, a), b) in o.iter_mut().zip(a).zip(b) {
+                *o = T::from_f32(a.to_f32() + b.to_f32());
+            }
+        });
 }
 
 fn bn_config(channel_axis: ChannelAxis) -> BatchNormConfig {
@@ -324,6 +452,11 @@ struct Reference {
     running_mean: Vec<f64>,
     running_var: Vec<f64>,
     alpha: f64,
+    shift: f64,
+    residual: Vec<f64>,
+    dsum: Vec<f64>,
+    /// `x + residual`, which the residual norms' backward takes.
+    sum: Vec<f64>,
 }
 
 impl Reference {
@@ -340,6 +473,15 @@ impl Reference {
             running_mean: wide(&inputs.running_mean),
             running_var: wide(&inputs.running_var),
             alpha: inputs.alpha as f64,
+            shift: inputs.shift as f64,
+            residual: wide(&inputs.residual),
+            dsum: wide(&inputs.dsum),
+            sum: inputs
+                .x
+                .iter()
+                .zip(&inputs.residual)
+                .map(|(&x, &r)| x as f64 + r as f64)
+                .collect(),
         }
     }
 
@@ -366,6 +508,11 @@ impl Reference {
             Op::GroupNorm => reference::group_norm(x, d, self.groups, w, b, eps).y,
             Op::InstanceNorm => reference::instance_norm(x, d, w, b, eps).y,
             Op::Dyt => reference::dyt(x, d, self.alpha, w, b),
+            Op::Derf => reference::derf(x, d, self.alpha, self.shift, w, b),
+            Op::AddLayerNorm => {
+                reference::add_layer_norm(x, &self.residual, rows, feats, w, b, eps).norm.y
+            }
+            Op::AddRmsNorm => reference::add_rms_norm(x, &self.residual, rows, feats, w, eps).norm.y,
         }
     }
 
@@ -396,6 +543,15 @@ impl Reference {
             Op::GroupNorm => reference::group_norm_backward(dy, x, d, self.groups, w, eps).dx,
             Op::InstanceNorm => reference::instance_norm_backward(dy, x, d, w, eps).dx,
             Op::Dyt => reference::dyt_backward(dy, x, d, self.alpha, w).dx,
+            Op::Derf => reference::derf_backward(dy, x, d, self.alpha, self.shift, w).dx,
+            Op::AddLayerNorm => {
+                let (dsum, sum) = (Some(self.dsum.as_slice()), &self.sum);
+                reference::add_layer_norm_backward(dy, dsum, sum, rows, feats, w, eps).dx
+            }
+            Op::AddRmsNorm => {
+                let (dsum, sum) = (Some(self.dsum.as_slice()), &self.sum);
+                reference::add_rms_norm_backward(dy, dsum, sum, rows, feats, w, eps).dx
+            }
         }
     }
 }
@@ -425,6 +581,23 @@ mod tests {
                 st.forward_eval(&case).unwrap();
                 assert_close(&case, "eval y", &st.y, &r.forward_eval());
             }
+        }
+    }
+
+    /// The unfused path computes what the fused op does: it times the
+    /// same work.
+    #[test]
+    fn unfused_residual_norms_match_the_fused_ones() {
+        for case in Mode::Smoke.cases().into_iter().filter(|c| c.op.is_residual()) {
+            let inputs = Inputs::new(&case);
+            let r = Reference::new(&case, &inputs);
+            let mut st = State::<f32>::new(&inputs);
+            st.unfused = true;
+            let stats = st.forward_train(&case).unwrap();
+            assert_close(&case, "unfused y", &st.y, &r.forward_train());
+            assert_close(&case, "unfused sum", &st.sum, &r.sum);
+            st.backward(&case, &stats).unwrap();
+            assert_close(&case, "unfused dx", &st.dx, &r.backward());
         }
     }
 

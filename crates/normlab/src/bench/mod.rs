@@ -4,6 +4,9 @@
 //! For each op, shape and pass ([`Pass`]) it times:
 //!
 //! - `normkit`: the kernels through the public API, at the chosen dtype;
+//! - `unfused` (residual-add norms only): normkit's plain norm with the
+//!   adds a user would write around it, so the table's `normkit x` column
+//!   is what the fusion saves;
 //! - `reference`: normkit's `f64` reference twin, only on inputs of at most
 //!   [`REFERENCE_MAX_NUMEL`] values (its plain loops take seconds on the
 //!   large shapes) and with a short budget;
@@ -70,6 +73,7 @@ pub const REFERENCE_MAX_NUMEL: usize = 1 << 19;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Impl {
     Normkit,
+    Unfused,
     Reference,
     Burn,
     Candle,
@@ -77,8 +81,9 @@ pub enum Impl {
 }
 
 impl Impl {
-    pub const ALL: [Impl; 5] = [
+    pub const ALL: [Impl; 6] = [
         Impl::Normkit,
+        Impl::Unfused,
         Impl::Reference,
         Impl::Burn,
         Impl::Candle,
@@ -88,6 +93,7 @@ impl Impl {
     pub fn name(self) -> &'static str {
         match self {
             Impl::Normkit => "normkit",
+            Impl::Unfused => "unfused",
             Impl::Reference => "reference",
             Impl::Burn => "burn",
             Impl::Candle => "candle",
@@ -289,6 +295,28 @@ impl<'a> Runner<'a> {
         }
         for &pass in passes {
             self.roofline(case, pass, dtype.size());
+        }
+        if self.wants(Impl::Unfused) && case.op.is_residual() {
+            // Its copies are not kept: the roofline is the one measured
+            // beside normkit's fused kernels.
+            let mut copies = copy::Interleave::new(case.extents().numel, dtype.size(), &budget);
+            let samples =
+                kernels::run_unfused(case, &inputs, dtype, passes, &budget, &mut copies)
+                    .map_err(|source| BenchError::Normkit {
+                        case: case.to_string(),
+                        source,
+                    })?;
+            let (norm, d) = match case.op {
+                Op::AddRmsNorm => ("rms_norm", "rms_norm_backward"),
+                _ => ("layer_norm", "layer_norm_backward"),
+            };
+            let note = format!(
+                "normkit unfused: sum = x + residual (a rayon loop), then {norm}; {d}, then dx = dnorm + dsum; \
+                 GB/s on the fused op's bytes"
+            );
+            for (pass, sample) in samples {
+                timed.push((Impl::Unfused, dtype, Timed::measured(pass, sample, note.clone())));
+            }
         }
         if self.wants(Impl::Reference) {
             if case.extents().numel <= REFERENCE_MAX_NUMEL {

@@ -13,13 +13,22 @@ pub enum Op {
     GroupNorm,
     InstanceNorm,
     Dyt,
+    /// The residual add fused with LayerNorm: `sum = x + residual`,
+    /// `y = layer_norm(sum)`, both written.
+    AddLayerNorm,
+    /// The residual add fused with RMSNorm.
+    AddRmsNorm,
+    Derf,
 }
 
 impl Op {
-    pub const ALL: [Op; 6] = [
+    pub const ALL: [Op; 9] = [
         Op::LayerNorm,
         Op::RmsNorm,
+        Op::AddLayerNorm,
+        Op::AddRmsNorm,
         Op::Dyt,
+        Op::Derf,
         Op::BatchNorm,
         Op::GroupNorm,
         Op::InstanceNorm,
@@ -33,6 +42,9 @@ impl Op {
             Op::GroupNorm => "group_norm",
             Op::InstanceNorm => "instance_norm",
             Op::Dyt => "dyt",
+            Op::AddLayerNorm => "add_layer_norm",
+            Op::AddRmsNorm => "add_rms_norm",
+            Op::Derf => "derf",
         }
     }
 
@@ -53,7 +65,21 @@ impl Op {
 
     /// Ops that take `[rows, features]` rather than `[N, C, H, W]`.
     pub fn is_row_op(self) -> bool {
-        matches!(self, Op::LayerNorm | Op::RmsNorm | Op::Dyt)
+        matches!(
+            self,
+            Op::LayerNorm | Op::RmsNorm | Op::Dyt | Op::AddLayerNorm | Op::AddRmsNorm | Op::Derf
+        )
+    }
+
+    /// The fused residual-add norms, which also write `sum` (and whose
+    /// backward also reads its gradient `dsum`).
+    pub fn is_residual(self) -> bool {
+        matches!(self, Op::AddLayerNorm | Op::AddRmsNorm)
+    }
+
+    /// Ops with one saved statistic per group (no mean).
+    fn is_rms(self) -> bool {
+        matches!(self, Op::RmsNorm | Op::AddRmsNorm)
     }
 }
 
@@ -74,6 +100,9 @@ impl FromStr for Op {
             "group_norm" | "gn" => Op::GroupNorm,
             "instance_norm" | "in" => Op::InstanceNorm,
             "dyt" => Op::Dyt,
+            "add_layer_norm" | "add_ln" => Op::AddLayerNorm,
+            "add_rms_norm" | "add_rms" => Op::AddRmsNorm,
+            "derf" => Op::Derf,
             _ => {
                 return Err(format!(
                     "unknown op `{s}` (expected one of: {})",
@@ -286,10 +315,10 @@ impl Case {
         let e = self.extents();
         match self.op {
             Op::BatchNorm => e.c,
-            Op::LayerNorm | Op::RmsNorm => e.n,
+            Op::LayerNorm | Op::RmsNorm | Op::AddLayerNorm | Op::AddRmsNorm => e.n,
             Op::GroupNorm => e.n * self.groups().unwrap_or(1),
             Op::InstanceNorm => e.n * e.c,
-            Op::Dyt => 0,
+            Op::Dyt | Op::Derf => 0,
         }
     }
 }
@@ -317,33 +346,47 @@ impl fmt::Display for Case {
 /// ```
 ///
 /// where the forward's parameters are weight and bias (RMSNorm: weight;
-/// DyT: weight, bias and alpha), BatchNorm's training forward also reads
-/// and writes its running mean and variance, RMSNorm has one statistic per
-/// group (no mean) and no dbias, and DyT's backward reads alpha and writes
-/// dalpha. The model ignores caches: a pass that reads x twice still
-/// "moves" it once, so GB/s above the copy's means data came from cache.
+/// DyT: weight, bias and alpha; Derf: those and shift), BatchNorm's
+/// training forward also reads and writes its running mean and variance,
+/// RMSNorm has one statistic per group (no mean) and no dbias, and DyT's
+/// backward reads alpha and writes dalpha (Derf's also shift and dshift).
+///
+/// The residual-add norms move two more tensors each way: the forward
+/// reads `x` and `residual` and writes `sum` and `y` (`4·n·esize`), the
+/// backward reads `dy`, `dsum` and `sum` and writes `dx`, which is also
+/// `dresidual` (`4·n·esize`): 8 tensor streams for a step, where an add
+/// followed by the norm moves 11 (add 3, norm forward 2, norm backward 3,
+/// the add of `dsum` 3).
+///
+/// The model ignores caches: a pass that reads x twice still "moves" it
+/// once, so GB/s above the copy's means data came from cache.
 pub fn bytes(case: &Case, pass: Pass, esize: usize) -> u64 {
     let e = case.extents();
     let (n, c) = (e.numel as u64, e.c as u64);
     let g = case.stat_groups() as u64;
     let esize = esize as u64;
-    let stats_per_group = if case.op == Op::RmsNorm { 1 } else { 2 };
+    let stats_per_group = if case.op.is_rms() { 1 } else { 2 };
+    // Tensors of n values each pass reads and writes.
+    let streams = if case.op.is_residual() { (4, 4) } else { (2, 3) };
     let forward_params = match case.op {
-        Op::RmsNorm => c,
+        Op::RmsNorm | Op::AddRmsNorm => c,
         Op::Dyt => 2 * c + 1,
+        Op::Derf => 2 * c + 2,
         // Running mean and variance, read and written.
         Op::BatchNorm => 2 * c + 4 * c,
         _ => 2 * c,
     };
-    let forward_train = 2 * n * esize + 4 * (forward_params + stats_per_group * g);
+    let forward_train = streams.0 * n * esize + 4 * (forward_params + stats_per_group * g);
     let backward = {
         let param_grads = match case.op {
-            Op::RmsNorm => c,
+            Op::RmsNorm | Op::AddRmsNorm => c,
             // dweight, dbias, and alpha read plus dalpha written.
             Op::Dyt => 2 * c + 2,
+            // The same, with shift and dshift.
+            Op::Derf => 2 * c + 4,
             _ => 2 * c,
         };
-        3 * n * esize + 4 * (c + stats_per_group * g + param_grads)
+        streams.1 * n * esize + 4 * (c + stats_per_group * g + param_grads)
     };
     match pass {
         Pass::ForwardTrain => forward_train,
@@ -439,7 +482,7 @@ mod tests {
     #[test]
     fn required_shapes_are_in_the_full_run() {
         let cases = Mode::Full.cases();
-        for op in [Op::LayerNorm, Op::RmsNorm, Op::Dyt] {
+        for op in Op::ALL.into_iter().filter(|op| op.is_row_op()) {
             for shape in [[8192, 1024], [64, 65536], [16, 768]] {
                 assert!(cases.contains(&Case::new(op, &shape, Layout::Rows)));
             }
@@ -454,10 +497,27 @@ mod tests {
     fn medium_shapes_run_in_every_layout() {
         let cases = Mode::Full.cases();
         let medium: Vec<&Case> = cases.iter().filter(|c| c.is_medium()).collect();
-        // Three row ops on [512, 256], three channel ops in two layouts.
-        assert_eq!(medium.len(), 9);
+        // Six row ops on [512, 256], three channel ops in two layouts.
+        assert_eq!(medium.len(), 12);
         assert!(medium.contains(&&Case::new(Op::BatchNorm, &[4, 28, 28, 128], Layout::Nhwc)));
         assert!(!Case::new(Op::LayerNorm, &[16, 768], Layout::Rows).is_medium());
+    }
+
+    #[test]
+    fn residual_norms_move_eight_streams_where_add_then_norm_moves_eleven() {
+        // Same parameters and statistics as the plain norm: the difference
+        // is the tensor streams alone. The norm moves 2 + 3; the fused op
+        // 4 + 4; an add before it (3) and an add of dsum after its
+        // backward (3) would make 11.
+        let n: u64 = 8 * 16;
+        for (fused, plain) in [(Op::AddLayerNorm, Op::LayerNorm), (Op::AddRmsNorm, Op::RmsNorm)] {
+            let f = Case::new(fused, &[8, 16], Layout::Rows);
+            let p = Case::new(plain, &[8, 16], Layout::Rows);
+            let more = |pass| bytes(&f, pass, 4) - bytes(&p, pass, 4);
+            assert_eq!(more(Pass::ForwardTrain), 2 * n * 4);
+            assert_eq!(more(Pass::Backward), n * 4);
+            assert_eq!(more(Pass::ForwardBackward), 3 * n * 4);
+        }
     }
 
     #[test]

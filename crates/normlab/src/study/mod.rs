@@ -285,6 +285,15 @@ pub enum StudyError {
     DuplicateExperiment(String),
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// A data source the command line asked for (`--data`, `--text`)
+    /// cannot be read: the study stops before training anything rather
+    /// than report on other data.
+    #[error("{flag}: {source}")]
+    Data {
+        flag: &'static str,
+        #[source]
+        source: DataError,
+    },
 }
 
 /// What [`run_study`] reports while it works.
@@ -540,6 +549,28 @@ pub fn run_study(
         &planning_failures,
         progress,
     ))
+}
+
+/// Reads the data sources named on the command line, whichever
+/// experiments run: a source asked for and unreadable is the user's
+/// mistake to hear about at once (a default source that is missing only
+/// leaves its experiments' sections saying so). `normlab study` calls it
+/// before [`run_study`]; a library caller that names a missing directory
+/// on purpose, to leave an arm out, does not.
+pub fn check_requested_data(ctx: &StudyContext) -> Result<(), StudyError> {
+    if ctx.options.fashion_mnist.is_some() {
+        ctx.fashion_mnist().map_err(|source| StudyError::Data {
+            flag: "--data",
+            source,
+        })?;
+    }
+    if ctx.options.text.is_some() {
+        ctx.text().map_err(|source| StudyError::Data {
+            flag: "--text",
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// [`run_study`], then writes the report to `--out`.

@@ -3,7 +3,10 @@
 //! extents, wrong lengths, eps, momentum, groups, axes, dims, element types
 //! and special values. Every call must return Ok with every output written,
 //! or a typed error naming the op with its outputs untouched, within a few
-//! seconds.
+//! seconds. SyncBatchNorm runs across 1 to 4 ranks (threads of one
+//! `ThreadComm` group) whose batch sizes, settings and buffers differ now
+//! and then: every rank must succeed, or every rank fail with the same
+//! error, and no rank may be left waiting.
 //!
 //! The cases run in child processes (this test binary, started again on
 //! [`child`]), a batch each, under a 4 GiB address-space limit: a panic, an

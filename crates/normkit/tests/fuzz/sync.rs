@@ -9,6 +9,10 @@
 //! typed error with nothing written): either every rank succeeds or every
 //! rank fails, with the same error on every rank when there are several,
 //! and never a failed collective (a rank left waiting).
+//!
+//! [`sync_batch_norm_local`] adds one rank on [`SingleProcess`] and the
+//! evaluation entry points, which never communicate, as BatchNorm's cases
+//! run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -494,7 +498,7 @@ fn run_case(t: &mut Tally, p: &Plan, fault: Fault, ranks: Vec<AnyBufs>) {
         .map(|b| {
             typed!(b, b => (
                 channels(&b.shape, b.cfg.channel_axis),
-                normkit_name(&b.x),
+                dtype_of(&b.x),
                 b.cfg.eps.to_bits(),
                 b.cfg.channel_axis,
                 format!("{:?}", b.cfg.momentum),
@@ -547,11 +551,11 @@ fn run_case(t: &mut Tally, p: &Plan, fault: Fault, ranks: Vec<AnyBufs>) {
     let fwd: Vec<&Result<()>> = outcomes.iter().map(|o| &o.fwd).collect();
     all_alike(&case, "forward", &fwd);
     let name = "sync_batch_norm_forward_train";
-    t.add(
-        if p.via_op { "op" } else { "fn" },
-        &tally_name(p, name, true),
-        fwd_ok[0],
-    );
+    let via = if p.via_op { "op" } else { "fn" };
+    t.add(via, &tally_name(p, name, true), fwd_ok[0]);
+    // Per number of ranks too: each must both succeed and refuse.
+    let ranks = format!("{} ranks", p.ranks);
+    t.add(&ranks, "sync_batch_norm forward", fwd_ok[0]);
 
     // Backward: consistent when every rank fits and all were handed the
     // same statistics.
@@ -574,11 +578,8 @@ fn run_case(t: &mut Tally, p: &Plan, fault: Fault, ranks: Vec<AnyBufs>) {
     let bwd: Vec<&Result<()>> = outcomes.iter().map(|o| &o.bwd).collect();
     all_alike(&case, "backward", &bwd);
     let name = "sync_batch_norm_backward_train";
-    t.add(
-        if p.via_op { "op" } else { "fn" },
-        &tally_name(p, name, false),
-        bwd_ok[0],
-    );
+    t.add(via, &tally_name(p, name, false), bwd_ok[0]);
+    t.add(&ranks, "sync_batch_norm backward", bwd_ok[0]);
 }
 
 /// The tally's key: the entry point, or the op's pass.
@@ -590,7 +591,7 @@ fn tally_name(p: &Plan, name: &str, forward: bool) -> String {
     }
 }
 
-fn normkit_name<T: Elem>(_: &[T]) -> &'static str {
+fn dtype_of<T: Elem>(_: &[T]) -> &'static str {
     T::NAME
 }
 

@@ -64,9 +64,25 @@ impl<O: DepthScalable> LayerNormScaling<O> {
     /// The norm with a weight, its signature, and its packed parameters:
     /// the layer's own times `1/√ℓ`, or `1/√ℓ` alone where it has no
     /// weight.
-    fn inner(&self, sig: &Signature, shape: &[usize], params: &[f32]) -> Result<Inner<O>> {
+    ///
+    /// `None` when those parameters would outnumber the values of an input
+    /// of `x_len` (twice over: a weight and a bias of one row each): the
+    /// input holds no row, so it is an empty batch, which has nothing to
+    /// scale, or a wrong length, which the norm refuses. The norm itself
+    /// then runs, and no weight of a row's length — which may be an extent
+    /// no allocation holds — is built.
+    fn inner(
+        &self,
+        sig: &Signature,
+        shape: &[usize],
+        params: &[f32],
+        x_len: usize,
+    ) -> Result<Option<Inner<O>>> {
         let op = self.norm.with_weight();
         let sig_inner = op.signature(shape)?;
+        if sig_inner.packed_len() > x_len.saturating_mul(2) {
+            return Ok(None);
+        }
         let s = self.factor();
         let mut packed = Vec::with_capacity(sig_inner.packed_len());
         for p in &sig_inner.params {
@@ -75,11 +91,11 @@ impl<O: DepthScalable> LayerNormScaling<O> {
                 None => packed.extend(std::iter::repeat_n(s, p.len)),
             }
         }
-        Ok(Inner {
+        Ok(Some(Inner {
             op,
             sig: sig_inner,
             packed,
-        })
+        }))
     }
 }
 
@@ -118,8 +134,10 @@ impl<O: DepthScalable> NormOp for LayerNormScaling<O> {
         params: &[f32],
         running: Option<RunningStats<'_>>,
     ) -> Result<Stats> {
-        let inner = self.inner(sig, shape, params)?;
-        inner.op.forward(y, x, shape, &inner.packed, running)
+        match self.inner(sig, shape, params, x.len())? {
+            Some(inner) => inner.op.forward(y, x, shape, &inner.packed, running),
+            None => self.norm.run_forward(sig, y, x, shape, params, running),
+        }
     }
 
     fn run_backward<T: Elem>(
@@ -132,11 +150,16 @@ impl<O: DepthScalable> NormOp for LayerNormScaling<O> {
         params: &[f32],
         saved: &Stats,
     ) -> Result<()> {
-        let Inner {
+        let Some(Inner {
             op,
             sig: sig_inner,
             packed,
-        } = self.inner(sig, shape, params)?;
+        }) = self.inner(sig, shape, params, x.len())?
+        else {
+            return self
+                .norm
+                .run_backward(sig, grads, dy, x, shape, params, saved);
+        };
         let Some(dparams) = grads.dparams else {
             let grads = OpGrads {
                 dx: grads.dx,

@@ -645,6 +645,35 @@ fn empty_batches_are_fine() {
     }
 }
 
+/// An empty batch whose rows are longer than any allocation: nothing to
+/// normalize, so the forward must not build default parameters of a row's
+/// length (it once tried, and aborted on the capacity overflow). Found by
+/// the fuzz suite.
+#[test]
+fn empty_batches_of_huge_rows_allocate_nothing() {
+    let d = usize::MAX / 2;
+    let (shape, ns) = ([0, d], [d]);
+    for centered in [true, false] {
+        let (mut y, mut sum) = (Vec::<f32>::new(), Vec::<f32>::new());
+        let stats = if centered {
+            normkit::add_layer_norm_forward(
+                &mut y,
+                &mut sum,
+                &[],
+                &[],
+                &shape,
+                &ns,
+                Affine::NONE,
+                1e-5,
+            )
+        } else {
+            normkit::add_rms_norm_forward(&mut y, &mut sum, &[], &[], &shape, &ns, None, 1e-5)
+        }
+        .unwrap();
+        assert!(stats.mean.is_empty() && stats.rstd.is_empty(), "{stats:?}");
+    }
+}
+
 // ------------------------------------------------------------ op interface
 
 #[test]

@@ -121,3 +121,37 @@ fn layer_one_is_the_plain_norm_and_layer_zero_is_refused() {
     );
     assert!(y.iter().all(|v| v.is_nan()), "nothing written");
 }
+
+/// A layer without a weight scales by a weight of `1/√ℓ` it builds, one
+/// row long: for an input holding no row — an empty batch, or a wrong
+/// length — it must not build one when rows are longer than any
+/// allocation (it once tried, and aborted). The empty batch runs; the
+/// wrong length gets the norm's error, nothing written. Found by the fuzz
+/// suite.
+#[test]
+fn inputs_without_a_row_build_no_weight_of_a_huge_row() {
+    let d = 1usize << 40;
+    let norm = RmsNormOp {
+        normalized_shape: vec![d],
+        eps: 1e-5,
+        weight: false,
+    };
+    let op = LayerNormScaling { norm, layer: 4 };
+    let stats = op.forward::<f32>(&mut [], &[], &[0, d], &[], None).unwrap();
+    assert!(stats.rstd.is_empty(), "{stats:?}");
+    let grads = normkit::op::OpGrads::<f32> {
+        dx: &mut [],
+        dparams: Some(&mut []),
+    };
+    op.backward(grads, &[], &[], &[0, d], &[], &stats).unwrap();
+
+    let mut y = [f32::NAN; 3];
+    let err = op
+        .forward(&mut y, &[1.0f32; 3], &[1, d], &[], None)
+        .unwrap_err();
+    assert!(
+        matches!(err, NormError::Length { op: "rms_norm", .. }),
+        "{err}"
+    );
+    assert!(y.iter().all(|v| v.is_nan()), "wrote {y:?}");
+}

@@ -54,6 +54,14 @@ struct RowStats {
 pub(super) fn forward<T: Elem>(f: Forward<'_, T>) -> Stats {
     let d = f.d;
     let rows = f.x.len() / d;
+    if rows == 0 {
+        // No values (an empty batch): no statistics, and no defaults of
+        // `d` values, which may be an extent no allocation holds.
+        return Stats {
+            mean: Vec::new(),
+            rstd: Vec::new(),
+        };
+    }
     let weight = f
         .weight
         .map_or_else(|| Cow::Owned(vec![1.0; d]), Cow::Borrowed);

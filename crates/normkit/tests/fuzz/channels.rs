@@ -1,6 +1,7 @@
 //! Fuzz cases of the entry points with per-channel statistics: BatchNorm,
 //! GroupNorm, InstanceNorm, AdaIN, Switchable Normalization and Batch
-//! Renormalization.
+//! Renormalization; [`running_op_case`] serves SyncBatchNorm on one rank
+//! too (see `sync`).
 
 use normkit::*;
 
@@ -10,10 +11,10 @@ use super::Tally;
 
 /// What every per-channel case draws: a shape, a layout, input and output
 /// buffers and the affine parameters.
-struct Common<T> {
+pub(super) struct Common<T> {
     shape: Vec<usize>,
-    axis: ChannelAxis,
-    eps: f32,
+    pub(super) axis: ChannelAxis,
+    pub(super) eps: f32,
     n: Option<usize>,
     c: Option<usize>,
     x: Vec<T>,
@@ -23,7 +24,7 @@ struct Common<T> {
 }
 
 impl<T: Sent> Common<T> {
-    fn new(g: &mut Gen) -> Self {
+    pub(super) fn new(g: &mut Gen) -> Self {
         let shape = g.shape(0, 5);
         let axis = g.axis();
         let (n, c) = (numel(&shape), channels(&shape, axis));
@@ -133,22 +134,23 @@ fn running(g: &mut Gen, c: Option<usize>) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// A forward pass with training-mode running statistics.
-type TrainFn<T, C> =
+pub(super) type TrainFn<T, C> =
     fn(&mut [T], &[T], &[usize], Affine<'_>, Option<RunningStats<'_>>, &C) -> Result<Stats>;
 /// A forward pass normalizing with running statistics.
-type EvalFn<T, C> = fn(&mut [T], &[T], &[usize], Affine<'_>, &[f32], &[f32], &C) -> Result<Stats>;
+pub(super) type EvalFn<T, C> =
+    fn(&mut [T], &[T], &[usize], Affine<'_>, &[f32], &[f32], &C) -> Result<Stats>;
 /// A backward pass.
-type BackFn<T, C> =
+pub(super) type BackFn<T, C> =
     fn(Grads<'_, T>, &[T], &[T], &[usize], Option<&[f32]>, &Stats, &C) -> Result<()>;
 
 /// The four entry points of an op with running statistics (BatchNorm,
 /// InstanceNorm), and how many statistics it saves in either mode.
-struct RunningOp<T, C> {
-    op: &'static str,
-    cfg: C,
-    train: (TrainFn<T, C>, BackFn<T, C>),
-    eval: (EvalFn<T, C>, BackFn<T, C>),
-    saved: fn(&[usize], Option<usize>, bool) -> Option<usize>,
+pub(super) struct RunningOp<T, C> {
+    pub(super) op: &'static str,
+    pub(super) cfg: C,
+    pub(super) train: (TrainFn<T, C>, BackFn<T, C>),
+    pub(super) eval: (EvalFn<T, C>, BackFn<T, C>),
+    pub(super) saved: fn(&[usize], Option<usize>, bool) -> Option<usize>,
 }
 
 /// `base` with the mode's suffix, as the entry points are named.
@@ -156,7 +158,7 @@ fn mode(base: &str, train: bool) -> String {
     format!("{base}_{}", if train { "train" } else { "eval" })
 }
 
-fn running_op_case<T: Sent, C: std::fmt::Debug>(
+pub(super) fn running_op_case<T: Sent, C: std::fmt::Debug>(
     g: &mut Gen,
     t: &mut Tally,
     mut k: Common<T>,

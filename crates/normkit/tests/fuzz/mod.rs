@@ -3,7 +3,10 @@
 //! extents, wrong lengths, eps, momentum, groups, axes, dims, element types
 //! and special values. Every call must return Ok with every output written,
 //! or a typed error naming the op with its outputs untouched, within a few
-//! seconds.
+//! seconds. SyncBatchNorm runs across 1 to 4 ranks (threads of one
+//! `ThreadComm` group) whose batch sizes, settings and buffers differ now
+//! and then: every rank must succeed, or every rank fail with the same
+//! error, and no rank may be left waiting.
 //!
 //! The cases run in child processes (this test binary, started again on
 //! [`child`]), a batch each, under a 4 GiB address-space limit: a panic, an
@@ -21,6 +24,7 @@ mod channels;
 mod gen;
 mod ops;
 mod rows;
+mod sync;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -51,7 +55,7 @@ impl Tally {
 
 /// The public functions the families call, each of which a full run
 /// must reach.
-const ENTRY_POINTS: [&str; 32] = [
+const ENTRY_POINTS: [&str; 42] = [
     "layer_norm_forward",
     "layer_norm_backward",
     "rms_norm_forward",
@@ -84,10 +88,23 @@ const ENTRY_POINTS: [&str; 32] = [
     "batch_renorm_forward_eval",
     "batch_renorm_backward_train",
     "batch_renorm_backward_eval",
+    "add_layer_norm_forward",
+    "add_layer_norm_backward",
+    "add_rms_norm_forward",
+    "add_rms_norm_backward",
+    "derf_forward",
+    "derf_backward",
+    "sync_batch_norm_forward_train",
+    "sync_batch_norm_backward_train",
+    "sync_batch_norm_forward_eval",
+    "sync_batch_norm_backward_eval",
 ];
 
-/// The ops of `normkit::op` that [`ops::any_op`] builds, by name.
-const OPS: [&str; 12] = [
+/// The ops of `normkit::op` that [`ops::any_op`],
+/// [`ops::any_residual_op`] and [`sync::sync_batch_norm`] build, by name
+/// (QK-norm, Gemma's RMSNorm and LayerNorm Scaling by their own, though
+/// their errors carry the wrapped norm's).
+const OPS: [&str; 19] = [
     "layer_norm",
     "rms_norm",
     "ada_layer_norm",
@@ -100,12 +117,19 @@ const OPS: [&str; 12] = [
     "adain",
     "switch_norm",
     "batch_renorm",
+    "derf",
+    "qk_norm",
+    "unit_offset_rms_norm",
+    "layer_norm_scaling",
+    "add_layer_norm",
+    "add_rms_norm",
+    "sync_batch_norm",
 ];
 
 /// A family of cases: one random case of some entry points.
 type Family = fn(&mut Gen, &mut Tally);
 
-const FAMILIES: [(&str, Family); 13] = [
+const FAMILIES: [(&str, Family); 19] = [
     ("layer_norm", rows::layer_norm),
     ("ada_norm", rows::ada_norm),
     ("dyt", rows::dyt),
@@ -117,8 +141,14 @@ const FAMILIES: [(&str, Family); 13] = [
     ("adain", channels::adain),
     ("switch_norm", channels::switch_norm),
     ("batch_renorm", channels::batch_renorm),
+    ("add_norm", rows::add_norm),
+    ("derf", rows::derf),
+    ("sync_batch_norm_local", sync::sync_batch_norm_local),
+    ("sync_batch_norm", sync::sync_batch_norm),
     ("op", ops::any_op),
     ("op", ops::any_op),
+    ("op", ops::any_op),
+    ("residual_op", ops::any_residual_op),
 ];
 
 /// The variable `name`, or `default` when it is unset; a value that does

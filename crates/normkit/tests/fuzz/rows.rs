@@ -1,5 +1,6 @@
 //! Fuzz cases of the entry points over rows: LayerNorm, RMSNorm, their
-//! modulated forms, Dynamic Tanh, WeightNorm and BatchNorm folding.
+//! modulated forms, the residual add fused with either, Dynamic Tanh,
+//! Dynamic erf, WeightNorm and BatchNorm folding.
 
 use normkit::*;
 
@@ -247,6 +248,125 @@ fn ada_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
     t.add("fn", &format!("{op}_backward"), ok);
 }
 
+pub fn add_norm(g: &mut Gen, t: &mut Tally) {
+    any_dtype!(g, add_norm_case(g, t))
+}
+
+/// The residual add fused with LayerNorm or RMSNorm: two inputs, two
+/// outputs (`y`, `sum`); the backward reads the forward's `sum` and an
+/// optional `dsum`.
+fn add_norm_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+    let (shape, normalized, [n, d, rows]) = row_shapes(g);
+    let (rms, eps) = (g.rng.chance(0.4), g.eps());
+    let x: Vec<T> = input(g, n);
+    let residual: Vec<T> = input(g, n);
+    let mut y: Vec<T> = output(g, n);
+    let mut sum: Vec<T> = output(g, n);
+    let w = param(g, d);
+    let b = if rms { None } else { param(g, d) };
+    let case = Case {
+        desc: format!(
+            "{} shape {shape:?} normalized {normalized:?} eps {eps:e} rms {rms}, lengths x {} residual {} y {} sum {} w {:?} b {:?}",
+            T::NAME,
+            x.len(),
+            residual.len(),
+            y.len(),
+            sum.len(),
+            w.as_ref().map(Vec::len),
+            b.as_ref().map(Vec::len)
+        ),
+    };
+    let op = if rms {
+        "add_rms_norm"
+    } else {
+        "add_layer_norm"
+    };
+    let lens_ok = [x.len(), residual.len(), y.len(), sum.len()]
+        .iter()
+        .all(|&l| Some(l) == n)
+        && fits(&w, d)
+        && fits(&b, d);
+    let shapes: [&[usize]; 2] = [&shape, &normalized];
+    let call = Call::new(&case, op, lens_ok, &shapes);
+    let r = if rms {
+        add_rms_norm_forward(
+            &mut y,
+            &mut sum,
+            &x,
+            &residual,
+            &shape,
+            &normalized,
+            w.as_deref(),
+            eps,
+        )
+    } else {
+        let affine = Affine {
+            weight: w.as_deref(),
+            bias: b.as_deref(),
+        };
+        add_layer_norm_forward(
+            &mut y,
+            &mut sum,
+            &x,
+            &residual,
+            &shape,
+            &normalized,
+            affine,
+            eps,
+        )
+    };
+    let outs = [Some(out("y", &y)), Some(out("sum", &sum))];
+    let ok = call.verdict(&r, &outs, &[]);
+    t.add("fn", &format!("{op}_forward"), ok);
+
+    // The backward reads the forward's `sum` when there is one (values
+    // otherwise: a refused forward left sentinels in it).
+    let sum: Vec<T> = if ok && g.rng.chance(0.9) {
+        sum
+    } else {
+        input(g, n)
+    };
+    let stats = saved_stats(g, r.ok(), rows);
+    let dy: Vec<T> = input(g, n);
+    let dsum: Option<Vec<T>> = g.rng.chance(0.6).then(|| input(g, n));
+    let mut dx: Vec<T> = output(g, n);
+    let mut dw = grad(g, d);
+    let mut db = if rms && g.rng.chance(0.9) {
+        None
+    } else {
+        grad(g, d)
+    };
+    let lens_ok = Some(sum.len()) == n
+        && fits(&w, d)
+        && Some(dy.len()) == n
+        && dsum.as_ref().is_none_or(|v| Some(v.len()) == n)
+        && Some(dx.len()) == n
+        && fits(&dw, d)
+        && fits(&db, d)
+        && Some(stats.rstd.len()) == rows
+        && (rms || Some(stats.mean.len()) == rows)
+        && !(rms && db.is_some());
+    let call = Call::new(&case, op, lens_ok, &shapes);
+    let grads = Grads {
+        dx: &mut dx,
+        dweight: dw.as_deref_mut(),
+        dbias: db.as_deref_mut(),
+    };
+    let (ds, w) = (dsum.as_deref(), w.as_deref());
+    let r = if rms {
+        add_rms_norm_backward(grads, &dy, ds, &sum, &shape, &normalized, w, &stats)
+    } else {
+        add_layer_norm_backward(grads, &dy, ds, &sum, &shape, &normalized, w, &stats)
+    };
+    let outs = [
+        Some(out("dx", &dx)),
+        out_opt("dweight", &dw),
+        out_opt("dbias", &db),
+    ];
+    let ok = call.verdict(&r, &outs, &[]);
+    t.add("fn", &format!("{op}_backward"), ok);
+}
+
 /// The channel count of a `[N, C, *]` / `[*, C]` shape, as the op reads it.
 pub fn channels(shape: &[usize], axis: ChannelAxis) -> Option<usize> {
     match axis {
@@ -313,6 +433,79 @@ fn dyt_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
     ];
     let ok = call.verdict(&r, &outs, &[]);
     t.add("fn", "dyt_backward", ok);
+}
+
+pub fn derf(g: &mut Gen, t: &mut Tally) {
+    any_dtype!(g, derf_case(g, t))
+}
+
+/// A scalar of Derf's (`alpha`, `shift`): mostly moderate, now and then
+/// zero, huge or not a number.
+fn derf_scalar(g: &mut Gen) -> f32 {
+    g.rng.pick(&[
+        0.5,
+        0.5,
+        0.0,
+        -2.0,
+        1e30,
+        -f32::MAX,
+        f32::NAN,
+        f32::INFINITY,
+    ])
+}
+
+fn derf_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+    let shape = g.shape(0, 4);
+    let axis = g.axis();
+    let (alpha, shift) = (derf_scalar(g), derf_scalar(g));
+    let (n, c) = (numel(&shape), channels(&shape, axis));
+    let x: Vec<T> = input(g, n);
+    let mut y: Vec<T> = output(g, n);
+    let (w, b) = (param(g, c), param(g, c));
+    let case = Case {
+        desc: format!(
+            "{} shape {shape:?} {axis:?} alpha {alpha:e} shift {shift:e}, lengths x {} y {} w {:?} b {:?}",
+            T::NAME,
+            x.len(),
+            y.len(),
+            w.as_ref().map(Vec::len),
+            b.as_ref().map(Vec::len)
+        ),
+    };
+    let lens_ok = Some(x.len()) == n && Some(y.len()) == n && fits(&w, c) && fits(&b, c);
+    let shapes: [&[usize]; 1] = [&shape];
+    let call = Call::new(&case, "derf", lens_ok, &shapes);
+    let affine = Affine {
+        weight: w.as_deref(),
+        bias: b.as_deref(),
+    };
+    let r = derf_forward(&mut y, &x, &shape, alpha, shift, affine, axis);
+    let ok = call.verdict(&r, &[Some(out("y", &y))], &[]);
+    t.add("fn", "derf_forward", ok);
+
+    let dy: Vec<T> = input(g, n);
+    let mut dx: Vec<T> = output(g, n);
+    let (mut dw, mut db) = (grad(g, c), grad(g, c));
+    let lens_ok = Some(x.len()) == n
+        && Some(dy.len()) == n
+        && Some(dx.len()) == n
+        && fits(&w, c)
+        && fits(&dw, c)
+        && fits(&db, c);
+    let call = Call::new(&case, "derf", lens_ok, &shapes);
+    let grads = Grads {
+        dx: &mut dx,
+        dweight: dw.as_deref_mut(),
+        dbias: db.as_deref_mut(),
+    };
+    let r = derf_backward(grads, &dy, &x, &shape, alpha, shift, w.as_deref(), axis);
+    let outs = [
+        Some(out("dx", &dx)),
+        out_opt("dweight", &dw),
+        out_opt("dbias", &db),
+    ];
+    let ok = call.verdict(&r, &outs, &[]);
+    t.add("fn", "derf_backward", ok);
 }
 
 pub fn weight_norm(g: &mut Gen, t: &mut Tally) {

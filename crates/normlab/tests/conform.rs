@@ -470,9 +470,14 @@ fn unreadable_intent_is_a_malformed_case_that_says_why() {
 fn integer_tensors_are_read_errors_naming_the_tensor() {
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
-    let x: Vec<u8> = [1i64, 2, 3, 4].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let x: Vec<u8> = [1i64, 2, 3, 4]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let views = vec![("x", TensorView::new(Dtype::I64, vec![2, 2], &x).unwrap())];
-    let meta = [("op".to_string(), "layer_norm".to_string())].into_iter().collect();
+    let meta = [("op".to_string(), "layer_norm".to_string())]
+        .into_iter()
+        .collect();
     let bytes = safetensors::serialize(views, Some(meta)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("int.safetensors");

@@ -398,8 +398,16 @@ fn the_command_refuses_an_unreadable_requested_source() {
     let bad_text = dir.path().join("latin1.txt");
     std::fs::write(&bad_text, b"caf\xe9 au lait\n".repeat(50)).unwrap();
     let cases = [
-        ("--data", missing.clone(), missing.join("train-images-idx3-ubyte")),
-        ("--text", missing.join("corpus.txt"), missing.join("corpus.txt")),
+        (
+            "--data",
+            missing.clone(),
+            missing.join("train-images-idx3-ubyte"),
+        ),
+        (
+            "--text",
+            missing.join("corpus.txt"),
+            missing.join("corpus.txt"),
+        ),
         ("--text", bad_text.clone(), bad_text.clone()),
     ];
     for (flag, arg, named) in cases {
@@ -412,12 +420,21 @@ fn the_command_refuses_an_unreadable_requested_source() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flag} {}: {stderr}", arg.display());
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flag} {}: {stderr}",
+            arg.display()
+        );
         assert!(stderr.contains(flag), "{stderr}");
         assert!(stderr.contains(&named.display().to_string()), "{stderr}");
         assert!(!dir.path().join("report/index.html").exists());
         // Before any training: a quick study takes minutes.
-        assert!(started.elapsed().as_secs() < 30, "{flag}: {:?}", started.elapsed());
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "{flag}: {:?}",
+            started.elapsed()
+        );
     }
 }
 

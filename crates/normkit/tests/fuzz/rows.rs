@@ -376,72 +376,24 @@ pub fn channels(shape: &[usize], axis: ChannelAxis) -> Option<usize> {
 }
 
 pub fn dyt(g: &mut Gen, t: &mut Tally) {
-    any_dtype!(g, dyt_case(g, t))
-}
-
-fn dyt_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
-    let shape = g.shape(0, 4);
-    let axis = g.axis();
-    let alpha = g
-        .rng
-        .pick(&[0.5, 0.5, -2.0, 0.0, 1e30, f32::NAN, f32::INFINITY]);
-    let (n, c) = (numel(&shape), channels(&shape, axis));
-    let x: Vec<T> = input(g, n);
-    let mut y: Vec<T> = output(g, n);
-    let (w, b) = (param(g, c), param(g, c));
-    let case = Case {
-        desc: format!(
-            "{} shape {shape:?} {axis:?} alpha {alpha:e}, lengths x {} y {} w {:?} b {:?}",
-            T::NAME,
-            x.len(),
-            y.len(),
-            w.as_ref().map(Vec::len),
-            b.as_ref().map(Vec::len)
-        ),
-    };
-    let lens_ok = Some(x.len()) == n && Some(y.len()) == n && fits(&w, c) && fits(&b, c);
-    let shapes: [&[usize]; 1] = [&shape];
-    let call = Call::new(&case, "dyt", lens_ok, &shapes);
-    let affine = Affine {
-        weight: w.as_deref(),
-        bias: b.as_deref(),
-    };
-    let r = dyt_forward(&mut y, &x, &shape, alpha, affine, axis);
-    let ok = call.verdict(&r, &[Some(out("y", &y))], &[]);
-    t.add("fn", "dyt_forward", ok);
-
-    let dy: Vec<T> = input(g, n);
-    let mut dx: Vec<T> = output(g, n);
-    let (mut dw, mut db) = (grad(g, c), grad(g, c));
-    let lens_ok = Some(x.len()) == n
-        && Some(dy.len()) == n
-        && Some(dx.len()) == n
-        && fits(&w, c)
-        && fits(&dw, c)
-        && fits(&db, c);
-    let call = Call::new(&case, "dyt", lens_ok, &shapes);
-    let grads = Grads {
-        dx: &mut dx,
-        dweight: dw.as_deref_mut(),
-        dbias: db.as_deref_mut(),
-    };
-    let r = dyt_backward(grads, &dy, &x, &shape, alpha, w.as_deref(), axis);
-    let outs = [
-        Some(out("dx", &dx)),
-        out_opt("dweight", &dw),
-        out_opt("dbias", &db),
-    ];
-    let ok = call.verdict(&r, &outs, &[]);
-    t.add("fn", "dyt_backward", ok);
+    any_dtype!(g, pointwise_case(g, t, Pointwise::Dyt))
 }
 
 pub fn derf(g: &mut Gen, t: &mut Tally) {
-    any_dtype!(g, derf_case(g, t))
+    any_dtype!(g, pointwise_case(g, t, Pointwise::Derf))
 }
 
-/// A scalar of Derf's (`alpha`, `shift`): mostly moderate, now and then
-/// zero, huge or not a number.
-fn derf_scalar(g: &mut Gen) -> f32 {
+/// The elementwise stand-ins for a norm: the same arguments but Derf's
+/// `shift`.
+#[derive(Clone, Copy, PartialEq)]
+enum Pointwise {
+    Dyt,
+    Derf,
+}
+
+/// A scalar of DyT's or Derf's (`alpha`, `shift`): mostly moderate, now and
+/// then zero, huge or not a number.
+fn pointwise_scalar(g: &mut Gen) -> f32 {
     g.rng.pick(&[
         0.5,
         0.5,
@@ -454,17 +406,19 @@ fn derf_scalar(g: &mut Gen) -> f32 {
     ])
 }
 
-fn derf_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
+fn pointwise_case<T: Sent>(g: &mut Gen, t: &mut Tally, which: Pointwise) {
     let shape = g.shape(0, 4);
     let axis = g.axis();
-    let (alpha, shift) = (derf_scalar(g), derf_scalar(g));
+    let alpha = pointwise_scalar(g);
+    let shift = (which == Pointwise::Derf).then(|| pointwise_scalar(g));
+    let op = if shift.is_some() { "derf" } else { "dyt" };
     let (n, c) = (numel(&shape), channels(&shape, axis));
     let x: Vec<T> = input(g, n);
     let mut y: Vec<T> = output(g, n);
     let (w, b) = (param(g, c), param(g, c));
     let case = Case {
         desc: format!(
-            "{} shape {shape:?} {axis:?} alpha {alpha:e} shift {shift:e}, lengths x {} y {} w {:?} b {:?}",
+            "{} {op} shape {shape:?} {axis:?} alpha {alpha:e} shift {shift:?}, lengths x {} y {} w {:?} b {:?}",
             T::NAME,
             x.len(),
             y.len(),
@@ -474,14 +428,17 @@ fn derf_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
     };
     let lens_ok = Some(x.len()) == n && Some(y.len()) == n && fits(&w, c) && fits(&b, c);
     let shapes: [&[usize]; 1] = [&shape];
-    let call = Call::new(&case, "derf", lens_ok, &shapes);
+    let call = Call::new(&case, op, lens_ok, &shapes);
     let affine = Affine {
         weight: w.as_deref(),
         bias: b.as_deref(),
     };
-    let r = derf_forward(&mut y, &x, &shape, alpha, shift, affine, axis);
+    let r = match shift {
+        Some(shift) => derf_forward(&mut y, &x, &shape, alpha, shift, affine, axis),
+        None => dyt_forward(&mut y, &x, &shape, alpha, affine, axis),
+    };
     let ok = call.verdict(&r, &[Some(out("y", &y))], &[]);
-    t.add("fn", "derf_forward", ok);
+    t.add("fn", &format!("{op}_forward"), ok);
 
     let dy: Vec<T> = input(g, n);
     let mut dx: Vec<T> = output(g, n);
@@ -492,20 +449,25 @@ fn derf_case<T: Sent>(g: &mut Gen, t: &mut Tally) {
         && fits(&w, c)
         && fits(&dw, c)
         && fits(&db, c);
-    let call = Call::new(&case, "derf", lens_ok, &shapes);
+    let call = Call::new(&case, op, lens_ok, &shapes);
     let grads = Grads {
         dx: &mut dx,
         dweight: dw.as_deref_mut(),
         dbias: db.as_deref_mut(),
     };
-    let r = derf_backward(grads, &dy, &x, &shape, alpha, shift, w.as_deref(), axis);
+    let w = w.as_deref();
+    // The scalar gradients are values, not outputs written in place.
+    let r = match shift {
+        Some(shift) => derf_backward(grads, &dy, &x, &shape, alpha, shift, w, axis).map(drop),
+        None => dyt_backward(grads, &dy, &x, &shape, alpha, w, axis).map(drop),
+    };
     let outs = [
         Some(out("dx", &dx)),
         out_opt("dweight", &dw),
         out_opt("dbias", &db),
     ];
     let ok = call.verdict(&r, &outs, &[]);
-    t.add("fn", "derf_backward", ok);
+    t.add("fn", &format!("{op}_backward"), ok);
 }
 
 pub fn weight_norm(g: &mut Gen, t: &mut Tally) {

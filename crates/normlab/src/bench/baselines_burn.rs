@@ -251,8 +251,9 @@ fn time_pass<const D: usize>(
     match pass {
         Pass::ForwardBackward => {
             let dy: Tensor<D> = tensor(&inputs.dy, &case.shape, device);
-            let dsum: Option<Tensor<D>> =
-                residual.is_some().then(|| tensor(&inputs.dsum, &case.shape, device));
+            let dsum: Option<Tensor<D>> = residual
+                .is_some()
+                .then(|| tensor(&inputs.dsum, &case.shape, device));
             measure(budget, || {
                 let (t, grads) = timed(|| {
                     let (y, sum) = forward();

@@ -202,7 +202,9 @@ fn forward(
         (Op::RmsNorm | Op::AddRmsNorm, _) if fused => {
             candle_nn::ops::rms_norm(x, &p.weight, EPS as f32)
         }
-        (Op::RmsNorm | Op::AddRmsNorm, _) => candle_nn::ops::rms_norm_slow(x, &p.weight, EPS as f32),
+        (Op::RmsNorm | Op::AddRmsNorm, _) => {
+            candle_nn::ops::rms_norm_slow(x, &p.weight, EPS as f32)
+        }
         (Op::Derf, _) => x
             .broadcast_mul(&p.alpha)?
             .broadcast_add(&p.shift)?
@@ -253,15 +255,16 @@ fn time_pass(
         true => Some(Tensor::from_slice(&inputs.residual, shape, &dev)?),
         false => None,
     };
-    let with_residual = |x: &Tensor, r: Option<&Tensor>| -> candle_core::Result<(Tensor, Option<Tensor>)> {
-        match r {
-            Some(r) => {
-                let sum = (x + r)?;
-                Ok((forward(case, &layer, &p, &sum, pass)?, Some(sum)))
+    let with_residual =
+        |x: &Tensor, r: Option<&Tensor>| -> candle_core::Result<(Tensor, Option<Tensor>)> {
+            match r {
+                Some(r) => {
+                    let sum = (x + r)?;
+                    Ok((forward(case, &layer, &p, &sum, pass)?, Some(sum)))
+                }
+                None => Ok((forward(case, &layer, &p, x, pass)?, None)),
             }
-            None => Ok((forward(case, &layer, &p, x, pass)?, None)),
-        }
-    };
+        };
     // The first call reports any error; the timed ones repeat it exactly.
     if !tracked {
         with_residual(&x, residual.as_ref())?;

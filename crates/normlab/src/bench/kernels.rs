@@ -6,7 +6,7 @@
 //! statistics saved by an untimed forward; `forward_backward` times a fresh
 //! forward and the backward on its statistics.
 //!
-//! For the residual-add norms, [`run_unfused`] times what a user of
+//! For the residual-add norms, [`Route::Unfused`] times what a user of
 //! normkit would write without them: an add, then the norm; the norm's
 //! backward, then an add of `dsum`. The adds are plain loops over rayon
 //! chunks in the same pool, so threads serve both alike.
@@ -25,6 +25,14 @@ use std::time::Duration;
 /// PyTorch's default for every op here.
 const EPS: f32 = 1e-5;
 
+/// How normkit computes a residual-add norm: its fused op, or the add and
+/// the norm apart (see the module documentation). Other ops have one way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Fused,
+    Unfused,
+}
+
 /// Times normkit on every pass in `passes`, at `dtype`.
 pub fn run_normkit(
     case: &Case,
@@ -33,34 +41,9 @@ pub fn run_normkit(
     passes: &[Pass],
     budget: &Budget,
     copies: &mut Interleave,
+    route: Route,
 ) -> Result<Vec<(Pass, Sample)>, NormError> {
-    run_dtype(case, inputs, dtype, passes, budget, copies, false)
-}
-
-/// Times the residual-add norms unfused: normkit's norm with an add on
-/// each side (see the module documentation). Only for
-/// [`Op::is_residual`] cases.
-pub fn run_unfused(
-    case: &Case,
-    inputs: &Inputs,
-    dtype: Dtype,
-    passes: &[Pass],
-    budget: &Budget,
-    copies: &mut Interleave,
-) -> Result<Vec<(Pass, Sample)>, NormError> {
-    debug_assert!(case.op.is_residual());
-    run_dtype(case, inputs, dtype, passes, budget, copies, true)
-}
-
-fn run_dtype(
-    case: &Case,
-    inputs: &Inputs,
-    dtype: Dtype,
-    passes: &[Pass],
-    budget: &Budget,
-    copies: &mut Interleave,
-    unfused: bool,
-) -> Result<Vec<(Pass, Sample)>, NormError> {
+    let unfused = route == Route::Unfused && case.op.is_residual();
     match dtype {
         Dtype::F32 => run_typed::<f32>(case, inputs, passes, budget, copies, unfused),
         Dtype::Bf16 => run_typed::<bf16>(case, inputs, passes, budget, copies, unfused),
@@ -149,7 +132,7 @@ struct State<T> {
     sum: Vec<T>,
     /// The unfused path's gradient of the norm's input, before `dsum`.
     dnorm: Vec<T>,
-    /// Run the residual-add norms as add + norm (see [`run_unfused`]).
+    /// Run the residual-add norms as add + norm ([`Route::Unfused`]).
     unfused: bool,
 }
 
@@ -306,7 +289,11 @@ impl<T: Elem> State<T> {
         let grads = Grads {
             // Unfused, the norm's gradient goes to a buffer of its own and
             // the add of dsum writes dx.
-            dx: if unfused { &mut self.dnorm } else { &mut self.dx },
+            dx: if unfused {
+                &mut self.dnorm
+            } else {
+                &mut self.dx
+            },
             dweight: Some(&mut self.dweight),
             // RMSNorm has no bias.
             dbias: (!matches!(case.op, Op::RmsNorm | Op::AddRmsNorm)).then_some(&mut self.dbias),
@@ -510,9 +497,15 @@ impl Reference {
             Op::Dyt => reference::dyt(x, d, self.alpha, w, b),
             Op::Derf => reference::derf(x, d, self.alpha, self.shift, w, b),
             Op::AddLayerNorm => {
-                reference::add_layer_norm(x, &self.residual, rows, feats, w, b, eps).norm.y
+                reference::add_layer_norm(x, &self.residual, rows, feats, w, b, eps)
+                    .norm
+                    .y
             }
-            Op::AddRmsNorm => reference::add_rms_norm(x, &self.residual, rows, feats, w, eps).norm.y,
+            Op::AddRmsNorm => {
+                reference::add_rms_norm(x, &self.residual, rows, feats, w, eps)
+                    .norm
+                    .y
+            }
         }
     }
 
@@ -588,7 +581,11 @@ mod tests {
     /// same work.
     #[test]
     fn unfused_residual_norms_match_the_fused_ones() {
-        for case in Mode::Smoke.cases().into_iter().filter(|c| c.op.is_residual()) {
+        for case in Mode::Smoke
+            .cases()
+            .into_iter()
+            .filter(|c| c.op.is_residual())
+        {
             let inputs = Inputs::new(&case);
             let r = Reference::new(&case, &inputs);
             let mut st = State::<f32>::new(&inputs);
@@ -618,8 +615,16 @@ mod tests {
         for dtype in [Dtype::F32, Dtype::Bf16, Dtype::F16] {
             let mut copies = Interleave::new(24, dtype.size(), &Budget::SMOKE);
             let passes = case.op.passes();
-            let out =
-                run_normkit(&case, &inputs, dtype, passes, &Budget::SMOKE, &mut copies).unwrap();
+            let out = run_normkit(
+                &case,
+                &inputs,
+                dtype,
+                passes,
+                &Budget::SMOKE,
+                &mut copies,
+                Route::Fused,
+            )
+            .unwrap();
             assert_eq!(out.len(), 3);
             // The copies ran between the kernel's iterations, for every
             // kind of pass.
@@ -641,6 +646,7 @@ mod tests {
             &[Pass::ForwardTrain],
             &Budget::SMOKE,
             &mut Interleave::new(3, 4, &Budget::SMOKE),
+            Route::Fused,
         );
         assert!(err.is_err());
     }

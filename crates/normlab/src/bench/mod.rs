@@ -56,6 +56,8 @@ mod report;
 mod shapes;
 mod timing;
 
+use kernels::Route;
+
 pub use copy::CopyKind;
 pub use inputs::{Inputs, SplitMix64};
 pub use report::{Record, Report, Skip};
@@ -277,11 +279,19 @@ impl<'a> Runner<'a> {
         if self.wants(Impl::Normkit) {
             let (numel, esize) = (case.extents().numel, dtype.size());
             let mut copies = copy::Interleave::new(numel, esize, &budget);
-            let samples = kernels::run_normkit(case, &inputs, dtype, passes, &budget, &mut copies)
-                .map_err(|source| BenchError::Normkit {
-                    case: case.to_string(),
-                    source,
-                })?;
+            let samples = kernels::run_normkit(
+                case,
+                &inputs,
+                dtype,
+                passes,
+                &budget,
+                &mut copies,
+                Route::Fused,
+            )
+            .map_err(|source| BenchError::Normkit {
+                case: case.to_string(),
+                source,
+            })?;
             for (kind, sample) in copies.samples() {
                 self.copies.insert((kind, numel, esize), sample);
             }
@@ -300,12 +310,19 @@ impl<'a> Runner<'a> {
             // Its copies are not kept: the roofline is the one measured
             // beside normkit's fused kernels.
             let mut copies = copy::Interleave::new(case.extents().numel, dtype.size(), &budget);
-            let samples =
-                kernels::run_unfused(case, &inputs, dtype, passes, &budget, &mut copies)
-                    .map_err(|source| BenchError::Normkit {
-                        case: case.to_string(),
-                        source,
-                    })?;
+            let samples = kernels::run_normkit(
+                case,
+                &inputs,
+                dtype,
+                passes,
+                &budget,
+                &mut copies,
+                Route::Unfused,
+            )
+            .map_err(|source| BenchError::Normkit {
+                case: case.to_string(),
+                source,
+            })?;
             let (norm, d) = match case.op {
                 Op::AddRmsNorm => ("rms_norm", "rms_norm_backward"),
                 _ => ("layer_norm", "layer_norm_backward"),
@@ -315,7 +332,11 @@ impl<'a> Runner<'a> {
                  GB/s on the fused op's bytes"
             );
             for (pass, sample) in samples {
-                timed.push((Impl::Unfused, dtype, Timed::measured(pass, sample, note.clone())));
+                timed.push((
+                    Impl::Unfused,
+                    dtype,
+                    Timed::measured(pass, sample, note.clone()),
+                ));
             }
         }
         if self.wants(Impl::Reference) {
@@ -403,7 +424,16 @@ impl<'a> Runner<'a> {
                 // Its copies are not kept: the roofline is the run's.
                 let numel = case.extents().numel;
                 let mut copies = copy::Interleave::new(numel, dtype.size(), &budget);
-                kernels::run_normkit(case, inputs, dtype, case.op.passes(), &budget, &mut copies)
+                let passes = case.op.passes();
+                kernels::run_normkit(
+                    case,
+                    inputs,
+                    dtype,
+                    passes,
+                    &budget,
+                    &mut copies,
+                    Route::Fused,
+                )
             })
             .map_err(|source| BenchError::Normkit {
                 case: case.to_string(),

@@ -367,7 +367,11 @@ pub fn bytes(case: &Case, pass: Pass, esize: usize) -> u64 {
     let esize = esize as u64;
     let stats_per_group = if case.op.is_rms() { 1 } else { 2 };
     // Tensors of n values each pass reads and writes.
-    let streams = if case.op.is_residual() { (4, 4) } else { (2, 3) };
+    let streams = if case.op.is_residual() {
+        (4, 4)
+    } else {
+        (2, 3)
+    };
     let forward_params = match case.op {
         Op::RmsNorm | Op::AddRmsNorm => c,
         Op::Dyt => 2 * c + 1,
@@ -510,7 +514,10 @@ mod tests {
         // 4 + 4; an add before it (3) and an add of dsum after its
         // backward (3) would make 11.
         let n: u64 = 8 * 16;
-        for (fused, plain) in [(Op::AddLayerNorm, Op::LayerNorm), (Op::AddRmsNorm, Op::RmsNorm)] {
+        for (fused, plain) in [
+            (Op::AddLayerNorm, Op::LayerNorm),
+            (Op::AddRmsNorm, Op::RmsNorm),
+        ] {
             let f = Case::new(fused, &[8, 16], Layout::Rows);
             let p = Case::new(plain, &[8, 16], Layout::Rows);
             let more = |pass| bytes(&f, pass, 4) - bytes(&p, pass, 4);

@@ -28,7 +28,11 @@ impl<'a> Args<'a> {
         self.tensor(name).map(Tensor::to_f32)
     }
 
-    pub(super) fn parse<T: std::str::FromStr>(&self, key: &str, default: Option<T>) -> Result<T, Failure> {
+    pub(super) fn parse<T: std::str::FromStr>(
+        &self,
+        key: &str,
+        default: Option<T>,
+    ) -> Result<T, Failure> {
         match self.meta(key) {
             Some(v) => v
                 .trim()
@@ -55,7 +59,11 @@ impl<'a> Args<'a> {
     }
 
     /// `1` is channels-first; `-1` (or the last axis) is channels-last.
-    pub(super) fn channel_axis(&self, rank: usize, default: ChannelAxis) -> Result<ChannelAxis, Failure> {
+    pub(super) fn channel_axis(
+        &self,
+        rank: usize,
+        default: ChannelAxis,
+    ) -> Result<ChannelAxis, Failure> {
         let Some(v) = self.meta("channel_axis") else {
             return Ok(default);
         };

@@ -41,6 +41,16 @@ pub enum LayerError {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
+    /// A convolution's settings or sizes that candle's convolution cannot
+    /// compute (it divides by them, or subtracts the kernel from the input,
+    /// unchecked).
+    #[error("{op}: input shape {input:?}, weight shape {weight:?}: {reason}")]
+    Conv {
+        op: &'static str,
+        input: Vec<usize>,
+        weight: Vec<usize>,
+        reason: &'static str,
+    },
     /// An operation needs something the layer does not have.
     #[error("{op}: {reason}")]
     Unsupported {

@@ -48,8 +48,14 @@ fn fold(
             got: out,
         }));
     }
-    let values =
-        |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_dtype(DType::F32)?.to_vec1() };
+    let values = |t: &Tensor| -> Result<Vec<f32>> {
+        // candle reads an empty view from its start offset, which may lie
+        // past its empty storage (a narrow beside a zero extent).
+        if t.elem_count() == 0 {
+            return Ok(Vec::new());
+        }
+        t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
+    };
     let optional = |t: Option<&Tensor>| t.map(values).transpose();
     let (w, b) = (values(weight)?, optional(bias)?);
     let (mean, var) = (values(mean)?, values(var)?);

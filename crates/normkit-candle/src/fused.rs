@@ -109,6 +109,14 @@ fn pack(op: &'static str, params: &[&Tensor]) -> Result<Option<Tensor>> {
                 dtype: p.dtype(),
             }));
         }
+        if p.elem_count() == 0 {
+            // candle's concatenation copies an empty view from its start
+            // offset, which may lie past its empty storage (a narrow of a
+            // tensor with a zero extent), and panics there. An empty
+            // parameter has no values to pack and no gradient to receive.
+            flat.push(Tensor::zeros(0, DType::F32, p.device())?);
+            continue;
+        }
         flat.push(p.flatten_all()?.to_dtype(DType::F32)?);
     }
     match flat.len() {
@@ -121,6 +129,11 @@ fn pack(op: &'static str, params: &[&Tensor]) -> Result<Option<Tensor>> {
 /// The values of a tensor in row-major order: borrowed when its layout is
 /// contiguous, gathered through its strides otherwise.
 fn gather<'a, T: Copy>(data: &'a [T], layout: &Layout) -> Cow<'a, [T]> {
+    // An empty view may start past the end of its storage (a narrow of a
+    // tensor with a zero extent elsewhere): there is nothing to read.
+    if layout.shape().elem_count() == 0 {
+        return Cow::Borrowed(&[]);
+    }
     match layout.contiguous_offsets() {
         Some((start, end)) => Cow::Borrowed(&data[start..end]),
         None => Cow::Owned(strided(data, layout)),

@@ -287,7 +287,7 @@ impl WeightNormLinear {
     /// outputs. Needs `dim = Some(0)`; without a bias only `g` is set.
     pub fn initialize_from_batch(&mut self, x: &Tensor) -> Result<Tensor> {
         let w = self.reparam.unit_weight()?;
-        let t = candle_nn::Linear::new(w, None).forward(&x.detach())?;
+        let t = candle_nn::Linear::new(w, None).forward(&fresh_if_empty(&x.detach())?)?;
         let out = t.dim(D::Minus1)?;
         let t = t.reshape(((), out))?.t()?;
         let (mean, inv_std) = moments(&t)?;
@@ -302,7 +302,7 @@ impl WeightNormLinear {
 
 impl Module for WeightNormLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.to_linear()?.forward(x)
+        self.to_linear()?.forward(&fresh_if_empty(x)?)
     }
 }
 
@@ -400,6 +400,7 @@ impl WeightNormConv2d {
     /// each output channel over the batch and every position.
     pub fn initialize_from_batch(&mut self, x: &Tensor) -> Result<Tensor> {
         let w = self.reparam.unit_weight()?;
+        check_conv(x, &w, &self.conv)?;
         let t = candle_nn::Conv2d::new(w, None, self.conv).forward(&x.detach())?;
         let t = t.transpose(0, 1)?.flatten_from(1)?;
         let (mean, inv_std) = moments(&t)?;
@@ -414,7 +415,58 @@ impl WeightNormConv2d {
 
 impl Module for WeightNormConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.to_conv2d()?.forward(x)
+        let conv = self.to_conv2d()?;
+        check_conv(x, conv.weight(), &self.conv)?;
+        conv.forward(x)
+    }
+}
+
+/// `x`, or for an input of no values a fresh one of its shape: candle's
+/// matmul slices their input from its start offset, which
+/// in an empty view (a narrow beside a zero extent) may lie past its empty
+/// storage. An empty input has no gradient to receive.
+fn fresh_if_empty(x: &Tensor) -> Result<Tensor> {
+    if x.elem_count() == 0 {
+        x.zeros_like()
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// What candle's convolution takes on trust: it divides by the stride and
+/// the groups and subtracts the dilated kernel from the padded input
+/// without checks, so a zero there, groups that do not divide the output
+/// channels or an input smaller than the kernel panic (or wrap to a huge
+/// allocation) inside it. Ranks and channel counts it checks itself.
+fn check_conv(x: &Tensor, w: &Tensor, conv: &Conv2dConfig) -> Result<()> {
+    let (xd, wd) = (x.dims(), w.dims());
+    let reason = if x.elem_count() == 0 || w.elem_count() == 0 {
+        // candle splits both by groups into views whose offsets lie past
+        // their empty storage, and reads them from there.
+        Some("candle's convolution takes no input or weight of zero values")
+    } else if conv.stride == 0 || conv.dilation == 0 || conv.groups == 0 {
+        Some("stride, dilation and groups must be at least 1")
+    } else if wd.first().is_some_and(|out| out % conv.groups != 0) {
+        Some("groups must divide the output channels")
+    } else if let ([.., h, w], [.., kh, kw]) = (xd, wd) {
+        let fits = |i: usize, k: usize| {
+            let padded = i.saturating_add(conv.padding.saturating_mul(2));
+            k > 0 && conv.dilation.saturating_mul(k - 1) < padded
+        };
+        (xd.len() == 4 && !(fits(*h, *kh) && fits(*w, *kw))).then_some(
+            "the padded input is smaller than the dilated kernel (or the kernel is empty)",
+        )
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(error::layer(LayerError::Conv {
+            op: "weight_norm_conv2d",
+            input: xd.to_vec(),
+            weight: wd.to_vec(),
+            reason,
+        })),
     }
 }
 

@@ -4,6 +4,7 @@ mod adaptive;
 mod common;
 mod errors;
 mod fold;
+mod fuzz;
 mod golden;
 mod gpt;
 mod grads;

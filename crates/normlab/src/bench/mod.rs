@@ -542,6 +542,11 @@ fn global_notes(opts: &BenchOptions, threads: usize) -> Vec<String> {
         ),
         format!("burn: {}.", baselines_burn::BUILD),
         "candle: candle-core/candle-nn 0.11.1 on the CPU device.".to_string(),
+        // A kernel that lost its instruction set is otherwise invisible.
+        format!(
+            "normkit's SIMD level: {:?} (the best this CPU has unless NORMKIT_SIMD lowers it).",
+            normkit::simd_level()
+        ),
         format!(
             "reference: the f64 twin, timed only up to {REFERENCE_MAX_NUMEL} values and with few \
              iterations; a yardstick, not a competitor."

@@ -58,6 +58,7 @@ mod instance_norm;
 mod layer_norm;
 pub mod nn;
 mod pytorch;
+mod qk_norm;
 mod route;
 mod step;
 mod switch_norm;
@@ -77,6 +78,7 @@ pub use group_norm::{GroupNorm, GroupNormConfig};
 pub use instance_norm::{InstanceNorm, InstanceNormConfig};
 pub use layer_norm::{LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig};
 pub use pytorch::{LoadPytorch, PytorchCheckpoint};
+pub use qk_norm::{QkNorm, QkNormConfig, QkNormKind, QkNormParams, QkScope};
 pub use route::{current_route, fused_calls, is_flex, with_route, FusedCalls, Route};
 pub use switch_norm::{SwitchNorm, SwitchNormConfig};
 pub use weight_norm::{

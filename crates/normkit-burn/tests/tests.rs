@@ -9,6 +9,7 @@ mod fused;
 mod golden;
 mod gradients;
 mod pytorch;
+mod qk_norm;
 mod running_stats;
 mod shapes;
 mod swap;

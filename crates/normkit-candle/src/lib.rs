@@ -54,6 +54,7 @@ mod fold;
 mod fused;
 mod group_norm;
 mod layer_norm;
+mod qk_norm;
 mod running;
 mod state;
 mod switch_norm;
@@ -77,7 +78,9 @@ pub use layer_norm::{
     layer_norm, layer_norm_no_bias, layer_norm_op, rms_norm, rms_norm_op, IntoLayerNormConfig,
     LayerNorm, LayerNormConfig, RmsNorm, RmsNormConfig,
 };
+pub use normkit::op::QkScope;
 pub use normkit::ChannelAxis;
+pub use qk_norm::{qk_norm, QkNorm, QkNormConfig, QkNormKind};
 pub use state::StateDict;
 pub use switch_norm::{switch_norm, SwitchNorm, SwitchNormConfig};
 pub use weight_norm::{

@@ -9,6 +9,7 @@ mod golden;
 mod gpt;
 mod grads;
 mod parity;
+mod qk_norm;
 mod state;
 mod training;
 mod weight_norm;

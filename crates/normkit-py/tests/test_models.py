@@ -12,22 +12,27 @@ import normkit.torch as nkt
 
 
 def cnn(channels_last: bool = False) -> nn.Module:
+    # SiLU, not ReLU: a ReLU input within rounding of zero flips its
+    # gradient between 0 and 1, a jump that no tolerance scaled by rounding
+    # covers. With ReLU this comparison failed for 6 of 24 batch seeds and
+    # layouts (torch 2.15, this machine), for torch.nn's own float32
+    # rounding against normkit's; with SiLU it passes all 24.
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1),
         nn.BatchNorm2d(16),
-        nn.ReLU(),
+        nn.SiLU(),
         nn.Conv2d(16, 16, 3, padding=1),
         nn.GroupNorm(4, 16),
-        nn.ReLU(),
+        nn.SiLU(),
         nn.Conv2d(16, 8, 3, padding=1),
         nn.InstanceNorm2d(8, affine=True, track_running_stats=True),
-        nn.ReLU(),
+        nn.SiLU(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(8, 32),
         nn.BatchNorm1d(32, momentum=None),
-        nn.ReLU(),
+        nn.SiLU(),
         nn.Linear(32, 10),
     )
 
